@@ -1,0 +1,60 @@
+# modeldeploy: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Marker that the virtual environment holds the project and its dev tools at pyproject.toml's state.
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
+	  /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(INSTALLED) ## Create .venv and install the project with its test tools.
+
+.PHONY: crds
+crds: $(INSTALLED) ## Regenerate crds/ from the pydantic models.
+	$(BIN)/python -m modeldeploy_operator.crd > crds/modeldeployments.modeldeploy.io.yaml
+
+.PHONY: lint
+lint: $(INSTALLED) ## Ruff lint and the import contracts (pure core stays free of I/O).
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --config pyproject.toml
+
+.PHONY: typecheck
+typecheck: $(INSTALLED) ## mypy --strict over both packages.
+	$(BIN)/mypy
+
+.PHONY: test
+test: $(INSTALLED) lint typecheck ## Install everything, lint, type-check and run the whole test suite.
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(INSTALLED) ## Only the tests that need no cluster.
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
+
+##@ Local cluster
+
+.PHONY: binaries
+binaries: ## Build (once, cached outside the repo) kube-apiserver, etcd, helm, Gateway API CRDs.
+	bash hack/build-binaries.sh
+
+.PHONY: clean
+clean: ## Remove the virtual environment and local caches of this clone.
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,457 @@
+"""The ModelDeployment API (modeldeploy.io/v1alpha1) as pydantic models.
+
+These models are the one source of truth: `modeldeploy_operator.crd` generates the CRD's OpenAPI
+schema from them, the operator parses every object it reconciles into them, and the CLI uses them
+to read status. Each rule is enforced twice: here (so bad specs fail with a message naming the field
+before anything is applied) and, where the API server can enforce it, in the CRD (patterns, ranges,
+`x-kubernetes-validations` CEL rules, list-map keys), so `kubectl apply` refuses them too.
+
+Field names are camelCase on the wire (aliases) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+SUPPORTED_SCHEMES = ("file", "http", "https", "s3")
+MODEL_FORMATS = ("joblib", "pickle", "skops", "onnx")
+# Formats that execute code when loaded: a digest is mandatory for them.
+UNSAFE_FORMATS = ("joblib", "pickle")
+EXTENSION_FORMATS = {
+    ".joblib": "joblib",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".skops": "skops",
+    ".onnx": "onnx",
+}
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+URI_PATTERN = r"^(file|https?|s3)://.+"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+ModelFormat = Literal["joblib", "pickle", "skops", "onnx"]
+ModelMethod = Literal["predict", "predict_proba"]
+Weight = Annotated[int, Field(ge=0, le=100)]
+PositiveSeconds = Annotated[int, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    """Base: camelCase aliases, unknown fields refused (a misspelt field must not vanish silently)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True)
+
+
+def format_from_uri(uri: str) -> ModelFormat | None:
+    """The artifact format implied by the URI's file extension, or None when it implies none."""
+    path = uri.split("?", 1)[0].lower()
+    for ext, fmt in EXTENSION_FORMATS.items():
+        if path.endswith(ext):
+            return fmt  # type: ignore[return-value]
+    return None
+
+
+class ModelRef(_Model):
+    """Which artifact to serve and how to call it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.sha256) || (has(self.format) ? !(self.format in ['joblib', 'pickle'])"
+                    " : !(self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')"
+                    " || self.uri.endsWith('.pickle')))",
+                    "message": "sha256 is required for joblib and pickle artifacts (they run code when loaded)",
+                    "fieldPath": ".sha256",
+                },
+                {
+                    "rule": "has(self.format) || self.uri.endsWith('.joblib') || self.uri.endsWith('.pkl')"
+                    " || self.uri.endsWith('.pickle') || self.uri.endsWith('.skops') || self.uri.endsWith('.onnx')",
+                    "message": "format is required when the uri has no .joblib, .pkl, .pickle, .skops"
+                    " or .onnx extension",
+                    "fieldPath": ".format",
+                },
+            ]
+        }
+    )
+
+    uri: str = Field(
+        max_length=2048,
+        # enforced by _scheme_supported (with a friendlier message) and by the API server:
+        json_schema_extra={"pattern": URI_PATTERN},
+        description="Where the artifact is: file://, http://, https:// or s3:// (bucket/key).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="SHA-256 of the artifact bytes, 64 lowercase hex digits; checked before loading. "
+        "Required for joblib and pickle.",
+    )
+    format: ModelFormat | None = Field(
+        default=None, description="joblib, pickle, skops or onnx; default from the uri's extension."
+    )
+    version: str = Field(
+        min_length=1, max_length=63, description="Human label of the model version: status, history, metrics."
+    )
+    method: ModelMethod = Field(default="predict", description="predict or predict_proba.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme_supported(cls, uri: str) -> str:
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if scheme not in SUPPORTED_SCHEMES or not re.match(URI_PATTERN, uri):
+            raise ValueError(f"uri {uri!r} has scheme {scheme!r}; supported schemes: {', '.join(SUPPORTED_SCHEMES)}")
+        return uri
+
+    @model_validator(mode="after")
+    def _digest_for_unsafe_formats(self) -> ModelRef:
+        fmt = self.effective_format
+        if fmt is None:
+            raise ValueError(
+                f"format is required: uri {self.uri!r} has no known extension ({', '.join(EXTENSION_FORMATS)})"
+            )
+        if fmt in UNSAFE_FORMATS and self.sha256 is None:
+            raise ValueError(f"sha256 is required for {fmt} artifacts (they run code when loaded)")
+        return self
+
+    @property
+    def effective_format(self) -> ModelFormat | None:
+        return self.format or format_from_uri(self.uri)
+
+
+class InputSpec(_Model):
+    """One feature of the input contract, in the model's column order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.min) || !has(self.max) || self.min < self.max",
+                    "message": "min must be less than max",
+                    "fieldPath": ".min",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN, description="Feature name.")
+    min: float | None = Field(default=None, description="Smallest accepted value (inclusive).")
+    max: float | None = Field(default=None, description="Largest accepted value (inclusive).")
+    null_values: list[float] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Sentinels that mean 'no measurement' (for example -999, -999.25): refused, never predicted.",
+    )
+    required: bool = Field(default=True, description="A row without this feature is refused.")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> InputSpec:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be less than max ({self.max})")
+        return self
+
+
+class ResourceRequirements(_Model):
+    """Container resources, as in a Pod spec (quantities as strings, for example '500m', '1Gi')."""
+
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class ServingSpec(_Model):
+    """How the server pods run. Changing any of this starts a canary, like a model change."""
+
+    image: str | None = Field(default=None, description="Server image; default from the operator's settings.")
+    workers: int = Field(default=1, ge=1, le=64, description="Server worker processes per pod.")
+    resources: ResourceRequirements | None = Field(default=None, description="Container resources.")
+
+
+class PauseStep(_Model):
+    seconds: int | None = Field(
+        default=None, ge=0, description="How long to wait; absent: wait for an explicit promote."
+    )
+
+
+_STEP_KEYS = ("setWeight", "pause")
+
+
+class Step(_Model):
+    """One rollout step: exactly one of setWeight or pause."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.setWeight), has(self.pause)].filter(x, x).size() == 1",
+                    "message": "a step must have exactly one of setWeight, pause",
+                }
+            ]
+        }
+    )
+
+    set_weight: Weight | None = Field(default=None, description="Canary traffic percentage, 0-100.")
+    pause: PauseStep | None = Field(default=None, description="Wait before the next step.")
+
+    @model_validator(mode="after")
+    def _exactly_one_key(self) -> Step:
+        present = [k for k, v in zip(_STEP_KEYS, (self.set_weight, self.pause), strict=True) if v is not None]
+        if len(present) != 1:
+            got = ", ".join(present) if present else "none"
+            raise ValueError(f"a step must have exactly one of setWeight, pause (got: {got})")
+        return self
+
+
+class CustomMetric(_Model):
+    """A PromQL query evaluated for the canary; its value must stay within [min, max]."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.min) || has(self.max)", "message": "a metric needs min or max"},
+                {
+                    "rule": "!has(self.min) || !has(self.max) || self.min < self.max",
+                    "message": "min must be less than max",
+                    "fieldPath": ".min",
+                },
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL; {{revision}}, {{name}}, {{namespace}} and {{window}} are substituted.",
+    )
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CustomMetric:
+        if self.min is None and self.max is None:
+            raise ValueError("a metric needs min or max")
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be less than max ({self.max})")
+        return self
+
+
+class AnalysisSpec(_Model):
+    """How the canary is judged, every intervalSeconds while it carries weight."""
+
+    interval_seconds: PositiveSeconds = Field(default=30, description="Seconds between checks.")
+    min_requests: int = Field(
+        default=50, ge=0, description="Fewer canary requests than this in the window: inconclusive, hold."
+    )
+    failure_limit: int = Field(default=1, ge=0, description="Roll back when more than this many checks have failed.")
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Largest share of canary requests answered 5xx (4xx are not errors)."
+    )
+    max_latency_p99_seconds: float | None = Field(
+        default=0.5, gt=0, description="Largest canary p99 latency in seconds; absent: not checked."
+    )
+    metrics: list[CustomMetric] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metric_names(cls, metrics: list[CustomMetric]) -> list[CustomMetric]:
+        _refuse_duplicates([m.name for m in metrics], "metric")
+        return metrics
+
+
+class GatewayAPIRouting(_Model):
+    http_route: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the HTTPRoute (same namespace) whose backendRefs list <name>-stable and <name>-canary.",
+    )
+
+
+class TrafficRouting(_Model):
+    gateway_api: GatewayAPIRouting | None = Field(
+        default=None, alias="gatewayAPI", description="Shift weights in a Gateway API HTTPRoute."
+    )
+
+
+def _default_steps() -> list[Step]:
+    return [
+        Step(set_weight=10),
+        Step(pause=PauseStep(seconds=60)),
+        Step(set_weight=50),
+        Step(pause=PauseStep(seconds=60)),
+    ]
+
+
+class RolloutSpec(_Model):
+    steps: list[Step] = Field(
+        default_factory=_default_steps, max_length=64, description="Canary steps, in order; then promotion."
+    )
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    traffic_routing: TrafficRouting | None = Field(
+        default=None, description="Absent: the canary's share is approximated by its replica count."
+    )
+    progress_deadline_seconds: PositiveSeconds = Field(
+        default=600, description="A canary not ready (or not judged) within this many seconds is rolled back."
+    )
+
+
+class ModelDeploymentSpec(_Model):
+    model: ModelRef
+    inputs: list[InputSpec] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="The input contract, in model column order.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    replicas: int = Field(default=2, ge=1, le=100, description="Server pods of the stable revision.")
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    paused: bool = Field(default=False, description="Hold the rollout where it is.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_input_names(cls, inputs: list[InputSpec]) -> list[InputSpec]:
+        _refuse_duplicates([i.name for i in inputs], "input")
+        return inputs
+
+
+def _refuse_duplicates(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{what} name {name!r} at index {index} is a duplicate; names must be unique")
+        seen.add(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status: the state machine's memory. An operator restarted mid-rollout resumes from it alone.
+# ---------------------------------------------------------------------------------------------
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str
+    status: ConditionStatus
+    observed_generation: int | None = None
+    last_transition_time: str
+    reason: str
+    message: str = ""
+
+
+class CheckRecord(_Model):
+    """One measurement of one analysis: what was asked, of how much data, and what it said."""
+
+    name: str
+    query: str
+    window_seconds: int | None = None
+    samples: float | None = Field(default=None, description="Requests in the window (n).")
+    value: float | None = None
+    threshold: str = ""
+    verdict: Literal["Passed", "Failed", "Inconclusive", "Error"]
+    message: str = ""
+
+
+class AnalysisRecord(_Model):
+    """The last analysis as a decision record."""
+
+    time: str
+    revision: str
+    step: int | None = None
+    verdict: Literal["Passed", "Failed", "Inconclusive", "Error"]
+    message: str = ""
+    checks: list[CheckRecord] = Field(default_factory=list)
+
+
+class HistoryEntry(_Model):
+    revision: str
+    version: str
+    outcome: str = Field(description="Promoted, RolledBack, Superseded, Aborted, Deployed.")
+    time: str
+    reason: str = ""
+
+
+HISTORY_LIMIT = 10
+
+
+class ModelDeploymentStatus(_Model):
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    phase: str | None = Field(default=None, description="Derived, for display.")
+    message: str | None = None
+    stable_revision: str | None = None
+    stable_version: str | None = None
+    canary_revision: str | None = None
+    canary_version: str | None = None
+    current_step: int | None = None
+    canary_weight: int | None = None
+    step_started_at: str | None = None
+    canary_started_at: str | None = None
+    failed_checks: int | None = None
+    failed_revision: str | None = Field(default=None, description="Rolled back; not retried until changed.")
+    conditions: list[Condition] = Field(default_factory=list)
+    last_analysis: AnalysisRecord | None = None
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    namespace: str | None = None
+    generation: int | None = None
+    uid: str | None = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelDeployment(_Model):
+    """A whole object as the API server returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["modeldeploy.io/v1alpha1"] = "modeldeploy.io/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+
+class SpecError(ValueError):
+    """A spec that breaks the API's rules; the message names every offending field."""
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return out
+
+
+def describe_errors(err: ValidationError, prefix: str = "spec") -> str:
+    """One line per problem: `spec.rollout.steps[1].setWeight: Input should be less than or equal to 100 (got 150)`."""
+    lines = []
+    for e in err.errors():
+        loc = _loc(tuple(e["loc"]))
+        where = f"{prefix}.{loc}" if loc else prefix
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"{where}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+def parse_spec(raw: dict[str, Any]) -> ModelDeploymentSpec:
+    """Validate a spec from the API server or a file; raise SpecError naming each bad field."""
+    try:
+        return ModelDeploymentSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(describe_errors(err)) from None
