@@ -29,8 +29,9 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) ## Create .venv and install the project with its test tools.
 
 .PHONY: crds
-crds: $(INSTALLED) ## Regenerate crds/ from the pydantic models.
+crds: $(INSTALLED) ## Regenerate crds/ (and the chart's byte-identical copy) from the pydantic models.
 	$(BIN)/python -m modeldeploy_operator.crd > crds/modeldeployments.modeldeploy.io.yaml
+	cp crds/modeldeployments.modeldeploy.io.yaml charts/modeldeploy/crds/modeldeployments.modeldeploy.io.yaml
 
 .PHONY: lint
 lint: $(INSTALLED) ## Ruff lint and the import contracts (pure core stays free of I/O).
