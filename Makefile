@@ -50,6 +50,20 @@ test: $(INSTALLED) lint typecheck ## Install everything, lint, type-check and ru
 test-unit: $(INSTALLED) ## Only the tests that need no cluster.
 	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
+##@ Packaging
+
+.PHONY: manifests
+manifests: ## Render deploy/modeldeploy.yaml (Namespace, CRD, operator) from the Helm chart.
+	bash hack/render-manifests.sh > deploy/modeldeploy.yaml.tmp && mv deploy/modeldeploy.yaml.tmp deploy/modeldeploy.yaml
+
+.PHONY: helm-lint
+helm-lint: ## helm lint the chart (strict) with its default values.
+	"$$(bash hack/build-binaries.sh | tail -n 1)/helm" lint --strict charts/modeldeploy
+
+.PHONY: hadolint
+hadolint: $(INSTALLED) ## Lint the Dockerfile.
+	$(BIN)/hadolint Dockerfile
+
 ##@ Local cluster
 
 .PHONY: binaries

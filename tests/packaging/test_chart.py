@@ -1,0 +1,228 @@
+"""The Helm chart, rendered with helm (no cluster): lint, values schema, RBAC, operator settings."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.packaging.tools import CHART, ROOT, by_kind, docs, helm, run, template
+
+CONTRACT_ENV = {
+    "MODELDEPLOY_OPERATOR_PROMETHEUS_URL",
+    "MODELDEPLOY_OPERATOR_SERVER_IMAGE",
+    "MODELDEPLOY_OPERATOR_NAMESPACES",
+    "MODELDEPLOY_OPERATOR_TICK_SECONDS",
+    "MODELDEPLOY_OPERATOR_METRICS_PORT",
+    "MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS",
+}
+
+
+def _env(rendered: str) -> dict[str, str]:
+    (deploy,) = by_kind(rendered, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_helm_lint_strict() -> None:
+    out = run([helm(), "lint", "--strict", str(CHART)]).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_default_render_has_the_operator_objects() -> None:
+    kinds = sorted(d["kind"] for d in docs(template()))
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+
+
+def test_operator_deployment_shape() -> None:
+    (deploy,) = by_kind(template(), "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["modeldeploy-operator"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert {"name": "metrics", "containerPort": 8000, "protocol": "TCP"} in c["ports"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert labels["app.kubernetes.io/name"] == "modeldeploy"
+
+
+def test_default_operator_settings() -> None:
+    env = _env(template())
+    assert set(env) == CONTRACT_ENV
+    assert env["MODELDEPLOY_OPERATOR_SERVER_IMAGE"] == "modeldeploy/modeldeploy:0.1.0"
+    assert env["MODELDEPLOY_OPERATOR_NAMESPACES"] == ""
+    assert env["MODELDEPLOY_OPERATOR_TICK_SECONDS"] == "5"
+    assert env["MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS"] == "30"
+    assert env["MODELDEPLOY_OPERATOR_METRICS_PORT"] == "8000"
+
+
+def test_custom_image_and_prometheus() -> None:
+    rendered = template(
+        "--set", "image.repository=registry.example/ml/modeldeploy",
+        "--set-string", "image.tag=1.2.3",
+        "--set", "serverImage=registry.example/ml/server:9",
+        "--set", "prometheusUrl=http://prom.monitoring:9090",
+        "--set", "tickSeconds=2",
+    )  # fmt: skip
+    (deploy,) = by_kind(rendered, "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/ml/modeldeploy:1.2.3"
+    env = _env(rendered)
+    assert env["MODELDEPLOY_OPERATOR_SERVER_IMAGE"] == "registry.example/ml/server:9"
+    assert env["MODELDEPLOY_OPERATOR_PROMETHEUS_URL"] == "http://prom.monitoring:9090"
+    assert env["MODELDEPLOY_OPERATOR_TICK_SECONDS"] == "2"
+
+
+def _rules(rendered: str, kind: str) -> list[dict[str, list[str]]]:
+    return [rule for role in by_kind(rendered, kind) for rule in role["rules"]]
+
+
+def _allowed(rules: list[dict[str, list[str]]], group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
+
+
+def test_rbac_least_privilege_cluster_mode() -> None:
+    rules = _rules(template(), "ClusterRole")
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], f"wildcard in {rule}"
+        assert "secrets" not in rule["resources"] and "nodes" not in rule["resources"]
+    needed = [
+        ("modeldeploy.io", "modeldeployments", "watch"),
+        ("modeldeploy.io", "modeldeployments", "patch"),
+        ("modeldeploy.io", "modeldeployments/status", "patch"),
+        ("apps", "deployments", "create"),
+        ("apps", "deployments", "delete"),
+        ("", "services", "create"),
+        ("", "pods", "list"),
+        ("gateway.networking.k8s.io", "httproutes", "patch"),
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "namespaces", "watch"),
+    ]
+    for need in needed:
+        assert _allowed(rules, *need), f"operator lacks {need}"
+    assert not _allowed(rules, "", "pods", "delete")
+    assert not _allowed(rules, "gateway.networking.k8s.io", "httproutes", "create")
+
+
+def test_every_rbac_rule_has_a_comment_saying_why() -> None:
+    for name in ("_rbac.tpl", "clusterrole.yaml"):
+        lines = (CHART / "templates" / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip().startswith("- apiGroups:"):
+                assert lines[i - 1].strip().startswith("#"), f"{name}:{i + 1}: RBAC rule without a comment"
+
+
+@pytest.mark.parametrize(
+    ("flags", "namespaces"),
+    [
+        (["--set", "rbac.namespaced=true"], ["modeldeploy-system"]),
+        (["--set", "rbac.namespaced=true", "--set", "watchNamespaces={team-a,team-b}"], ["team-a", "team-b"]),
+    ],
+)
+def test_namespaced_mode_uses_roles_only(flags: list[str], namespaces: list[str]) -> None:
+    rendered = template(*flags)
+    kinds = {d["kind"] for d in docs(rendered)}
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    roles = by_kind(rendered, "Role")
+    bindings = by_kind(rendered, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
+    for b in bindings:
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "modeldeploy", "namespace": "modeldeploy-system"}]
+    rules = _rules(rendered, "Role")
+    assert not any("customresourcedefinitions" in r["resources"] or "namespaces" in r["resources"] for r in rules)
+    assert _env(rendered)["MODELDEPLOY_OPERATOR_NAMESPACES"] == ",".join(namespaces)
+
+
+def test_service_monitor_is_optional() -> None:
+    assert not by_kind(template(), "ServiceMonitor")
+    (sm,) = by_kind(template("--set", "serviceMonitor.enabled=true", "--set", "serviceMonitor.labels.release=prom"),
+                    "ServiceMonitor")  # fmt: skip
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    (svc,) = by_kind(template(), "Service")
+    assert svc["spec"]["selector"] == sm["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "imagee.tag=1"], "additional properties 'imagee' not allowed"),
+        (["--set", "image.pullpolicy=Always"], "additional properties 'pullpolicy' not allowed"),
+        (["--set", "serviceMonitor.enable=true"], "additional properties 'enable' not allowed"),
+        (["--set", "tickSeconds=0"], "/tickSeconds"),
+        (["--set", "prometheusUrl=prometheus:9090"], "/prometheusUrl"),
+        (["--set", "watchNamespaces={Team_A}"], "/watchNamespaces/0"),
+    ],
+)
+def test_misspelt_or_bad_values_fail_with_a_clear_message(flags: list[str], message: str) -> None:
+    proc = run([helm(), "template", "x", str(CHART), *flags], check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_values_schema_closes_every_object() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(schema, "")
+
+
+def test_every_value_is_commented() -> None:
+    """Each top-level value, and each key of a section (image, rbac, ...), has a comment above it."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    in_section = False
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):(.*)$", line)
+        if not m or len(m.group(1)) > 2:
+            continue
+        commented = i > 0 and lines[i - 1].strip().startswith("#")
+        if not m.group(1):  # top level: a commented value, or an uncommented section of commented keys
+            in_section = not commented and not m.group(3).strip()
+            assert commented or in_section, f"values.yaml:{i + 1}: {m.group(2)} has no comment"
+        elif in_section:
+            assert commented, f"values.yaml:{i + 1}: {m.group(2)} has no comment"
+
+
+def test_chart_crd_is_a_byte_identical_copy() -> None:
+    top = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    copy = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert top == copy, "charts/modeldeploy/crds/ and crds/ hold different files: run `make crds`"
+    for name in top:
+        assert (ROOT / "crds" / name).read_bytes() == (CHART / "crds" / name).read_bytes(), (
+            f"charts/modeldeploy/crds/{name} drifted from crds/{name}: run `make crds`"
+        )
+
+
+def test_plain_manifests_are_rendered_from_the_chart() -> None:
+    fresh = run(["bash", str(ROOT / "hack" / "render-manifests.sh")]).stdout
+    committed = (ROOT / "deploy" / "modeldeploy.yaml").read_text()
+    assert committed == fresh, "deploy/modeldeploy.yaml drifted from the chart: run `make manifests`"
+    kinds = [d["kind"] for d in docs(committed)]
+    assert kinds[:2] == ["Namespace", "CustomResourceDefinition"]
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"} <= set(kinds)
+    for d in docs(committed):
+        if d["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == "modeldeploy-system"
