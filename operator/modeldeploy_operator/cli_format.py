@@ -1,0 +1,197 @@
+"""Pure rendering and reading of a ModelDeployment for the `modeldeploy` CLI (no Kubernetes I/O).
+
+`cli.py` fetches objects and calls these functions; tests call them with plain dicts. Status is
+parsed with the API's pydantic models (`ModelDeploymentStatus`), so the CLI reads exactly the
+fields the operator writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from modeldeploy_operator.api import AnalysisRecord, ModelDeploymentStatus, ModelRef, describe_errors
+
+PHASE_HEALTHY = "Healthy"
+# Phases after which a rollout will not become healthy without a new spec or a human.
+FAILED_PHASES = frozenset({"RolledBack", "Aborted", "Degraded", "Invalid"})
+# Annotation written by `undo`, read by the next `undo` (the model to go back to).
+ANNOTATION_PREVIOUS_MODEL = "modeldeploy.io/previous-model"
+MODEL_KEYS = ("uri", "sha256", "format", "version", "method")
+
+
+class CliError(Exception):
+    """A failure to report on one line, with the process exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_status(obj: dict[str, Any]) -> ModelDeploymentStatus:
+    try:
+        return ModelDeploymentStatus.model_validate(obj.get("status") or {})
+    except ValidationError as err:
+        raise CliError(f"cannot read the status: {describe_errors(err, 'status')}", 5) from None
+
+
+def verdict(obj: dict[str, Any]) -> str:
+    """'healthy', 'failed' or 'progressing': has the rollout of the *current* spec ended, and how."""
+    status = parse_status(obj)
+    generation = obj.get("metadata", {}).get("generation")
+    seen_latest = generation is None or status.observed_generation == generation
+    if not seen_latest:
+        return "progressing"
+    if status.phase == PHASE_HEALTHY and status.canary_revision is None:
+        return "healthy"
+    if status.phase in FAILED_PHASES:
+        return "failed"
+    return "progressing"
+
+
+def _rev(version: str | None, revision: str | None) -> str:
+    if version is None and revision is None:
+        return "-"
+    return f"{version or '?'} (revision {revision or '?'})"
+
+
+def _step_text(obj: dict[str, Any], status: ModelDeploymentStatus) -> str:
+    if status.current_step is None:
+        return "-"
+    steps = obj.get("spec", {}).get("rollout", {}).get("steps") or []
+    index = status.current_step
+    if 0 <= index < len(steps):
+        what = json.dumps(steps[index], separators=(", ", ": "))
+        return f"{index + 1}/{len(steps)} {what}"
+    return f"{index + 1}/{len(steps)}" if steps else str(index + 1)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+
+
+def _analysis_lines(last: AnalysisRecord) -> list[str]:
+    weight = getattr(last, "weight", None)  # recorded by newer operators
+    where = [f"step {last.step + 1}" if last.step is not None else "", f"weight {weight}%" if weight else ""]
+    context = ", ".join(w for w in where if w)
+    head = f"{last.verdict} at {last.time} on revision {last.revision}" + (f" ({context})" if context else "")
+    lines = [f"Last analysis: {head}"]
+    if last.message:
+        lines.append(f"  {last.message}")
+    if last.checks:
+        rows = [
+            [
+                c.name,
+                _num(c.value),
+                c.threshold or "-",
+                _num(c.samples),
+                f"{c.window_seconds}s" if c.window_seconds else "-",
+                c.verdict,
+                c.message,
+            ]
+            for c in last.checks
+        ]
+        lines += table(["CHECK", "VALUE", "THRESHOLD", "N", "WINDOW", "VERDICT", "MESSAGE"], rows)
+    return lines
+
+
+def history_lines(status: ModelDeploymentStatus) -> list[str]:
+    if not status.history:
+        return ["  (no history yet)"]
+    rows = [[h.time, h.version, h.revision, h.outcome, h.reason] for h in reversed(status.history)]
+    return table(["TIME", "VERSION", "REVISION", "OUTCOME", "REASON"], rows)
+
+
+def render_status(obj: dict[str, Any]) -> str:
+    """The `modeldeploy status` view of one ModelDeployment object (as the API server returns it)."""
+    meta = obj.get("metadata", {})
+    status = parse_status(obj)
+    model = obj.get("spec", {}).get("model", {})
+    phase = status.phase or "Pending (not reconciled yet)"
+    observed = status.observed_generation
+    lines = [
+        f"Name:       {meta.get('name', '?')}",
+        f"Namespace:  {meta.get('namespace', '?')}",
+        f"Model:      {model.get('version', '?')} {model.get('uri', '')}",
+        f"Phase:      {phase}" + (f": {status.message}" if status.message else ""),
+    ]
+    if observed is not None and meta.get("generation") not in (None, observed):
+        lines.append(f"            (status is for generation {observed}; the spec is at {meta['generation']})")
+    lines += [
+        f"Stable:     {_rev(status.stable_version, status.stable_revision)}",
+        f"Canary:     {_rev(status.canary_version, status.canary_revision)}"
+        + (f"  weight {status.canary_weight}%" if status.canary_revision and status.canary_weight is not None else ""),
+        f"Step:       {_step_text(obj, status) if status.canary_revision else '-'}",
+    ]
+    if status.failed_revision:
+        failed = _rev(getattr(status, "failed_version", None), status.failed_revision)
+        lines.append(f"Failed:     {failed} (not retried until changed)")
+    conditions = [[c.type, c.status, c.reason, c.message] for c in status.conditions]
+    if conditions:
+        lines += ["Conditions:", *table(["TYPE", "STATUS", "REASON", "MESSAGE"], conditions)]
+    if status.last_analysis is not None:
+        lines += _analysis_lines(status.last_analysis)
+    lines += ["History:", *history_lines(status)]
+    return "\n".join(lines)
+
+
+def _full_model(model: dict[str, Any]) -> dict[str, Any]:
+    """spec.model with every key present (None where unset), so a merge patch removes stale keys."""
+    return {key: model.get(key) for key in MODEL_KEYS}
+
+
+def undo_target(obj: dict[str, Any], to_version: str | None) -> dict[str, Any]:
+    """The spec.model to write back for `undo`, from what the cluster recorded.
+
+    Sources, newest first: status.history entries that carry a `model` (when the operator records
+    it), then the `modeldeploy.io/previous-model` annotation (JSON of a spec.model, written by
+    every `undo`). Without --to-version: the newest recorded model that differs from the current
+    one. Raises CliError (exit 3) when nothing suitable was recorded.
+    """
+    current = _full_model(obj.get("spec", {}).get("model", {}))
+    candidates: list[dict[str, Any]] = []
+    for entry in reversed((obj.get("status") or {}).get("history") or []):
+        if isinstance(entry.get("model"), dict):
+            candidates.append(_full_model(entry["model"]))
+    annotation = obj.get("metadata", {}).get("annotations", {}).get(ANNOTATION_PREVIOUS_MODEL)
+    if annotation:
+        try:
+            candidates.append(_full_model(json.loads(annotation)))
+        except (ValueError, AttributeError):
+            raise CliError(f"annotation {ANNOTATION_PREVIOUS_MODEL} is not a JSON object: {annotation!r}", 3) from None
+    if to_version is not None:
+        matches = [c for c in candidates if c["version"] == to_version]
+        if not matches:
+            known = sorted({str(c["version"]) for c in candidates}) or ["none"]
+            raise CliError(f"no recorded model has version {to_version!r} (recorded: {', '.join(known)})", 3)
+        target = matches[0]
+    else:
+        others = [c for c in candidates if c != current]
+        if not others:
+            raise CliError(
+                "no previous model is recorded (status.history carries no models and annotation "
+                f"{ANNOTATION_PREVIOUS_MODEL} is absent); edit spec.model or use --to-version",
+                3,
+            )
+        target = others[0]
+    try:
+        ModelRef.model_validate({k: v for k, v in target.items() if v is not None})
+    except ValidationError as err:
+        raise CliError(f"the recorded model is not valid: {describe_errors(err, 'spec.model')}", 3) from None
+    return target
+
+
+def undo_patch(obj: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """Merge patch: spec.model <- target, and remember the current model for the next undo."""
+    current = {k: v for k, v in _full_model(obj.get("spec", {}).get("model", {})).items() if v is not None}
+    return {
+        "metadata": {"annotations": {ANNOTATION_PREVIOUS_MODEL: json.dumps(current, sort_keys=True)}},
+        "spec": {"model": target},
+    }
