@@ -365,6 +365,8 @@ class AnalysisRecord(_Model):
     time: str
     revision: str
     step: int | None = None
+    weight: int | None = Field(default=None, description="Canary weight while the window was measured.")
+    window_seconds: int | None = None
     verdict: Literal["Passed", "Failed", "Inconclusive", "Error"]
     message: str = ""
     checks: list[CheckRecord] = Field(default_factory=list)
@@ -397,6 +399,17 @@ class ModelDeploymentStatus(_Model):
     canary_started_at: str | None = None
     failed_checks: int | None = None
     failed_revision: str | None = Field(default=None, description="Rolled back; not retried until changed.")
+    failed_version: str | None = None
+    scale_down_revision: str | None = Field(
+        default=None, description="The previous stable revision, kept running until scaleDownAt (cheap rollback)."
+    )
+    scale_down_at: str | None = None
+    promote_requested: bool | None = Field(
+        default=None, description="A human asked to promote the running canary (skips the analysis gate)."
+    )
+    prometheus_unavailable_since: str | None = Field(
+        default=None, description="Start of the current streak of failed Prometheus queries (hold, not fail)."
+    )
     conditions: list[Condition] = Field(default_factory=list)
     last_analysis: AnalysisRecord | None = None
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)

@@ -1,0 +1,172 @@
+"""Pure builders of the objects a ModelDeployment owns: per-revision Deployments and three Services.
+
+Called by `core.decide`, which says which revisions exist with how many replicas and where the
+Services point; applied by `kube.apply_children` (server-side apply). Plain dicts, owned by the
+ModelDeployment through ownerReferences (so deleting it garbage-collects them).
+
+The pod template renders the server settings contract of the team brief exactly: container
+`server`, command `modeldeploy-server`, port 8080 named `http`, the MODELDEPLOY_* environment,
+readiness on /v2/health/ready, liveness on /v2/health/live, Prometheus scrape annotations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy_operator.api import ModelDeploymentSpec
+
+SERVER_PORT = 8080
+SERVICE_PORT = 80
+LABEL_NAME = "modeldeploy.io/name"
+LABEL_REVISION = "modeldeploy.io/revision"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelDeployment that owns the children (for ownerReferences)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def deployment_name(name: str, revision: str) -> str:
+    return f"{name}-{revision}"
+
+
+def pod_labels(name: str, revision: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "modeldeploy-server",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "modeldeploy",
+        LABEL_NAME: name,
+        LABEL_REVISION: revision,
+    }
+
+
+def server_env(name: str, spec: ModelDeploymentSpec, revision: str) -> list[dict[str, Any]]:
+    """The server's settings contract, in a fixed order. MODELDEPLOY_MODEL_SHA256 only when set."""
+    model = spec.model
+    env: list[dict[str, Any]] = [
+        {"name": "MODELDEPLOY_MODEL_NAME", "value": name},
+        {"name": "MODELDEPLOY_MODEL_URI", "value": model.uri},
+    ]
+    if model.sha256 is not None:
+        env.append({"name": "MODELDEPLOY_MODEL_SHA256", "value": model.sha256})
+    inputs = [i.model_dump(by_alias=True, mode="json", exclude_none=True) for i in spec.inputs]
+    env += [
+        {"name": "MODELDEPLOY_MODEL_FORMAT", "value": str(model.effective_format)},
+        {"name": "MODELDEPLOY_MODEL_VERSION", "value": model.version},
+        {"name": "MODELDEPLOY_MODEL_METHOD", "value": model.method},
+        {"name": "MODELDEPLOY_MODEL_REVISION", "value": revision},
+        {"name": "MODELDEPLOY_INPUTS", "value": json.dumps(inputs, separators=(",", ":"))},
+        {"name": "MODELDEPLOY_HOST", "value": "0.0.0.0"},
+        {"name": "MODELDEPLOY_PORT", "value": str(SERVER_PORT)},
+        {"name": "MODELDEPLOY_WORKERS", "value": str(spec.serving.workers)},
+        {"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    return env
+
+
+def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": image,
+        "command": ["modeldeploy-server"],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "env": server_env(name, spec, revision),
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+    }
+    resources = spec.serving.resources
+    if resources is not None:
+        container["resources"] = resources.model_dump(by_alias=True, mode="json")
+    return {
+        "metadata": {
+            "labels": pod_labels(name, revision),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(SERVER_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30},
+    }
+
+
+def deployment(owner: Owner, spec: ModelDeploymentSpec, revision: str, replicas: int, image: str) -> dict[str, Any]:
+    selector = {LABEL_NAME: owner.name, LABEL_REVISION: revision}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(owner.name, revision),
+            "namespace": owner.namespace,
+            "labels": pod_labels(owner.name, revision),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            # a revision's template never changes (its hash names it), so this only matters for
+            # node drains: never go below the wanted count of ready pods
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": pod_template(owner.name, spec, revision, image),
+        },
+    }
+
+
+def service(owner: Owner, service_name: str, revision: str | None) -> dict[str, Any]:
+    """A Service on port 80 -> http; `revision` None selects every revision of the model."""
+    selector = {LABEL_NAME: owner.name}
+    if revision is not None:
+        selector[LABEL_REVISION] = revision
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name,
+            "namespace": owner.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "modeldeploy-server",
+                "app.kubernetes.io/instance": owner.name,
+                "app.kubernetes.io/managed-by": "modeldeploy",
+                LABEL_NAME: owner.name,
+            },
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def services(owner: Owner, stable_revision: str, canary_revision: str | None) -> list[dict[str, Any]]:
+    """`<name>-stable`, `<name>-canary` (the stable revision when no canary runs), `<name>` (all)."""
+    return [
+        service(owner, f"{owner.name}-stable", stable_revision),
+        service(owner, f"{owner.name}-canary", canary_revision or stable_revision),
+        service(owner, owner.name, None),
+    ]

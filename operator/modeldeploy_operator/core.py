@@ -1,0 +1,88 @@
+"""The pure core: `decide(spec, status, observed, now)` -> desired children, new status, Events.
+
+Called once per tick by the kopf timer (`handlers`), and by the scenario tests with fake
+observations. No I/O, no clock: time is a parameter and every duration is computed from times
+stored in status, so a fresh process fed the same status continues identically.
+
+The rollout is a ladder of early returns (after Argo Rollouts' canary.go), run every tick:
+
+1. annotations (retry, abort, promote) are consumed;
+2. no stable revision yet: deploy the desired one straight to stable;
+3. the desired revision differs from stable (and is not a rolled-back one): start a canary;
+   a different one while a canary runs supersedes it (stable untouched, steps restart);
+4. the canary's last analysis (run by the shell from `plan_analysis`) is judged: more than
+   `failureLimit` failures, or Prometheus failing longer than `progressDeadlineSeconds`, roll back;
+5. canary not ready yet: wait, or roll back at the progress deadline with the pods' reason;
+6. steps: `setWeight` scales the canary and then applies the weight; a timed pause waits and then
+   needs a Passed analysis in the step (if the canary carries weight); an indefinite pause waits
+   for `modeldeploy.io/promote`;
+7. after the last step: scale the canary to full size, switch the stable Service to it, schedule
+   the old revision's scale-down `scale_down_delay_seconds` later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from modeldeploy_operator import analysis
+from modeldeploy_operator import reasons as r
+from modeldeploy_operator.analysis import AnalysisPlan
+from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy_operator.conditions import set_condition
+from modeldeploy_operator.ladder import Tick, analysed_in_step, gate_waiting
+from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed, seconds_since
+
+__all__ = ["decide", "image_for", "invalid_spec", "plan_analysis"]
+
+
+def image_for(spec: ModelDeploymentSpec, config: Config) -> str:
+    return spec.serving.image or config.image
+
+
+def plan_analysis(
+    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime, *, meta: Meta, config: Config
+) -> AnalysisPlan | None:
+    """The check due this tick, if any: every intervalSeconds while the canary carries weight, and
+    as soon as a step's own wait is over (window at least two scrapes) when it waits for one."""
+    st = status
+    weight = st.canary_weight or 0
+    if st.canary_revision is None or st.current_step is None or st.step_started_at is None or weight <= 0:
+        return None
+    a = spec.rollout.analysis
+    since = seconds_since(st.step_started_at, now)
+    floor = analysis.window_seconds(0, a.interval_seconds, config.scrape_interval_seconds)
+    if analysed_in_step(st):
+        assert st.last_analysis is not None
+        due = seconds_since(st.last_analysis.time, now) >= a.interval_seconds
+    else:
+        due = since >= a.interval_seconds or (gate_waiting(spec, st, since) and since >= floor)
+    if not due:
+        return None
+    window = analysis.window_seconds(since, a.interval_seconds, config.scrape_interval_seconds)
+    return analysis.plan(a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window)
+
+
+def invalid_spec(status: ModelDeploymentStatus, message: str, *, meta: Meta, now: datetime) -> Decision:
+    """A spec the models refuse: say so in status (and once as an Event), touch no child."""
+    st = status.model_copy(deep=True)
+    events = []
+    if st.observed_generation != meta.generation or st.phase != r.PHASE_INVALID:
+        events.append(Event("Warning", r.INVALID_SPEC, message))
+    st.observed_generation = meta.generation
+    st.phase = r.PHASE_INVALID
+    st.message = message
+    st.conditions = set_condition(st.conditions, r.PROGRESSING, "False", r.INVALID_SPEC, message, meta.generation, now)
+    return Decision(status=st, events=events, apply_children=False)
+
+
+def decide(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    observed: Observed,
+    now: datetime,
+    *,
+    meta: Meta,
+    config: Config,
+) -> Decision:
+    """One tick of the rollout state machine. Pure: same inputs, same Decision."""
+    return Tick(spec, status, observed, now, meta, config).run()

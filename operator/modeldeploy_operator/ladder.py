@@ -1,0 +1,526 @@
+"""The rungs of one tick of the rollout state machine (the body of `core.decide`). Pure.
+
+`Tick.run()` climbs: control annotations -> first deploy -> start/supersede/cancel canary ->
+judge the last analysis -> canary readiness -> steps -> promotion -> old revision scale-down ->
+conditions, phase and desired children. Each rung either finishes the tick (return) or falls
+through; everything it learns goes into status, which is the only memory between ticks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from modeldeploy_operator import reasons as r
+from modeldeploy_operator.analysis import evaluate
+from modeldeploy_operator.api import HISTORY_LIMIT, HistoryEntry, ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy_operator.children import Owner, deployment, deployment_name, services
+from modeldeploy_operator.conditions import get_condition, set_condition
+from modeldeploy_operator.model import (
+    Config,
+    Decision,
+    Event,
+    Meta,
+    Observed,
+    RevisionState,
+    RouteWeights,
+    fmt_time,
+    later,
+    parse_time,
+    seconds_since,
+)
+from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
+from modeldeploy_operator.revision import revision_of
+
+
+def gate_waiting(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, since: float) -> bool:
+    """The current step has done its own part and only waits for a Passed analysis."""
+    steps = spec.rollout.steps
+    i = st.current_step
+    if i is None:
+        return False
+    if i >= len(steps):
+        return not st.promote_requested and bool(steps) and steps[-1].set_weight is not None
+    pause = steps[i].pause
+    return pause is not None and pause.seconds is not None and since >= pause.seconds
+
+
+def analysed_in_step(st: ModelDeploymentStatus) -> bool:
+    last = st.last_analysis
+    return (
+        last is not None
+        and st.step_started_at is not None
+        and last.revision == st.canary_revision
+        and last.step == st.current_step
+        and parse_time(last.time) >= parse_time(st.step_started_at)
+    )
+
+
+def passed_in_step(st: ModelDeploymentStatus) -> bool:
+    return analysed_in_step(st) and st.last_analysis is not None and st.last_analysis.verdict == "Passed"
+
+
+def routed(spec: ModelDeploymentSpec) -> bool:
+    routing = spec.rollout.traffic_routing
+    return routing is not None and routing.gateway_api is not None
+
+
+def canary_size(spec: ModelDeploymentSpec, weight: int) -> tuple[int, int]:
+    """(canary pods, effective canary weight) for a requested weight: router or replica ratio."""
+    if routed(spec):
+        return routed_canary_replicas(spec.replicas, weight), weight
+    if weight == 0:  # one pod, needed to see it ready; beside r stable pods it gets 1/(r+1)
+        return 1, round(100 / (spec.replicas + 1))
+    return replica_ratio(spec.replicas, weight)
+
+
+class Tick:
+    def __init__(
+        self,
+        spec: ModelDeploymentSpec,
+        status: ModelDeploymentStatus,
+        observed: Observed,
+        now: datetime,
+        meta: Meta,
+        config: Config,
+    ) -> None:
+        self.spec, self.obs, self.now, self.meta, self.config = spec, observed, now, meta, config
+        self.st = status.model_copy(deep=True)
+        self.image = spec.serving.image or config.image
+        self.rev = revision_of(spec, self.image)
+        self.version = spec.model.version
+        self.d = Decision(status=self.st)
+        self.canary_replicas = 0
+        self.progress: tuple[str, str] = (r.ROLLOUT_COMPLETE, "")
+        self.limit = spec.rollout.progress_deadline_seconds
+
+    # ----------------------------------------------------------------- helpers
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.d.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def history(self, revision: str, version: str, outcome: str, why: str) -> None:
+        entry = HistoryEntry(
+            revision=revision, version=version, outcome=outcome, time=fmt_time(self.now), reason=why[:512]
+        )
+        self.st.history = [*self.st.history, entry][-HISTORY_LIMIT:]
+        self.d.outcomes.append(outcome)
+
+    def state(self, revision: str | None) -> RevisionState:
+        return self.obs.revisions.get(revision or "", RevisionState())
+
+    def hold(self, reason: str, message: str) -> None:
+        self.progress = (reason, message)
+
+    def step_text(self, i: int) -> str:
+        steps = self.spec.rollout.steps
+        if i >= len(steps):
+            return "promotion"
+        s = steps[i]
+        what = (
+            f"setWeight {s.set_weight}"
+            if s.set_weight is not None
+            else (f"pause {s.pause.seconds}s" if s.pause and s.pause.seconds is not None else "pause until promoted")
+        )
+        return f"step {i + 1}/{len(steps)} ({what})"
+
+    # ----------------------------------------------------------------- the ladder
+    def run(self) -> Decision:
+        st = self.st
+        ann = self.obs.annotations
+        self.d.clear_annotations = [a for a in r.CONTROL_ANNOTATIONS if a in ann]
+        if r.ANNOTATION_RETRY in ann and st.failed_revision is not None:
+            self.event(r.RETRY_REQUESTED, f"retrying revision {st.failed_revision} (version {st.failed_version})")
+            st.failed_revision = st.failed_version = None
+        if st.stable_revision is None or self.first_deploy_pending():
+            self.first_deploy()
+        else:
+            self.canary()
+        self.scale_down_old()
+        return self.finish()
+
+    def first_deploy_pending(self) -> bool:
+        return self.st.canary_revision is None and self.st.step_started_at is not None
+
+    def first_deploy(self) -> None:
+        st = self.st
+        if st.stable_revision != self.rev:
+            if st.stable_revision is not None:  # never served: replace it, nothing to protect
+                self.history(
+                    st.stable_revision, st.stable_version or "", r.OUTCOME_SUPERSEDED, "replaced before it was ready"
+                )
+            st.stable_revision, st.stable_version = self.rev, self.version
+            st.step_started_at = fmt_time(self.now)
+            self.event(r.STABLE_DEPLOYING, f"deploying revision {self.rev} (version {self.version}) as stable")
+        ready = self.state(self.rev).ready_replicas
+        if ready >= self.spec.replicas:
+            st.step_started_at = None
+            self.history(self.rev, self.version, r.OUTCOME_DEPLOYED, "first deployment")
+            self.event(
+                r.STABLE_DEPLOYED, f"revision {self.rev} (version {self.version}) is serving, {ready} pods ready"
+            )
+            st.conditions = set_condition(
+                st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
+            )
+            return
+        waited = seconds_since(st.step_started_at, self.now)
+        why = self.state(self.rev).problems()
+        msg = f"waiting for {self.spec.replicas} ready pods of revision {self.rev}, {ready} ready: {why}"
+        self.hold(r.STABLE_DEPLOYING, msg)
+        if waited > self.limit:
+            text = f"revision {self.rev} not ready after {waited:.0f}s (progressDeadlineSeconds {self.limit}): {why}"
+            degraded = get_condition(st.conditions, r.DEGRADED)
+            if degraded is None or degraded.status != "True":
+                self.event(r.PROGRESS_DEADLINE_EXCEEDED, text, warning=True)
+            st.conditions = set_condition(
+                st.conditions, r.DEGRADED, "True", r.PROGRESS_DEADLINE_EXCEEDED, text, self.meta.generation, self.now
+            )
+
+    def canary(self) -> None:
+        st = self.st
+        if st.canary_revision is not None and self.rev != st.canary_revision:
+            old, old_v = st.canary_revision, st.canary_version or ""
+            if self.rev == st.stable_revision:
+                self.history(old, old_v, r.OUTCOME_CANCELLED, "the spec returned to the stable revision")
+                self.event(
+                    r.CANARY_CANCELLED,
+                    f"canary {old} (version {old_v}) cancelled: the spec is back at stable {self.rev}",
+                )
+            else:
+                self.history(
+                    old, old_v, r.OUTCOME_SUPERSEDED, f"superseded by revision {self.rev} (version {self.version})"
+                )
+                self.event(
+                    r.CANARY_SUPERSEDED,
+                    f"canary {old} (version {old_v}) superseded by revision {self.rev} (version {self.version})",
+                )
+            self.clear_canary()
+        if st.canary_revision is None and self.rev not in (st.stable_revision, st.failed_revision):
+            if self.spec.paused:
+                self.hold(r.ROLLOUT_PAUSED, f"spec.paused: revision {self.rev} (version {self.version}) waits")
+                return
+            self.start_canary()
+        if st.canary_revision is None:
+            return
+        if r.ANNOTATION_ABORT in self.obs.annotations:
+            self.rollback(r.ABORTED, f"aborted by annotation {r.ANNOTATION_ABORT}", r.OUTCOME_ABORTED)
+            return
+        if r.ANNOTATION_PROMOTE in self.obs.annotations and not st.promote_requested:
+            st.promote_requested = True
+            self.event(r.PROMOTE_REQUESTED, f"promotion of canary {st.canary_revision} requested by annotation")
+            if st.current_step is not None:
+                self.enter_step(len(self.spec.rollout.steps))
+        if self.judge():
+            return
+        if st.current_step is None:
+            if not self.wait_ready(canary_size(self.spec, 0), since=st.canary_started_at):
+                return
+            self.event(r.CANARY_READY, f"canary {st.canary_revision} (version {st.canary_version}) is ready")
+            w = 0 if routed(self.spec) else canary_size(self.spec, 0)[1]
+            st.canary_weight = w
+            self.enter_step(len(self.spec.rollout.steps) if st.promote_requested else 0)
+        self.steps()
+
+    def start_canary(self) -> None:
+        st = self.st
+        st.canary_revision, st.canary_version = self.rev, self.version
+        st.canary_started_at = fmt_time(self.now)
+        st.current_step = st.step_started_at = None
+        st.canary_weight, st.failed_checks = 0, 0
+        st.promote_requested = st.prometheus_unavailable_since = None
+        st.conditions = set_condition(
+            st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
+        )
+        self.event(
+            r.CANARY_STARTED,
+            f"canary revision {self.rev} (version {self.version}) started beside stable "
+            f"{st.stable_revision} (version {st.stable_version})",
+        )
+
+    def clear_canary(self) -> None:
+        st = self.st
+        st.canary_revision = st.canary_version = st.canary_started_at = None
+        st.current_step = st.step_started_at = st.failed_checks = None
+        st.promote_requested = st.prometheus_unavailable_since = None
+        st.canary_weight = 0
+
+    def enter_step(self, i: int) -> None:
+        self.st.current_step = i
+        self.st.step_started_at = fmt_time(self.now)
+        self.event(
+            r.STEP_STARTED, f"canary {self.st.canary_revision}: {self.step_text(i)} at weight {self.st.canary_weight}%"
+        )
+
+    def wait_ready(self, size: tuple[int, int], since: str | None) -> bool:
+        """Canary scaled to size[0]: True when that many pods are ready; rolls back at the deadline."""
+        st = self.st
+        self.canary_replicas = max(self.canary_replicas, size[0])
+        state = self.state(st.canary_revision)
+        if state.ready_replicas >= size[0]:
+            return True
+        waited = seconds_since(since, self.now)
+        msg = f"canary {st.canary_revision}: {state.ready_replicas}/{size[0]} pods ready"
+        if waited > self.limit:
+            text = (
+                f"canary {st.canary_revision} (version {st.canary_version}) not ready after {waited:.0f}s "
+                f"(progressDeadlineSeconds {self.limit}): {state.problems()}"
+            )
+            self.event(r.PROGRESS_DEADLINE_EXCEEDED, text, warning=True)
+            self.rollback(r.PROGRESS_DEADLINE_EXCEEDED, text, r.OUTCOME_ROLLED_BACK)
+        else:
+            self.hold(r.CANARY_WAITING_FOR_READY, f"{msg}; {state.problems()}" if state.pods else msg)
+        return False
+
+    def judge(self) -> bool:
+        """Act on this tick's analysis, if one ran. True when the canary was rolled back."""
+        st = self.st
+        if self.obs.analysis is None:
+            return False
+        plan, results = self.obs.analysis
+        if plan.revision != st.canary_revision or st.current_step is None:
+            return False
+        a = self.spec.rollout.analysis
+        previous = st.last_analysis
+        rec = evaluate(a, plan, results, fmt_time(self.now))
+        st.last_analysis = self.d.analysis = rec
+        if rec.verdict == "Error":
+            if st.prometheus_unavailable_since is None:
+                st.prometheus_unavailable_since = fmt_time(self.now)
+                self.event(r.PROMETHEUS_UNAVAILABLE, f"holding the canary, not judging it: {rec.message}", warning=True)
+            down = seconds_since(st.prometheus_unavailable_since, self.now)
+            if down > self.limit:
+                text = f"Prometheus unavailable for {down:.0f}s (> progressDeadlineSeconds {self.limit}): {rec.message}"
+                self.rollback(r.PROMETHEUS_UNAVAILABLE, text, r.OUTCOME_ROLLED_BACK)
+                return True
+        elif st.prometheus_unavailable_since is not None:
+            st.prometheus_unavailable_since = None
+            self.event(r.PROMETHEUS_AVAILABLE, "Prometheus answers again; analysis continues")
+        if rec.verdict == "Failed":
+            st.failed_checks = (st.failed_checks or 0) + 1
+            self.event(
+                r.ANALYSIS_FAILED,
+                f"check failed ({st.failed_checks} failed, failureLimit {a.failure_limit}): {rec.message}",
+                warning=True,
+            )
+            if st.failed_checks > a.failure_limit:
+                self.rollback(r.ANALYSIS_FAILED, rec.message, r.OUTCOME_ROLLED_BACK)
+                return True
+        elif rec.verdict != (previous.verdict if previous else None) or rec.verdict == "Inconclusive":
+            reason = r.ANALYSIS_PASSED if rec.verdict == "Passed" else r.ANALYSIS_INCONCLUSIVE
+            if rec.verdict != "Error":
+                self.event(reason, rec.message)
+        return False
+
+    def rollback(self, reason: str, message: str, outcome: str) -> None:
+        st = self.st
+        rev, ver = st.canary_revision or "", st.canary_version or ""
+        self.history(rev, ver, outcome, message)
+        self.event(
+            r.ABORTED if outcome == r.OUTCOME_ABORTED else r.ROLLED_BACK,
+            f"canary {rev} (version {ver}) rolled back to stable {st.stable_revision}: {message}",
+            warning=True,
+        )
+        st.failed_revision, st.failed_version = rev, ver
+        st.conditions = set_condition(
+            st.conditions, r.DEGRADED, "True", reason, message, self.meta.generation, self.now
+        )
+        self.clear_canary()
+        self.canary_replicas = 0
+
+    def steps(self) -> None:
+        st = self.st
+        steps = self.spec.rollout.steps
+        for _ in range(len(steps) + 2):
+            assert st.current_step is not None
+            i = st.current_step
+            if i >= len(steps):
+                self.promote()
+                return
+            self.canary_replicas = max(self.canary_replicas, canary_size(self.spec, st.canary_weight or 0)[0])
+            step = steps[i]
+            if self.spec.paused:
+                self.hold(r.ROLLOUT_PAUSED, f"spec.paused: holding at {self.step_text(i)}, weight {st.canary_weight}%")
+                return
+            if step.set_weight is not None:
+                if not self.wait_ready(canary_size(self.spec, step.set_weight), since=st.step_started_at):
+                    return
+                if self.obs.route is not None and not self.obs.route.found:
+                    self.hold(r.ROUTE_NOT_FOUND, self.obs.route.message)
+                    return
+                old, st.canary_weight = st.canary_weight, canary_size(self.spec, step.set_weight)[1]
+                self.event(r.WEIGHT_CHANGED, f"canary {st.canary_revision} weight {old}% -> {st.canary_weight}%")
+                self.enter_step(i + 1)
+                continue
+            assert step.pause is not None
+            since = seconds_since(st.step_started_at, self.now)
+            if step.pause.seconds is None:
+                self.hold(
+                    r.STEP_PAUSED,
+                    f"{self.step_text(i)}: paused at weight {st.canary_weight}% until {r.ANNOTATION_PROMOTE} is set",
+                )
+                return
+            if since < step.pause.seconds:
+                self.hold(
+                    r.STEP_PAUSED,
+                    f"{self.step_text(i)}: {step.pause.seconds - since:.0f}s left at weight {st.canary_weight}%",
+                )
+                return
+            if (st.canary_weight or 0) > 0 and not passed_in_step(st):
+                self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(i))
+                return
+            self.enter_step(i + 1)
+
+    def waiting_text(self, i: int) -> str:
+        last = self.st.last_analysis
+        got = (
+            f"; last: {last.verdict} ({last.message})"
+            if last is not None and last.revision == self.st.canary_revision
+            else ""
+        )
+        return f"{self.step_text(i)}: waiting for a passing analysis at weight {self.st.canary_weight}%{got}"
+
+    def promote(self) -> None:
+        st = self.st
+        steps = self.spec.rollout.steps
+        if gate_waiting(self.spec, st, 0) and (st.canary_weight or 0) > 0 and not passed_in_step(st):
+            self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(len(steps)))
+            return
+        if not self.wait_ready((self.spec.replicas, 100), since=st.step_started_at):
+            return
+        old, old_v = st.stable_revision, st.stable_version
+        rev, ver = st.canary_revision or "", st.canary_version or ""
+        how = "by annotation" if st.promote_requested else "all steps passed"
+        self.history(rev, ver, r.OUTCOME_PROMOTED, how)
+        self.event(
+            r.PROMOTED,
+            f"revision {rev} (version {ver}) promoted to stable ({how}); previous stable {old} "
+            f"(version {old_v}) scales down in {self.config.scale_down_delay_seconds}s",
+        )
+        st.scale_down_revision, st.scale_down_at = old, later(self.now, self.config.scale_down_delay_seconds)
+        st.stable_revision, st.stable_version = rev, ver
+        self.clear_canary()
+        self.canary_replicas = 0
+
+    def scale_down_old(self) -> None:
+        st = self.st
+        if st.scale_down_revision is None or st.scale_down_at is None:
+            return
+        if st.scale_down_revision in (st.stable_revision, st.canary_revision):
+            st.scale_down_revision = st.scale_down_at = None
+        elif seconds_since(st.scale_down_at, self.now) >= 0:
+            self.event(r.OLD_REVISION_SCALED_DOWN, f"previous stable revision {st.scale_down_revision} scaled to 0")
+            st.scale_down_at = None
+
+    # ----------------------------------------------------------------- status and children
+    def finish(self) -> Decision:
+        st, gen, now = self.st, self.meta.generation, self.now
+        st.observed_generation = gen
+        assert st.stable_revision is not None
+        stable = self.state(st.stable_revision)
+        ready = stable.ready_replicas
+        if ready >= self.spec.replicas:
+            ready_c = (
+                "True",
+                r.STABLE_AVAILABLE,
+                f"{ready}/{self.spec.replicas} pods of stable revision {st.stable_revision} "
+                f"(version {st.stable_version}) ready",
+            )
+        else:
+            ready_c = (
+                "False",
+                r.STABLE_UNAVAILABLE,
+                f"{ready}/{self.spec.replicas} pods of stable revision {st.stable_revision} ready: {stable.problems()}",
+            )
+        st.conditions = set_condition(st.conditions, r.READY, ready_c[0], ready_c[1], ready_c[2], gen, now)  # type: ignore[arg-type]
+        degraded = get_condition(st.conditions, r.DEGRADED)
+        failed_now = st.failed_revision is not None and st.failed_revision == self.rev
+        if st.canary_revision is not None or self.first_deploy_pending():
+            reason, msg = self.progress
+            if st.prometheus_unavailable_since is not None and st.last_analysis is not None:
+                reason = r.PROMETHEUS_UNAVAILABLE
+                msg = (
+                    f"holding: Prometheus unavailable since {st.prometheus_unavailable_since} "
+                    f"({st.last_analysis.message}); {msg}"
+                )
+            st.conditions = set_condition(st.conditions, r.PROGRESSING, "True", reason, msg, gen, now)
+            if self.first_deploy_pending():
+                st.phase = r.PHASE_DEGRADED if degraded is not None and degraded.status == "True" else r.PHASE_DEPLOYING
+            elif reason in (r.ROLLOUT_PAUSED, r.STEP_PAUSED) and (
+                self.spec.paused or st.current_step is not None and self.is_indefinite()
+            ):
+                st.phase = r.PHASE_PAUSED
+            elif st.current_step is not None and st.current_step >= len(self.spec.rollout.steps):
+                st.phase = r.PHASE_PROMOTING
+            else:
+                st.phase = r.PHASE_PROGRESSING
+            st.message = msg
+        elif failed_now and degraded is not None and degraded.status == "True":
+            st.conditions = set_condition(
+                st.conditions,
+                r.PROGRESSING,
+                "False",
+                r.ROLLED_BACK if degraded.reason != r.ABORTED else r.ABORTED,
+                degraded.message,
+                gen,
+                now,
+            )
+            st.phase = r.PHASE_ABORTED if degraded.reason == r.ABORTED else r.PHASE_ROLLED_BACK
+            st.message = (
+                f"revision {st.failed_revision} (version {st.failed_version}) {st.phase}: {degraded.message}; "
+                f"serving stable {st.stable_revision} (version {st.stable_version})"
+            )
+        else:
+            if not failed_now and degraded is not None and degraded.status == "True":
+                st.conditions = set_condition(st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", gen, now)
+            reason, msg = self.progress
+            if reason == r.ROLLOUT_PAUSED:
+                st.conditions = set_condition(st.conditions, r.PROGRESSING, "True", reason, msg, gen, now)
+                st.phase, st.message = r.PHASE_PAUSED, msg
+            else:
+                st.conditions = set_condition(
+                    st.conditions,
+                    r.PROGRESSING,
+                    "False",
+                    r.ROLLOUT_COMPLETE,
+                    f"serving revision {st.stable_revision} (version {st.stable_version})",
+                    gen,
+                    now,
+                )
+                st.phase = r.PHASE_HEALTHY if ready_c[0] == "True" else r.PHASE_DEGRADED
+                st.message = ready_c[2]
+        if get_condition(st.conditions, r.DEGRADED) is None:
+            st.conditions = set_condition(st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", gen, now)
+        if st.canary_revision is None:
+            st.canary_weight = 0
+        self.children()
+        return self.d
+
+    def is_indefinite(self) -> bool:
+        i = self.st.current_step
+        steps = self.spec.rollout.steps
+        if i is None or i >= len(steps):
+            return False
+        pause = steps[i].pause
+        return pause is not None and pause.seconds is None
+
+    def children(self) -> None:
+        st, spec, meta = self.st, self.spec, self.meta
+        assert st.stable_revision is not None
+        owner = Owner(meta.name, meta.namespace, meta.uid)
+        want: dict[str, int] = {st.stable_revision: spec.replicas}
+        if st.canary_revision is not None:
+            want[st.canary_revision] = max(self.canary_replicas, 1)
+        if st.scale_down_revision is not None and st.scale_down_revision not in want:
+            want[st.scale_down_revision] = spec.replicas if st.scale_down_at is not None else 0
+        if st.failed_revision is not None and st.failed_revision not in want:
+            want[st.failed_revision] = 0
+        for rev, replicas in want.items():
+            if rev == self.rev:  # only the desired revision's template is known: the others are only scaled
+                self.d.deployments.append(deployment(owner, spec, rev, replicas, self.image))
+            else:
+                self.d.scales[deployment_name(meta.name, rev)] = replicas
+        self.d.services = services(owner, st.stable_revision, st.canary_revision)
+        routing = spec.rollout.traffic_routing
+        if routing is not None and routing.gateway_api is not None:
+            w = st.canary_weight or 0
+            self.d.route = RouteWeights(
+                routing.gateway_api.http_route, f"{meta.name}-stable", f"{meta.name}-canary", 100 - w, w
+            )

@@ -1,0 +1,52 @@
+"""The revision of a ModelDeployment: a short, stable hash of everything that changes the server pods.
+
+Called by `core.decide` every tick (the desired revision) and by `children` (labels, Deployment
+names, the MODELDEPLOY_MODEL_REVISION env var that becomes a metric label).
+
+What is in it: the model's uri, sha256, effective format, method and **version**, the input
+contract, and the serving fields (the resolved image, workers, resources). The version is in it
+because it is rendered into the pods (MODELDEPLOY_MODEL_VERSION, a metric label): a version-only
+change must go through a canary like any other pod change, never an in-place rolling update.
+The resolved image is in it for the same reason (an operator whose default image changes rolls
+each model out by canary). `replicas`, `rollout` and `paused` are not: they change no pod.
+
+The hash is of canonical JSON (sorted keys, no whitespace, wire names), so it does not depend on
+dict order, Python version or pydantic defaults being written out or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from modeldeploy_operator.api import ModelDeploymentSpec
+
+REVISION_LENGTH = 10
+
+
+def revision_payload(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
+    """The canonical document that is hashed (exposed for tests and for `kubectl describe` debugging)."""
+    model = spec.model
+    resources = spec.serving.resources
+    return {
+        "model": {
+            "uri": model.uri,
+            "sha256": model.sha256,
+            "format": model.effective_format,
+            "method": model.method,
+            "version": model.version,
+        },
+        "inputs": [i.model_dump(by_alias=True, mode="json") for i in spec.inputs],
+        "serving": {
+            "image": image,
+            "workers": spec.serving.workers,
+            "resources": resources.model_dump(by_alias=True, mode="json") if resources else None,
+        },
+    }
+
+
+def revision_of(spec: ModelDeploymentSpec, image: str) -> str:
+    """10 lowercase hex digits: short enough for labels and names, 40 bits against collisions."""
+    canonical = json.dumps(revision_payload(spec, image), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]

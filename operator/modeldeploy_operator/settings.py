@@ -1,0 +1,38 @@
+"""The operator's settings, from MODELDEPLOY_OPERATOR_* environment variables (the chart sets them).
+
+Read once by `__main__` at startup; `handlers` and `prom` receive the values. Pure (pydantic-settings).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modeldeploy_operator.model import DEFAULT_IMAGE, Config
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELDEPLOY_OPERATOR_", extra="ignore")
+
+    prometheus_url: str = Field(default="http://127.0.0.1:9090", description="Prometheus base URL.")
+    prometheus_timeout_seconds: float = Field(default=5.0, gt=0, description="Per-query timeout.")
+    server_image: str = Field(default=DEFAULT_IMAGE, min_length=1)
+    namespaces: str = Field(default="", description="Comma-separated namespaces to watch; empty: all.")
+    tick_seconds: float = Field(default=5.0, gt=0, description="Period of the per-object reconcile timer.")
+    metrics_port: int = Field(default=8000, ge=0, le=65535, description="/metrics and /healthz.")
+    metrics_bind_address: str = Field(default="0.0.0.0", description="Address of the metrics listener.")
+    scale_down_delay_seconds: int = Field(default=30, ge=0)
+    scrape_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Prometheus' scrape interval; analysis windows span at least two."
+    )
+
+    @property
+    def namespace_list(self) -> list[str]:
+        return [n.strip() for n in self.namespaces.split(",") if n.strip()]
+
+    def core_config(self) -> Config:
+        return Config(
+            image=self.server_image,
+            scale_down_delay_seconds=self.scale_down_delay_seconds,
+            scrape_interval_seconds=self.scrape_interval_seconds,
+        )
