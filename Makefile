@@ -29,9 +29,10 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) ## Create .venv and install the project with its test tools.
 
 .PHONY: crds
-crds: $(INSTALLED) ## Regenerate crds/ (and the chart's byte-identical copy) from the pydantic models.
+crds: $(INSTALLED) ## Regenerate crds/ (and the chart's byte-identical copy, and deploy/) from the pydantic models.
 	$(BIN)/python -m modeldeploy_operator.crd > crds/modeldeployments.modeldeploy.io.yaml
 	cp crds/modeldeployments.modeldeploy.io.yaml charts/modeldeploy/crds/modeldeployments.modeldeploy.io.yaml
+	$(MAKE) --no-print-directory manifests  # deploy/ carries the CRD too
 
 .PHONY: lint
 lint: $(INSTALLED) ## Ruff lint and the import contracts (pure core stays free of I/O).
