@@ -1,0 +1,123 @@
+"""`modeldeploy-server`: serve from the environment (flags override), or `score` a CSV file.
+
+Owned here: the command line. Every setting is a flag named after its variable
+(`--model-uri` = `MODELDEPLOY_MODEL_URI`); flags are exported to the environment so that worker
+processes see them. One worker: the model loads in the background of the serving process (liveness
+answers during a download). Several workers: the parent fetches, verifies and self-checks once
+(refusing early with one line), sets up prometheus_client's multiprocess directory, then uvicorn
+spawns the workers. Exit codes: 0 clean stop, 2 refusal (digest, format, version, self-check,
+settings), 1 rejected rows in `score`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from modeldeploy_server.errors import LoadRefused
+from modeldeploy_server.settings import ENV_PREFIX, Settings
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "") + f" (env {ENV_PREFIX}{name.upper()})"
+        parser.add_argument(flag, dest=f"setting_{name}", default=None, metavar="VALUE", help=help_text)
+
+
+def _export_flags(args: argparse.Namespace) -> None:
+    for name in Settings.model_fields:
+        value = getattr(args, f"setting_{name}", None)
+        if value is not None:
+            os.environ[f"{ENV_PREFIX}{name.upper()}"] = value
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ENV_PREFIX + ".".join(str(p) for p in first["loc"]).upper()
+        raise LoadRefused(f"invalid setting {where}: {first['msg']} (got {str(first.get('input'))[:200]!r})") from None
+
+
+def _fresh_multiprocess_dir() -> str:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="modeldeploy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    common: dict[str, object] = {
+        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools", "lifespan": "on",
+        "access_log": False, "log_config": None, "timeout_graceful_shutdown": settings.graceful_timeout_seconds,
+        "server_header": False, "date_header": False,
+    }  # fmt: skip
+    if settings.workers > 1:
+        directory = _fresh_multiprocess_dir()  # before prometheus_client is imported anywhere
+        from modeldeploy_server import logs
+        from modeldeploy_server.runtime import load_runtime
+
+        logs.configure(settings.log_level)
+        load_runtime(settings)  # refuse once, early, with one line; workers reuse the verified cache
+        try:
+            uvicorn.run("modeldeploy_server.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        return 0
+    from modeldeploy_server.app import create_app
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
+
+    def stop(_: str) -> None:
+        server.should_exit = True
+
+    app.on_refused = stop
+    server.run()
+    return LoadRefused.exit_code if app.refused else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="modeldeploy-server", description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="command")
+    serve_parser = sub.add_parser("serve", help="Serve the model over HTTP (the default).")
+    score_parser = sub.add_parser("score", help="Score a CSV file with the same artifact checks and contract.")
+    score_parser.add_argument("--input", required=True, help="CSV with a header row naming the features.")
+    score_parser.add_argument("--output", required=True, help="CSV of predictions (row, prediction...).")
+    score_parser.add_argument("--rejects", default=None, help="CSV report of rejected rows (default: stderr).")
+    score_parser.add_argument("--allow-rejects", action="store_true", help="Exit 0 even if rows were rejected.")
+    for p in (parser, serve_parser, score_parser):
+        _add_setting_flags(p)
+    if not args_list or args_list[0] not in ("serve", "score", "-h", "--help"):
+        args_list.insert(0, "serve")
+    args = parser.parse_args(args_list)
+    _export_flags(args)
+    try:
+        settings = _settings()
+        if args.command == "score":
+            from modeldeploy_server.score import score
+
+            return score(settings, args.input, args.output, args.rejects, args.allow_rejects)
+        return serve(settings)
+    except LoadRefused as exc:
+        print(f"modeldeploy-server: refused: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Prometheus metrics: the names and labels are a contract with the operator's PromQL.
+
+Owned here: the five `modeldeploy_*` metric families, their constant labels (`model`, `version`,
+`revision`), recording (one call per request, from `service`), and rendering `/metrics`. With
+several workers `PROMETHEUS_MULTIPROC_DIR` is set (by `__main__`, before prometheus_client is
+imported) and every worker writes to its own files; rendering merges them (no loss, no double
+count). Called by `service` and `app`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from modeldeploy_server.contract import REASONS
+
+REQUESTS = "modeldeploy_requests_total"
+DURATION = "modeldeploy_request_duration_seconds"
+REJECTIONS = "modeldeploy_rejections_total"
+PREDICTIONS = "modeldeploy_predictions_total"
+INFO = "modeldeploy_model_info"
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BASE_LABELS = ("model", "version", "revision")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series are noise for rate() queries and absent in multiprocess mode
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The server's metric families with the model's label values bound once."""
+
+    def __init__(self, model: str, version: str, revision: str) -> None:
+        self.base = (model, version, revision)
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values live in files; the registry is only used to render.
+        self.registry = CollectorRegistry()
+        reg = None if self.multiprocess else self.registry
+        labels = BASE_LABELS
+        self._requests = Counter(
+            REQUESTS.removesuffix("_total"), "Inference requests (infer/predict) by HTTP status code and outcome.",
+            (*labels, "code", "outcome"), registry=reg,
+        )  # fmt: skip
+        self._duration = Histogram(
+            DURATION, "Time to answer an inference request, from body received to response built.",
+            labels, buckets=BUCKETS, registry=reg,
+        )  # fmt: skip
+        self._rejections = Counter(
+            REJECTIONS.removesuffix("_total"), "Requests refused by the input contract, by reason.",
+            (*labels, "reason"), registry=reg,
+        )  # fmt: skip
+        self._predictions = Counter(PREDICTIONS.removesuffix("_total"), "Rows predicted.", labels, registry=reg)
+        self._info = Gauge(
+            INFO, "The served model artifact (always 1).", (*labels, "sha256", "format", "sklearn_version"),
+            registry=reg, multiprocess_mode="max",
+        )  # fmt: skip
+        self._duration_child = self._duration.labels(*self.base)
+        self._predictions_child = self._predictions.labels(*self.base)
+        self._request_children: dict[int, Counter] = {}
+        self._request_child(200)
+        for reason in REASONS:
+            self._rejections.labels(*self.base, reason)
+
+    def _request_child(self, code: int) -> Counter:
+        child = self._request_children.get(code)
+        if child is None:
+            outcome = "success" if code < 400 else "rejected" if code < 500 else "error"
+            child = self._requests.labels(*self.base, str(code), outcome)
+            self._request_children[code] = child
+        return child
+
+    def set_info(self, sha256: str, fmt: str, sklearn_version: str) -> None:
+        self._info.labels(*self.base, sha256, fmt, sklearn_version).set(1)
+
+    def observe(self, code: int, seconds: float, rows: int = 0) -> None:
+        self._request_child(code).inc()
+        self._duration_child.observe(seconds)
+        if rows:
+            self._predictions_child.inc(rows)
+
+    def reject(self, reason: str) -> None:
+        self._rejections.labels(*self.base, reason).inc()
+
+    def render(self) -> bytes:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

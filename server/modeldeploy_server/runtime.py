@@ -1,0 +1,178 @@
+"""The model runtime: deserialize a verified artifact, check it against the contract, self-check.
+
+Owned here: format dispatch (joblib/pickle only with a digest, skops with an explicit trusted-type
+list, ONNX via onnxruntime), sklearn's InconsistentVersionWarning as a refusal, the reference
+`predict` (the artifact's own method), the choice of a verified fast path (`fastpath`), and the
+self-check on the reference row that gates readiness. Called by `app` (serving) and `score`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import sklearn
+from sklearn.exceptions import InconsistentVersionWarning
+
+from modeldeploy_server.contract import Contract, Matrix
+from modeldeploy_server.errors import LoadRefused
+from modeldeploy_server.fastpath import choose, onnx_runtime
+from modeldeploy_server.fetch import fetch_verified
+from modeldeploy_server.settings import InputSpec, Settings
+
+log = logging.getLogger("modeldeploy_server.runtime")
+Predict = Callable[[Matrix], npt.NDArray[Any]]
+# Types a skops artifact may contain besides the ones listed in MODELDEPLOY_TRUSTED_TYPES.
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.")
+
+
+@dataclass
+class Runtime:
+    """A loaded, verified model: `predict` is the serving path, `reference` the artifact's own method."""
+
+    contract: Contract
+    predict: Predict
+    reference: Predict
+    sha256: str
+    format: str
+    method: str
+    path: str = "sklearn"
+    notes: list[str] = field(default_factory=list)
+    classes: list[str] | None = None
+    load_seconds: float = 0.0
+
+
+def _unpickle(path: Path, fmt: str, settings: Settings) -> Any:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        if fmt == "joblib":
+            import joblib
+
+            model = joblib.load(path)
+        else:
+            with path.open("rb") as handle:
+                model = pickle.load(handle)  # noqa: S301 - digest verified before this line
+    for warning in caught:
+        if isinstance(warning.message, InconsistentVersionWarning):
+            w = warning.message
+            line = (
+                f"model artifact {settings.model_uri} was saved with scikit-learn {w.original_sklearn_version}"
+                f" but this server runs {w.current_sklearn_version} ({w.estimator_name})"
+            )
+            if not settings.allow_version_mismatch:
+                raise LoadRefused(line + "; refusing to load (MODELDEPLOY_ALLOW_VERSION_MISMATCH=true overrides)")
+            log.warning("%s; loading anyway because MODELDEPLOY_ALLOW_VERSION_MISMATCH=true", line)
+    return model
+
+
+def _load_skops(path: Path, settings: Settings) -> Any:
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(file=path)
+    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES) and t not in settings.trusted_types]
+    if refused:
+        raise LoadRefused(
+            f"skops artifact {settings.model_uri} contains untrusted types {refused}; "
+            "list them in MODELDEPLOY_TRUSTED_TYPES only if you trust their code"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        try:
+            return sio.load(path, trusted=untrusted)
+        except InconsistentVersionWarning as w:
+            if not settings.allow_version_mismatch:
+                raise LoadRefused(
+                    f"model artifact {settings.model_uri} was saved with scikit-learn {w.original_sklearn_version}"
+                    f" but this server runs {w.current_sklearn_version}; refusing to load"
+                ) from None
+    return sio.load(path, trusted=untrusted)
+
+
+def _sklearn_predict(model: Any, method: str, settings: Settings) -> Predict:
+    if not callable(getattr(model, method, None)):
+        raise LoadRefused(f"model {type(model).__name__} from {settings.model_uri} has no method {method!r}")
+    bound: Predict = getattr(model, method)
+    return bound
+
+
+def _contract_for(model: Any, specs: list[InputSpec], settings: Settings) -> Contract:
+    names = getattr(model, "feature_names_in_", None)
+    width = getattr(model, "n_features_in_", None)
+    if not specs:
+        if names is not None:
+            specs = [InputSpec(name=str(n)) for n in names]
+        elif width is not None:
+            specs = [InputSpec(name=f"x{j}") for j in range(int(width))]
+        else:
+            raise LoadRefused(f"MODELDEPLOY_INPUTS is empty and {settings.model_uri} does not say its features")
+    if width is not None and int(width) != len(specs):
+        raise LoadRefused(f"MODELDEPLOY_INPUTS declares {len(specs)} features but the model expects {int(width)}")
+    if names is not None and [str(n) for n in names] != [s.name for s in specs]:
+        raise LoadRefused(
+            f"MODELDEPLOY_INPUTS names {[s.name for s in specs]} differ from the model's "
+            f"feature_names_in_ {[str(n) for n in names]}"
+        )
+    return Contract(specs)
+
+
+def self_check(runtime: Runtime) -> None:
+    """Predict the reference row (and, with optional features, the row without them); refuse on failure."""
+    rows = [runtime.contract.reference_row()]
+    if runtime.contract.any_optional:
+        missing = rows[0].copy()
+        missing[0, runtime.contract.optional] = np.nan
+        rows.append(missing)
+    for x in rows:
+        try:
+            y = runtime.predict(x)
+        except Exception as exc:  # the model's own error, whatever its type, refuses readiness
+            raise LoadRefused(f"self-check prediction on {x.tolist()} failed: {type(exc).__name__}: {exc}") from exc
+        if len(y) != 1:
+            raise LoadRefused(f"self-check prediction on {x.tolist()} returned {len(y)} rows instead of 1")
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """Fetch, verify, deserialize, choose the serving path and self-check. Raises LoadRefused."""
+    started = time.perf_counter()
+    fmt = settings.effective_format
+    if fmt is None:
+        raise LoadRefused(f"MODELDEPLOY_MODEL_FORMAT is not set and {settings.model_uri!r} has no known extension")
+    if fmt in ("joblib", "pickle") and settings.model_sha256 is None:
+        raise LoadRefused(
+            f"refusing {fmt} artifact {settings.model_uri} without MODELDEPLOY_MODEL_SHA256: it runs code when loaded"
+        )
+    path, digest = fetch_verified(settings)
+    if fmt == "onnx":
+        runtime = onnx_runtime(path, settings, digest)
+    else:
+        try:
+            model = _load_skops(path, settings) if fmt == "skops" else _unpickle(path, fmt, settings)
+        except LoadRefused:
+            raise
+        except Exception as exc:  # any deserialization failure is a refusal with one line
+            raise LoadRefused(f"cannot load {fmt} artifact {settings.model_uri}: {type(exc).__name__}: {exc}") from exc
+        contract = _contract_for(model, list(settings.inputs), settings)
+        reference = _sklearn_predict(model, settings.model_method, settings)
+        runtime = Runtime(contract, reference, reference, digest, fmt, settings.model_method)
+        if hasattr(model, "classes_"):
+            runtime.classes = [str(c) for c in model.classes_]
+        self_check(runtime)
+        if settings.compile == "auto":
+            choose(runtime, model)
+    self_check(runtime)
+    runtime.load_seconds = time.perf_counter() - started
+    log.info(
+        "model loaded",
+        extra={"fields": {"uri": settings.model_uri, "sha256": digest, "format": fmt, "path": runtime.path,
+                          "notes": runtime.notes, "sklearn_version": sklearn.__version__,
+                          "load_seconds": round(runtime.load_seconds, 3)}},
+    )  # fmt: skip
+    return runtime

@@ -1,0 +1,101 @@
+"""The server's settings: `MODELDEPLOY_*` environment variables, the same names as CLI flags.
+
+Owned here: the `Settings` model (pydantic-settings) and `InputSpec`, the server's own copy of one
+`spec.inputs` entry (camelCase on the wire, as in the CRD; the server must not import the
+operator). Called by `__main__` (flags are exported to the environment so that worker processes
+see them), `app.create_app`, `score` and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MODELDEPLOY_"
+ModelFormat = Literal["joblib", "pickle", "skops", "onnx"]
+EXTENSION_FORMATS: dict[str, ModelFormat] = {
+    ".joblib": "joblib",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".skops": "skops",
+    ".onnx": "onnx",
+}
+
+
+class InputSpec(BaseModel):
+    """One feature of the input contract, in the model's column order."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    min: float | None = None
+    max: float | None = None
+    null_values: tuple[float, ...] = ()
+    required: bool = True
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> InputSpec:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"input {self.name!r}: min ({self.min}) must be less than max ({self.max})")
+        return self
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modeldeploy" / "artifacts"
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment (flag `--model-uri` = `MODELDEPLOY_MODEL_URI`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
+
+    model_name: str = Field(default="model", description="The ModelDeployment name; the `model` metric label.")
+    model_uri: str = Field(default="", description="file://, http(s):// or s3:// URI of the artifact.")
+    model_sha256: str | None = Field(default=None, description="Expected SHA-256 of the artifact (64 hex).")
+    model_format: ModelFormat | None = Field(default=None, description="joblib|pickle|skops|onnx; default: ext.")
+    model_version: str = Field(default="0", description="Human version label; the `version` metric label.")
+    model_method: Literal["predict", "predict_proba"] = "predict"
+    model_revision: str = Field(default="", description="Revision hash; the `revision` metric label.")
+    inputs: list[InputSpec] = Field(default_factory=list, description="JSON: the spec.inputs list.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    pod_name: str = ""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_batch_rows: int = Field(default=256, ge=1, description="Upper bound of one micro-batch.")
+    compile: Literal["auto", "off"] = Field(default="auto", description="auto: verified fast paths; off: sklearn.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    s3_endpoint: str | None = Field(default=None, description="S3 endpoint; else AWS_ENDPOINT_URL, else AWS.")
+    allow_version_mismatch: bool = False
+    trusted_types: list[str] = Field(default_factory=list, description="Extra skops types to trust.")
+    fetch_timeout_seconds: float = Field(default=60.0, gt=0)
+    graceful_timeout_seconds: float = Field(default=30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(default=False, description="Also log successful requests (refusals always are).")
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        digest = value.strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"MODELDEPLOY_MODEL_SHA256 must be 64 hex digits, got {value!r}")
+        return digest
+
+    @property
+    def effective_format(self) -> ModelFormat | None:
+        """The declared format, else the one implied by the URI's extension."""
+        if self.model_format is not None:
+            return self.model_format
+        path = self.model_uri.split("?", 1)[0].lower()
+        for ext, fmt in EXTENSION_FORMATS.items():
+            if path.endswith(ext):
+                return fmt
+        return None

@@ -1,0 +1,85 @@
+"""Verification rows: the inputs on which a fast path must reproduce the artifact's own predictions.
+
+Owned here: a deterministic set of rows spread over each feature's declared range (or, where the
+contract has no bounds, over the range the model itself reveals: a tree's split thresholds, a
+scaler's mean +- 4 standard deviations), plus, for tree models, rows placed exactly on split
+thresholds and one float32 step either side (where float rounding would show first). Called by
+`fastpath.choose`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modeldeploy_server.contract import Contract, Matrix
+
+N_RANDOM = 512
+N_THRESHOLD = 256
+
+
+def _trees(model: Any) -> list[Any]:
+    if hasattr(model, "tree_"):
+        return [model.tree_]
+    estimators = getattr(model, "estimators_", None)
+    if estimators is None:
+        return []
+    flat = np.asarray(estimators, dtype=object).ravel()
+    return [e.tree_ for e in flat if hasattr(e, "tree_")]
+
+
+def _thresholds(model: Any, width: int) -> list[np.ndarray]:
+    """Split thresholds per input feature (only for a bare tree model, whose features are the inputs)."""
+    per: list[list[float]] = [[] for _ in range(width)]
+    for tree in _trees(model):
+        for feature, threshold in zip(tree.feature, tree.threshold, strict=True):
+            if 0 <= feature < width:
+                per[feature].append(float(threshold))
+    return [np.unique(np.array(v, dtype=np.float64)) for v in per]
+
+
+def _scaler_bounds(model: Any, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    steps = getattr(model, "steps", None)
+    first = steps[0][1] if steps else model
+    mean, scale = getattr(first, "mean_", None), getattr(first, "scale_", None)
+    if mean is None or scale is None or len(mean) != width:
+        return None
+    return np.asarray(mean) - 4 * np.asarray(scale), np.asarray(mean) + 4 * np.asarray(scale)
+
+
+def reference_rows(model: Any, contract: Contract, seed: int = 0) -> Matrix:
+    """Deterministic verification rows inside the contract (never NaN, never a null sentinel)."""
+    width = contract.width
+    rng = np.random.default_rng(seed)
+    lo, hi = contract.lo.copy(), contract.hi.copy()
+    thresholds = _thresholds(model, width)
+    scaler = _scaler_bounds(model, width)
+    for j in range(width):
+        if np.isfinite(lo[j]) and np.isfinite(hi[j]):
+            continue
+        if len(thresholds[j]):
+            t_lo, t_hi = thresholds[j][0] - 1.0, thresholds[j][-1] + 1.0
+        elif scaler is not None:
+            t_lo, t_hi = float(scaler[0][j]), float(scaler[1][j])
+        else:
+            t_lo, t_hi = -10.0, 10.0
+        lo[j] = lo[j] if np.isfinite(lo[j]) else min(t_lo, hi[j] - 1.0)
+        hi[j] = hi[j] if np.isfinite(hi[j]) else max(t_hi, lo[j] + 1.0)
+    rows = [contract.reference_row(), lo.reshape(1, -1), hi.reshape(1, -1), rng.uniform(lo, hi, size=(N_RANDOM, width))]
+    if any(len(t) for t in thresholds):
+        block = rng.uniform(lo, hi, size=(N_THRESHOLD, width))
+        for j, values in enumerate(thresholds):
+            if len(values):
+                picked = rng.choice(values, size=N_THRESHOLD).astype(np.float32)
+                step = rng.integers(-1, 2, size=N_THRESHOLD)
+                toward = np.where(step < 0, -np.inf, np.inf).astype(np.float32)
+                moved = np.where(step == 0, picked, np.nextafter(picked, toward))
+                block[:, j] = moved.astype(np.float64)
+        rows.append(block)
+    x = np.vstack(rows)
+    x = np.clip(x, lo, hi)
+    keep = np.ones(len(x), dtype=bool)
+    for j, sentinel in contract.sentinels:
+        keep &= ~np.isin(x[:, j], sentinel)
+    return np.ascontiguousarray(x[keep])
