@@ -1,0 +1,57 @@
+"""`modeldeploy-operator`: run kopf standalone with the ModelDeployment timer, settings from env.
+
+MODELDEPLOY_OPERATOR_* (see `settings`): which namespaces to watch (empty: all), tick period,
+Prometheus URL, default server image, and the /metrics + /healthz listener's address and port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+from pydantic import ValidationError
+
+from modeldeploy_operator import handlers, metrics
+from modeldeploy_operator.settings import OperatorSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modeldeploy-operator", description=__doc__)
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable); default: MODELDEPLOY_OPERATOR_NAMESPACES, else all namespaces",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    try:
+        settings = OperatorSettings()
+    except ValidationError as err:
+        print(f"modeldeploy-operator: bad settings: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    namespaces = args.namespace or settings.namespace_list
+    server = metrics.serve(settings.metrics_bind_address, settings.metrics_port)
+    logging.getLogger("modeldeploy.operator").info(
+        "metrics and health on %s:%d; watching %s; tick %.1fs; Prometheus %s",
+        settings.metrics_bind_address,
+        server.server_address[1],
+        ",".join(namespaces) or "all namespaces",
+        settings.tick_seconds,
+        settings.prometheus_url,
+    )
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, settings)
+    kopf.configure(verbose=args.verbose)
+    kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Kubernetes I/O for one ModelDeployment: observe its children, apply what `core.decide` wants.
+
+Called by `handlers` every tick. Reads come back as plain dicts (raw JSON, camelCase, as
+`kubectl get -o json` shows them); writes are server-side apply for the objects the operator
+owns (idempotent: applying the same manifest twice changes nothing), a merge patch of the
+Deployment's scale for revisions whose template is no longer in the spec, and a merge patch
+with resourceVersion (optimistic concurrency) for the weights of the user's HTTPRoute.
+ApiException propagates to the caller, which turns it into kopf.TemporaryError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modeldeploy_operator.children import LABEL_NAME, LABEL_REVISION
+from modeldeploy_operator.model import Decision, Meta, PodState, RevisionState, RouteState, RouteWeights
+
+FIELD_MANAGER = "modeldeploy-operator"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+def _json(response: Any) -> Any:
+    return json.loads(response.data)
+
+
+@dataclass
+class Observation:
+    revisions: dict[str, RevisionState] = field(default_factory=dict)
+    owned_deployments: dict[str, int] = field(default_factory=dict)  # name -> spec.replicas
+    route: RouteState | None = None
+    route_body: dict[str, Any] | None = None
+
+
+def pod_state(pod: dict[str, Any]) -> PodState:
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        ready = False
+    cs: dict[str, Any] = next((c for c in status.get("containerStatuses") or [] if c.get("name") == "server"), {})
+    waiting = (cs.get("state") or {}).get("waiting") or {}
+    term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    return PodState(
+        name=(pod.get("metadata") or {}).get("name", "?"),
+        ready=ready,
+        restart_count=int(cs.get("restartCount") or 0),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=(waiting.get("message") or "")[:300] or None,
+        terminated_reason=term.get("reason"),
+        terminated_message=(term.get("message") or "")[:300] or None,
+        exit_code=term.get("exitCode"),
+        phase=status.get("phase"),
+    )
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def observe(self, meta: Meta, http_route: str | None) -> Observation:
+        out = Observation()
+        selector = f"{LABEL_NAME}={meta.name}"
+        deps = _json(
+            self.apps.list_namespaced_deployment(meta.namespace, label_selector=selector, _preload_content=False)
+        )
+        for dep in deps.get("items", []):
+            owners = dep["metadata"].get("ownerReferences") or []
+            if any(o.get("uid") == meta.uid for o in owners):
+                out.owned_deployments[dep["metadata"]["name"]] = int(dep["spec"].get("replicas") or 0)
+        pods = _json(self.core.list_namespaced_pod(meta.namespace, label_selector=selector, _preload_content=False))
+        by_rev: dict[str, list[PodState]] = {}
+        for pod in pods.get("items", []):
+            rev = (pod["metadata"].get("labels") or {}).get(LABEL_REVISION)
+            if rev:
+                by_rev.setdefault(rev, []).append(pod_state(pod))
+        for rev, states in by_rev.items():
+            out.revisions[rev] = RevisionState(ready_replicas=sum(p.ready for p in states), pods=tuple(states))
+        if http_route is not None:
+            try:
+                out.route_body = _json(
+                    self.custom.get_namespaced_custom_object(
+                        *GATEWAY[:2], meta.namespace, GATEWAY[2], http_route, _preload_content=False
+                    )
+                )
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                out.route = RouteState(False, f"HTTPRoute {meta.namespace}/{http_route} not found")
+            else:
+                names = {
+                    ref.get("name")
+                    for rule in out.route_body.get("spec", {}).get("rules", [])
+                    for ref in rule.get("backendRefs", [])
+                }
+                missing = sorted({f"{meta.name}-stable", f"{meta.name}-canary"} - names)
+                out.route = RouteState(
+                    not missing, f"HTTPRoute {http_route} lacks backendRefs {', '.join(missing)}" if missing else ""
+                )
+        return out
+
+    def apply(self, decision: Decision, meta: Meta, seen: Observation) -> None:
+        if decision.route is not None and seen.route_body is not None and seen.route is not None and seen.route.found:
+            self.set_weights(meta.namespace, decision.route, seen.route_body)
+        wanted: set[str] = set()
+        for dep in decision.deployments:
+            name = dep["metadata"]["name"]
+            wanted.add(name)
+            self.apps.patch_namespaced_deployment(
+                name,
+                meta.namespace,
+                dep,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+                _preload_content=False,
+            )
+        for name, replicas in decision.scales.items():
+            wanted.add(name)
+            if name in seen.owned_deployments and seen.owned_deployments[name] != replicas:
+                self.apps.patch_namespaced_deployment_scale(
+                    name, meta.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE, _preload_content=False
+                )
+        for svc in decision.services:
+            self.core.patch_namespaced_service(
+                svc["metadata"]["name"],
+                meta.namespace,
+                svc,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+                _preload_content=False,
+            )
+        for name in seen.owned_deployments.keys() - wanted:
+            try:
+                self.apps.delete_namespaced_deployment(name, meta.namespace, _preload_content=False)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+    def set_weights(self, namespace: str, w: RouteWeights, route: dict[str, Any]) -> None:
+        rules = route.get("spec", {}).get("rules", [])
+        changed = False
+        for rule in rules:
+            for ref in rule.get("backendRefs", []):
+                want = {w.stable_service: w.stable_weight, w.canary_service: w.canary_weight}.get(ref.get("name"))
+                if want is not None and ref.get("weight", 1) != want:
+                    ref["weight"] = want
+                    changed = True
+        if changed:
+            body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]}, "spec": {"rules": rules}}
+            self.custom.patch_namespaced_custom_object(
+                *GATEWAY[:2], namespace, GATEWAY[2], w.http_route, body, _content_type=MERGE, _preload_content=False
+            )

@@ -1,0 +1,57 @@
+"""The operator's own Prometheus metrics and its /metrics + /healthz listener.
+
+`handlers` records into these after each tick; `__main__` starts the listener. prometheus_client's
+default registry, so process CPU and memory come along.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+ROLLOUTS = Counter(
+    "modeldeploy_operator_rollouts_total", "Rollouts finished, by outcome.", ["namespace", "name", "outcome"]
+)
+CANARY_WEIGHT = Gauge("modeldeploy_operator_canary_weight", "Current canary traffic percent.", ["namespace", "name"])
+ANALYSES = Counter(
+    "modeldeploy_operator_analysis_total", "Canary checks run, by verdict.", ["namespace", "name", "verdict"]
+)
+RECONCILE_ERRORS = Counter(
+    "modeldeploy_operator_reconcile_errors_total", "Ticks that failed, by error kind.", ["namespace", "name", "error"]
+)
+TICK_SECONDS = Histogram(
+    "modeldeploy_operator_reconcile_duration_seconds",
+    "Duration of one reconcile tick.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LAST_TICK = Gauge("modeldeploy_operator_last_tick_timestamp_seconds", "Unix time of the last completed tick.")
+
+STARTED = time.time()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.split("?", 1)[0] == "/metrics":
+            body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
+        elif self.path.split("?", 1)[0] == "/healthz":
+            body, ctype, code = b"ok\n", "text/plain; charset=utf-8", 200
+        else:
+            body, ctype, code = b"not found\n", "text/plain; charset=utf-8", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        return
+
+
+def serve(host: str, port: int) -> ThreadingHTTPServer:
+    """Start the listener in a daemon thread; returns the server (its port when `port` was 0)."""
+    server = ThreadingHTTPServer((host, port), _Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

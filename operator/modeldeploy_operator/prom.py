@@ -1,0 +1,69 @@
+"""Runs an analysis plan against Prometheus (prometheus-api-client's PrometheusConnect.custom_query).
+
+Called by `handlers` when `core.plan_analysis` says a check is due. Every query's outcome is a
+`QueryResult`: a scalar, None for an empty result, or the error text; connection problems and
+non-200 answers never raise out of here (they make the check Error, which holds the rollout).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from modeldeploy_operator.analysis import AnalysisPlan, QueryResult
+
+
+class Prometheus:
+    def __init__(self, url: str, timeout_seconds: float) -> None:
+        # no retries: the next tick is the retry, and an outage must be reported, not waited out
+        self.url = url
+        self.timeout = timeout_seconds
+        self.client = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), timeout=timeout_seconds)
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        try:
+            data: Any = self.client.custom_query(promql, params={"time": f"{at.timestamp():.3f}"})
+        except PrometheusApiClientException as err:
+            return QueryResult(error=_short(str(err)))
+        except requests.RequestException as err:
+            return QueryResult(error=f"{type(err).__name__} talking to {self.url}: {_short(str(err))}")
+        return scalar(data)
+
+    def run(self, plan: AnalysisPlan, at: datetime) -> dict[str, QueryResult]:
+        out: dict[str, QueryResult] = {}
+        for q in plan.queries:
+            out[q.name] = self.query(q.promql, at)
+            if out[q.name].error is not None and "talking to" in (out[q.name].error or ""):
+                # unreachable: do not wait one timeout per query
+                out.update({rest.name: out[q.name] for rest in plan.queries if rest.name not in out})
+                break
+        return out
+
+
+def scalar(data: Any) -> QueryResult:
+    """An instant vector with at most one sample (queries aggregate), or a scalar result."""
+    if not data:
+        return QueryResult(value=None)
+    if isinstance(data, list) and isinstance(data[0], dict) and "value" in data[0]:
+        if len(data) > 1:
+            return QueryResult(error=f"query returned {len(data)} series; aggregate it to one (sum, max, ...)")
+        raw = data[0]["value"][1]
+    elif isinstance(data, list) and len(data) == 2:  # resultType scalar
+        raw = data[1]
+    else:
+        return QueryResult(error=f"unexpected result shape: {str(data)[:200]}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return QueryResult(error=f"not a number: {raw!r}")
+    return QueryResult(value=None if math.isnan(value) else value)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 300 else text[:297] + "..."
