@@ -1,0 +1,277 @@
+"""The chart, the plain manifests, the examples and the CLI against the real local API server.
+
+Uses the session fixture `cluster` (tests/conftest.py: .kubeconfig, .env). Operator pods stay
+Pending here (the process kubelet runs only `modeldeploy-server` pods), so installs are checked by
+the objects they create, never with --wait. Releases and namespaces use a `pkg-` prefix and are
+removed at the end; the CRD stays (other tests need it, and Helm never deletes CRDs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.packaging.tools import BIN, CHART, ROOT, helm
+
+pytestmark = pytest.mark.cluster
+
+INSTALL_NS, RELEASE = "pkg-system", "pkg"
+NAMESPACED_NS, NAMESPACED_RELEASE, WATCHED_NS = "pkg-ns-system", "pkgns", "pkg-watched"
+CLI_NS = "pkg-cli"
+# Just enough of the Prometheus Operator's CRDs for a server-side dry run of the examples and the
+# ServiceMonitor (the real CRDs are large; the schema inside is not what these tests check).
+MONITORING_CRDS = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": kind, "plural": plural, "singular": plural[:-1], "listKind": f"{kind}List"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
+    for kind, plural in (("PrometheusRule", "prometheusrules"), ("ServiceMonitor", "servicemonitors"))
+]
+
+
+class Kube:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = str(kubeconfig)
+        self.env = {**os.environ, "KUBECONFIG": self.kubeconfig}
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(list(args), input=input, capture_output=True, text=True, env=self.env, timeout=180)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(str(BIN / "kubectl"), *args, input=input, check=check)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(helm(), *args, check=check)
+
+    def apply(self, docs: list[dict[str, Any]] | str, *extra: str) -> str:
+        text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
+        return self.kubectl("apply", "-f", "-", *extra, input=text).stdout
+
+    def get(self, *args: str) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        return out
+
+    def can_i(self, sa: str, *args: str) -> bool:
+        proc = self.kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
+        assert proc.stdout.strip() in ("yes", "no"), proc.stdout + proc.stderr
+        return proc.stdout.strip() == "yes"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(str(BIN / "modeldeploy"), *args, check=False)
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Any) -> Iterator[Kube]:
+    k = Kube(Path(cluster.kubeconfig))
+    k.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    k.apply(MONITORING_CRDS, "--server-side")
+    for crd in ("modeldeployments.modeldeploy.io", "prometheusrules.monitoring.coreos.com"):
+        k.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    for ns in ("modeldeploy-system", WATCHED_NS, CLI_NS):
+        k.kubectl("create", "namespace", ns, check=False)
+    yield k
+    for release, ns in ((RELEASE, INSTALL_NS), (NAMESPACED_RELEASE, NAMESPACED_NS)):
+        k.helm("uninstall", release, "-n", ns, check=False)
+    for ns in (INSTALL_NS, NAMESPACED_NS, WATCHED_NS, CLI_NS):
+        k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+VALUE_SETS = {
+    "default": [],
+    "namespaced": ["--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{WATCHED_NS}}}"],
+    "custom-image-and-prometheus": [
+        "--set", "image.repository=registry.example.com/ml/modeldeploy", "--set-string", "image.tag=1.2.3",
+        "--set", "serverImage=registry.example.com/ml/modeldeploy-server:1.2.3",
+        "--set", "prometheusUrl=http://prometheus.monitoring.svc:9090", "--set", "serviceMonitor.enabled=true",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_rendered_chart_is_accepted_by_the_api_server(kube: Kube, values: str) -> None:
+    rendered = kube.helm("template", "modeldeploy", str(CHART), "-n", "modeldeploy-system", *VALUE_SETS[values]).stdout
+    out = kube.apply(rendered, "--dry-run=server")
+    assert "deployment.apps/modeldeploy created (server dry run)" in out, out
+
+
+def test_plain_manifests_are_accepted_by_the_api_server(kube: Kube) -> None:
+    out = kube.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(ROOT / "deploy")).stdout
+    assert "customresourcedefinition.apiextensions.k8s.io/modeldeployments.modeldeploy.io" in out
+    assert "deployment.apps/modeldeploy serverside-applied (server dry run)" in out, out
+
+
+def test_examples_are_accepted_by_the_api_server(kube: Kube) -> None:
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        out = kube.kubectl("apply", "--dry-run=server", "-f", str(example)).stdout
+        assert "(server dry run)" in out, f"{example.name}: {out}"
+
+
+def test_a_misspelt_value_fails_helm_install(kube: Kube) -> None:
+    proc = kube.helm("install", "pkg-typo", str(CHART), "-n", INSTALL_NS, "--set", "imagee.tag=1", check=False)
+    assert proc.returncode != 0
+    assert "additional properties 'imagee' not allowed" in proc.stderr, proc.stderr
+    assert kube.helm("status", "pkg-typo", "-n", INSTALL_NS, check=False).returncode != 0
+
+
+def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Kube) -> None:
+    kube.helm("install", RELEASE, str(CHART), "-n", INSTALL_NS, "--create-namespace")
+    name = f"{RELEASE}-modeldeploy"
+    deploy = kube.get("deployment", name, "-n", INSTALL_NS)
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["command"] == ["modeldeploy-operator"]
+    kube.get("serviceaccount", name, "-n", INSTALL_NS)
+    kube.get("service", f"{name}-metrics", "-n", INSTALL_NS)
+    kube.get("clusterrole", name)
+    kube.get("clusterrolebinding", name)
+    kube.get("crd", "modeldeployments.modeldeploy.io")
+    sa = f"system:serviceaccount:{INSTALL_NS}:{name}"
+    can = [
+        ("watch", "modeldeployments.modeldeploy.io", "-A"),
+        ("patch", "modeldeployments.modeldeploy.io", "-n", "default"),
+        ("patch", "modeldeployments.modeldeploy.io", "--subresource=status", "-n", "default"),
+        ("create", "deployments.apps", "-n", "default"),
+        ("delete", "deployments.apps", "-n", "default"),
+        ("create", "services", "-n", "default"),
+        ("list", "pods", "-A"),
+        ("patch", "httproutes.gateway.networking.k8s.io", "-n", "default"),
+        ("create", "events", "-n", "default"),
+        ("create", "events.events.k8s.io", "-n", "default"),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("watch", "namespaces"),
+    ]
+    cannot = [
+        ("get", "secrets", "-A"),
+        ("list", "secrets", "-A"),
+        ("get", "secrets", "-n", "default"),
+        ("get", "secrets", "-n", INSTALL_NS),
+        ("delete", "pods", "-n", "default"),
+        ("create", "httproutes.gateway.networking.k8s.io", "-n", "default"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("delete", "modeldeployments.modeldeploy.io", "-n", "default"),
+        ("get", "configmaps", "-n", "default"),
+    ]
+    assert [c for c in can if not kube.can_i(sa, *c)] == []
+    assert [c for c in cannot if kube.can_i(sa, *c)] == []
+
+
+def test_namespaced_install_grants_only_roles_in_the_watched_namespace(kube: Kube) -> None:
+    kube.helm("install", NAMESPACED_RELEASE, str(CHART), "-n", NAMESPACED_NS, "--create-namespace",
+              "--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{WATCHED_NS}}}")  # fmt: skip
+    name = f"{NAMESPACED_RELEASE}-modeldeploy"
+    kube.get("role", name, "-n", WATCHED_NS)
+    kube.get("rolebinding", name, "-n", WATCHED_NS)
+    assert kube.kubectl("get", "clusterrole", name, check=False).returncode != 0
+    sa = f"system:serviceaccount:{NAMESPACED_NS}:{name}"
+    assert kube.can_i(sa, "patch", "modeldeployments.modeldeploy.io", "-n", WATCHED_NS)
+    assert kube.can_i(sa, "create", "deployments.apps", "-n", WATCHED_NS)
+    assert not kube.can_i(sa, "list", "modeldeployments.modeldeploy.io", "-A")
+    assert not kube.can_i(sa, "create", "deployments.apps", "-n", "default")
+    assert not kube.can_i(sa, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert not kube.can_i(sa, "get", "secrets", "-n", WATCHED_NS)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+V1 = {"uri": "https://models.example.com/pkg/1/model.joblib", "sha256": "1" * 64, "version": "1"}
+V2 = {"uri": "https://models.example.com/pkg/2/model.skops", "format": "skops", "version": "2"}
+
+
+@pytest.fixture
+def model_deployment(kube: Kube) -> Iterator[str]:
+    name = "pkg-cli-demo"
+    kube.kubectl("delete", "modeldeployment", name, "-n", CLI_NS, "--ignore-not-found")
+    kube.apply([{
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": CLI_NS,
+                     "annotations": {"modeldeploy.io/previous-model": json.dumps(V1)}},
+        "spec": {"model": V2, "inputs": [{"name": "x", "min": 0, "max": 1}], "paused": True},
+    }])  # fmt: skip
+    yield name
+    kube.kubectl("delete", "modeldeployment", name, "-n", CLI_NS, "--ignore-not-found", "--wait=false")
+
+
+def _set_status(kube: Kube, name: str, status: dict[str, Any]) -> None:
+    generation = kube.get("modeldeployment", name, "-n", CLI_NS)["metadata"]["generation"]
+    body = json.dumps({"status": {"observedGeneration": generation, **status}})
+    kube.kubectl("patch", "modeldeployment", name, "-n", CLI_NS, "--subresource=status", "--type=merge", "-p", body)
+
+
+HISTORY = [
+    {"revision": "aaa111", "version": "1", "outcome": "Deployed", "time": "2026-11-21T10:00:00Z"},
+    {"revision": "bbb222", "version": "2", "outcome": "Promoted", "time": "2026-11-21T11:00:00Z"},
+]
+
+
+def test_cli_status_history_and_exit_codes(kube: Kube, model_deployment: str) -> None:
+    name = model_deployment
+    fresh = kube.cli("status", name, "-n", CLI_NS)
+    assert fresh.returncode == 1 and "Pending (not reconciled yet)" in fresh.stdout
+    _set_status(kube, name, {"phase": "Healthy", "stableRevision": "bbb222", "stableVersion": "2", "history": HISTORY})
+    healthy = kube.cli("status", name, "-n", CLI_NS, "--watch", "--timeout", "5")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "Stable:     2 (revision bbb222)" in healthy.stdout
+    history = kube.cli("history", name, "-n", CLI_NS).stdout.splitlines()
+    assert history[1].split()[1:4] == ["2", "bbb222", "Promoted"] and history[2].split()[1:4] == [
+        "1",
+        "aaa111",
+        "Deployed",
+    ]
+    _set_status(
+        kube, name, {"phase": "Progressing", "canaryRevision": "ccc333", "canaryVersion": "3", "canaryWeight": 10}
+    )
+    waiting = kube.cli("status", name, "-n", CLI_NS, "--watch", "--timeout", "1")
+    assert waiting.returncode == 2 and "timed out" in waiting.stderr
+    _set_status(kube, name, {"phase": "RolledBack", "message": "canary error rate 4.2% > 1% (n=812)",
+                             "canaryRevision": None, "failedRevision": "ccc333"})  # fmt: skip
+    failed = kube.cli("status", name, "-n", CLI_NS, "--watch", "--timeout", "5")
+    assert failed.returncode == 1 and "RolledBack: canary error rate 4.2% > 1% (n=812)" in failed.stdout
+
+
+def test_cli_promote_abort_retry_set_annotations(kube: Kube, model_deployment: str) -> None:
+    for verb in ("promote", "abort", "retry"):
+        proc = kube.cli(verb, model_deployment, "-n", CLI_NS)
+        assert proc.returncode == 0, proc.stderr
+        annotations = kube.get("modeldeployment", model_deployment, "-n", CLI_NS)["metadata"]["annotations"]
+        assert annotations[f"modeldeploy.io/{verb}"].endswith("Z")
+
+
+def test_cli_undo_writes_the_previous_model_back(kube: Kube, model_deployment: str) -> None:
+    proc = kube.cli("undo", model_deployment, "-n", CLI_NS)
+    assert proc.returncode == 0, proc.stderr
+    obj = kube.get("modeldeployment", model_deployment, "-n", CLI_NS)
+    assert obj["spec"]["model"] == {**V1, "method": "predict"}  # format removed, the CRD's default method
+    assert json.loads(obj["metadata"]["annotations"]["modeldeploy.io/previous-model"])["version"] == "2"
+    again = kube.cli("undo", model_deployment, "-n", CLI_NS, "--to-version", "2")
+    assert again.returncode == 0, again.stderr
+    assert kube.get("modeldeployment", model_deployment, "-n", CLI_NS)["spec"]["model"]["format"] == "skops"
+
+
+def test_cli_no_such_model_deployment(kube: Kube) -> None:
+    for args in (("status", "nope"), ("promote", "nope"), ("undo", "nope")):
+        proc = kube.cli(*args, "-n", CLI_NS)
+        assert proc.returncode == 3
+        assert proc.stderr == f'modeldeploy: ModelDeployment "nope" not found in namespace "{CLI_NS}"\n'
