@@ -44,7 +44,7 @@ typecheck: $(INSTALLED) ## mypy --strict over both packages.
 	$(BIN)/mypy
 
 .PHONY: test
-test: $(INSTALLED) lint typecheck ## Install everything, lint, type-check and run the whole test suite.
+test: $(INSTALLED) binaries lint typecheck ## Install everything, lint, type-check and run the whole test suite.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -68,8 +68,21 @@ hadolint: $(INSTALLED) ## Lint the Dockerfile.
 ##@ Local cluster
 
 .PHONY: binaries
-binaries: ## Build (once, cached outside the repo) kube-apiserver, etcd, helm, Gateway API CRDs.
+binaries: ## Build (once, cached outside the repo) kube-apiserver, etcd, helm, Gateway API CRDs; apt Prometheus.
+	bash hack/install-system-deps.sh
 	bash hack/build-binaries.sh
+
+.PHONY: cluster-up
+cluster-up: $(INSTALLED) binaries ## Start the local cluster in the background; env in .cache/cluster/env.
+	PYTHONPATH=hack $(BIN)/python -m devcluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster started by cluster-up (every process, pods included).
+	PYTHONPATH=hack $(BIN)/python -m devcluster down
+
+.PHONY: cluster-status
+cluster-status: ## Show the local cluster's pods (ip, pid, ready, restarts) and URLs.
+	PYTHONPATH=hack $(BIN)/python -m devcluster status
 
 .PHONY: clean
 clean: ## Remove the virtual environment and local caches of this clone.

@@ -1,0 +1,56 @@
+"""`python -m devcluster up|down|status|run|prometheus`: the local cluster from the shell.
+
+Owns: the CLI used by `make cluster-up` / `make cluster-down`. `up` starts the harness detached
+(the shell gets its prompt back once everything is ready) and prints the env file; `down` stops
+it by pid file; `run` is the harness itself in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from devcluster.client import DEFAULT_STATE, Cluster, ClusterError, stop_by_pid_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "run", "prometheus-stop", "prometheus-start"])
+    parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state folder (default .cache/cluster)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="run: stop when this parent exits")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args(argv)
+    state: Path = args.state.resolve()
+    try:
+        if args.command == "run":
+            from devcluster import harness
+
+            return harness.main(state, args.parent_pid)
+        if args.command == "up":
+            cluster = Cluster.start(state, timeout=args.timeout, detach=True)
+            print((state / "env").read_text(), end="")
+            print(
+                f"# ready in {cluster.timings.get('all_ready', 0):.1f}s; `set -a; . {state / 'env'}; set +a`",
+                file=sys.stderr,
+            )
+            return 0
+        if args.command == "down":
+            print("stopped" if stop_by_pid_file(state) else "no cluster was running", file=sys.stderr)
+            return 0
+        cluster = Cluster.attach(state)
+        if args.command == "status":
+            print(json.dumps(cluster.status(), indent=2))
+        elif args.command == "prometheus-stop":
+            cluster.stop_prometheus()
+        else:
+            cluster.start_prometheus()
+        return 0
+    except ClusterError as e:
+        print(f"devcluster: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

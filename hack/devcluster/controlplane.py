@@ -1,0 +1,189 @@
+"""The real control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+Owns: locating the cached binaries (hack/versions.env key, KUBEBUILDER_ASSETS), their flags,
+ports on 127.0.0.1, the admin kubeconfig, waiting for /readyz, applying the Gateway API CRDs.
+Called by harness (start/stop).
+
+The EndpointSlice and Endpoints controllers are disabled: the API server's validation refuses
+loopback addresses in EndpointSlices ("may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+and every pod that really runs here has a 127.x address. The harness resolves Services to ready
+pod addresses itself (devcluster.endpoints), exactly by the controller's rules.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devcluster import pki, procs
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_CIDR = "10.96.0.0/12"  # data only: nothing ever connects to a ClusterIP
+DISABLED_CONTROLLERS = ["-endpointslice", "-endpoint", "-endpointslicemirroring"]
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "gateway-api-crds.yaml")
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (REPO / "hack" / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = v
+    return out
+
+
+def binaries_dir(build: bool = True) -> Path:
+    """The cache folder with every binary; runs hack/build-binaries.sh when something is missing."""
+    v = _versions()
+    key = (
+        f"k8s-{v['KUBERNETES_VERSION']}_etcd-{v['ETCD_VERSION']}_helm-{v['HELM_VERSION']}_gw-{v['GATEWAY_API_VERSION']}"
+    )
+    root = Path(os.environ.get("MODELDEPLOY_CACHE", Path.home() / ".cache" / "modeldeploy"))
+    out = root / "bin" / key
+    if all((out / name).exists() for name in REQUIRED):
+        return out
+    if not build:
+        raise FileNotFoundError(f"cluster binaries missing in {out}: run `make binaries`")
+    proc = subprocess.run(["bash", str(REPO / "hack" / "build-binaries.sh")], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hack/build-binaries.sh failed with exit code {proc.returncode}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def kubectl_path() -> Path:
+    return Path(sys.prefix) / "bin" / "kubectl"
+
+
+@dataclass
+class ControlPlane:
+    state: Path
+    bin: Path
+    etcd_port: int = field(default_factory=procs.free_port)
+    etcd_peer_port: int = field(default_factory=procs.free_port)
+    api_port: int = field(default_factory=procs.free_port)
+    kcm_port: int = field(default_factory=procs.free_port)
+    sched_port: int = field(default_factory=procs.free_port)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pki = pki.generate(self.state / "pki")
+        self.kubeconfig = self.state / "kubeconfig"
+        self.logs = self.state / "logs"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    def write_kubeconfig(self) -> None:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "devcluster",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.pki.ca_cert)},
+                }
+            ],
+            "users": [{"name": "admin", "user": {"token": self.pki.admin_token}}],
+            "contexts": [{"name": "devcluster", "context": {"cluster": "devcluster", "user": "admin"}}],
+            "current-context": "devcluster",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(cfg))
+        self.kubeconfig.chmod(0o600)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.write_kubeconfig()
+        etcd_url, peer_url = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{self.etcd_peer_port}"
+        self._spawn("etcd", [
+            str(self.bin / "etcd"), "--data-dir", str(self.state / "etcd"), "--name", "devcluster",
+            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"devcluster={peer_url}", "--unsafe-no-fsync", "--log-level", "warn",
+        ])  # fmt: skip
+        p = self.pki
+        self._spawn("kube-apiserver", [
+            str(self.bin / "kube-apiserver"), "--etcd-servers", etcd_url,
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(self.api_port),
+            "--tls-cert-file", str(p.server_cert), "--tls-private-key-file", str(p.server_key),
+            "--client-ca-file", str(p.ca_cert), "--token-auth-file", str(p.token_file),
+            "--authorization-mode", "RBAC", "--service-cluster-ip-range", SERVICE_CIDR,
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(p.sa_key), "--service-account-signing-key-file", str(p.sa_key),
+            "--allow-privileged=true", "--endpoint-reconciler-type", "none",
+            "--cert-dir", str(self.state / "certs-apiserver"), "--v", "1",
+        ])  # fmt: skip
+        self.wait_ready(timeout)
+        common = [
+            "--kubeconfig", str(self.kubeconfig), "--authentication-kubeconfig", str(self.kubeconfig),
+            "--authorization-kubeconfig", str(self.kubeconfig), "--leader-elect=false", "--bind-address", "127.0.0.1",
+        ]  # fmt: skip
+        self._spawn("kube-controller-manager", [
+            str(self.bin / "kube-controller-manager"), *common, "--secure-port", str(self.kcm_port),
+            "--cert-dir", str(self.state / "certs-kcm"), "--service-account-private-key-file", str(p.sa_key),
+            "--root-ca-file", str(p.ca_cert), "--controllers", ",".join(["*", *DISABLED_CONTROLLERS]),
+            "--concurrent-deployment-syncs", "10", "--concurrent-replicaset-syncs", "10",
+        ])  # fmt: skip
+        self._spawn("kube-scheduler", [
+            str(self.bin / "kube-scheduler"), *common, "--secure-port", str(self.sched_port),
+            "--cert-dir", str(self.state / "certs-scheduler"),
+        ])  # fmt: skip
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        self.procs[name] = procs.spawn(argv, self.logs / f"{name}.log")
+
+    def _get(self, path: str) -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        headers = {"Authorization": f"Bearer {self.pki.admin_token}"}
+        status, body = procs.http_get(self.server + path, 2.0, headers, context=ctx)
+        return status, body.decode(errors="replace")
+
+    def components_healthy(self) -> bool:
+        """Controller manager and scheduler answer /healthz on their own (self-signed) ports."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # loopback health check of our own children
+        for port in (self.kcm_port, self.sched_port):
+            try:
+                if procs.http_get(f"https://127.0.0.1:{port}/healthz", 2.0, context=ctx)[0] != 200:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def wait_ready(self, timeout: float) -> None:
+        def ready() -> bool:
+            self.check_alive()
+            return self._get("/readyz")[0] == 200
+
+        procs.wait_until(ready, timeout, 0.2, "kube-apiserver /readyz")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}: " + " | ".join(tail))
+
+    def kubectl(self, *args: str, timeout: float = 120) -> str:
+        proc = subprocess.run(
+            [str(kubectl_path()), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def apply_gateway_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(self.bin / "gateway-api-crds.yaml"))
+        self.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "crd", "--all")
+
+    def stop(self) -> None:
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                procs.stop(proc, grace=5.0)

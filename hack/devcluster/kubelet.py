@@ -1,0 +1,306 @@
+"""The process kubelet: a Node whose pods are local modeldeploy-server processes (test harness).
+
+Owns: registering Node `local-kubelet` (Ready, large capacity), renewing its Lease and status
+heartbeat, and syncing the pods bound to it: start a process on a fresh 127.0.x.y address,
+readiness/liveness probes over HTTP on that address, restarts per restartPolicy with back-off,
+status patches, graceful termination on deletion (SIGTERM, SIGKILL after the grace period, then
+delete with grace 0). Pods it cannot run stay Pending with a reason. Called by harness, which
+feeds it the pod list every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from devcluster import podrun, procs
+from devcluster.kubeapi import ApiError, KubeApi, pod_path
+
+NODE = "local-kubelet"
+LEASE_SECONDS = 40
+HEARTBEAT_SECONDS = 10
+log = logging.getLogger("devcluster.kubelet")
+Obj = dict[str, Any]
+
+
+def _microtime() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Kubelet:
+    def __init__(self, api: KubeApi, state: Path, version: str) -> None:
+        self.api, self.state, self.version = api, state, version
+        self.pods: dict[str, podrun.PodProcess] = {}  # by uid
+        self.unsupported: set[str] = set()
+        self.ips = podrun.IpPool()
+        self._patched: dict[str, Obj] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probe = httpx.AsyncClient(timeout=1.0, trust_env=False)
+
+    # --- node and lease -------------------------------------------------------------------
+    def _node_status(self) -> Obj:
+        now = podrun.now_iso()
+        cond = [
+            ("Ready", "True", "KubeletReady", "process kubelet is posting ready status"),
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
+        ]
+        res = {"cpu": "64", "memory": "256Gi", "pods": "500", "ephemeral-storage": "1Ti"}
+        return {
+            "capacity": res, "allocatable": res,
+            "conditions": [
+                {"type": t, "status": s, "reason": r, "message": m, "lastHeartbeatTime": now,
+                 "lastTransitionTime": self._started}
+                for t, s, r, m in cond
+            ],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "kubeletVersion": self.version, "kubeProxyVersion": "", "operatingSystem": "linux",
+                "architecture": "amd64", "containerRuntimeVersion": "process://devcluster", "osImage": "devcluster",
+                "kernelVersion": os.uname().release, "machineID": "", "systemUUID": "", "bootID": "",
+            },
+        }  # fmt: skip
+
+    async def register(self) -> None:
+        self._started = podrun.now_iso()
+        labels = {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                  "node.kubernetes.io/instance-type": "process"}  # fmt: skip
+        try:
+            node = await self.api.create("/api/v1/nodes", {"metadata": {"name": NODE, "labels": labels}})
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            node = await self.api.get(f"/api/v1/nodes/{NODE}")
+        await self.api.merge_patch(f"/api/v1/nodes/{NODE}/status", {"status": self._node_status()})
+        lease = {
+            "metadata": {"name": NODE, "namespace": "kube-node-lease", "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": node["metadata"]["uid"]}]},
+            "spec": {"holderIdentity": NODE, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _microtime()},
+        }  # fmt: skip
+        try:
+            await self.api.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.api.merge_patch(
+                    f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}",
+                    {"spec": {"renewTime": _microtime(), "holderIdentity": NODE}},
+                )
+                await self.api.merge_patch(f"/api/v1/nodes/{NODE}/status", {"status": self._node_status()})
+            except (ApiError, httpx.HTTPError) as e:
+                log.warning("heartbeat failed: %s", e)
+
+    # --- pods ---------------------------------------------------------------------------------
+    async def _resolve_env(self, pod: Obj, container: Obj, ip: str, port: int) -> dict[str, str]:
+        ns = pod["metadata"]["namespace"]
+        env: dict[str, str] = {}
+        for src in container.get("envFrom") or []:
+            ref = src.get("configMapRef") or src.get("secretRef")
+            if ref is None:
+                continue
+            data = await self._object_data(ns, "configmaps" if "configMapRef" in src else "secrets", ref)
+            env.update({src.get("prefix", "") + k: v for k, v in data.items()})
+        for item in container.get("env") or []:
+            name = item["name"]
+            if "valueFrom" not in item:
+                env[name] = podrun.expand(item.get("value", ""), env)
+                continue
+            vf = item["valueFrom"]
+            if "fieldRef" in vf:
+                env[name] = podrun.field_ref(pod, ip, vf["fieldRef"]["fieldPath"])
+            elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
+                kind = "configmaps" if "configMapKeyRef" in vf else "secrets"
+                ref = vf.get("configMapKeyRef") or vf["secretKeyRef"]
+                value = (await self._object_data(ns, kind, ref)).get(ref["key"])
+                if value is None and not ref.get("optional"):
+                    raise ValueError(f"env {name}: key {ref['key']!r} not found in {kind[:-1]} {ref.get('name')!r}")
+                if value is not None:
+                    env[name] = value
+            else:
+                raise ValueError(f"env {name}: valueFrom {sorted(vf)} is not supported by the process kubelet")
+        # the pod's own address, always: the server must never bind 0.0.0.0 or a 10.x address here
+        env["MODELDEPLOY_HOST"], env["MODELDEPLOY_PORT"] = ip, str(port)
+        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+        base["PATH"] = f"{Path(podrun.server_executable()).parent}:{base.get('PATH', '/usr/bin:/bin')}"
+        return {**base, **env}
+
+    async def _object_data(self, ns: str, kind: str, ref: Obj) -> dict[str, str]:
+        try:
+            obj = await self.api.get(f"/api/v1/namespaces/{ns}/{kind}/{ref['name']}")
+        except ApiError as e:
+            if e.status == 404 and ref.get("optional"):
+                return {}
+            raise
+        data: dict[str, str] = dict(obj.get("data") or {})
+        if kind == "secrets":
+            data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return data
+
+    async def _start_pod(self, pod: Obj) -> None:
+        meta, container = pod["metadata"], pod["spec"]["containers"][0]
+        ports = container.get("ports") or [{"containerPort": 8080}]
+        port = int(ports[0]["containerPort"])
+        ip = self.ips.allocate(port)
+        env = await self._resolve_env(pod, container, ip, port)
+        argv = [podrun.server_executable(), *container.get("command", [])[1:], *container.get("args", [])]
+        argv = [argv[0]] + [podrun.expand(a, env) for a in argv[1:]]
+        name = f"{meta['namespace']}_{meta['name']}"
+        pp = podrun.PodProcess(pod, ip, port, argv, env, self.state / "logs" / f"{name}.log",
+                               self.state / "pods" / name)  # fmt: skip
+        pp.start()
+        self.pods[meta["uid"]] = pp
+        log.info("started %s on %s:%d (pid %s)", pp.key, ip, port, pp.proc.pid if pp.proc else "-")
+
+    async def sync(self, all_pods: list[Obj]) -> None:
+        """One pass over the pods bound to this node (called by the harness every poll)."""
+        mine = [p for p in all_pods if (p.get("spec") or {}).get("nodeName") == NODE]
+        seen = set()
+        for pod in mine:
+            uid = pod["metadata"]["uid"]
+            seen.add(uid)
+            pp = self.pods.get(uid)
+            if pp is not None:
+                pp.pod = pod
+            if pod["metadata"].get("deletionTimestamp"):
+                if pp is None:
+                    self._spawn_task(self._finish_delete(pod))
+                elif not pp.terminating:
+                    pp.terminating = True
+                    self._spawn_task(self._terminate(pp))
+                continue
+            if pp is None and uid not in self.unsupported:
+                reason = podrun.runnable(pod)
+                if reason is not None:
+                    self.unsupported.add(uid)
+                    await self._patch_status(pod, podrun.unsupported_status(pod, reason))
+                    continue
+                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                try:
+                    await self._start_pod(pod)
+                except (ValueError, ApiError, RuntimeError) as e:
+                    self.unsupported.add(uid)
+                    await self._patch_status(pod, podrun.unsupported_status(pod, f"cannot start: {e}"))
+        for uid in list(self.pods):
+            if uid not in seen:  # gone from the API (force-deleted): stop the process
+                pp = self.pods.pop(uid)
+                if pp.proc is not None:
+                    await asyncio.to_thread(procs.stop, pp.proc, 2.0)
+        self.unsupported &= seen
+        for uid in list(self._patched):
+            if uid not in seen:
+                del self._patched[uid]
+        for pp in list(self.pods.values()):
+            if not pp.terminating:
+                pp.reap()
+                pp.maybe_restart()
+                await self._patch_status(pp.pod, pp.status())
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _patch_status(self, pod: Obj, status: Obj) -> None:
+        uid = pod["metadata"]["uid"]
+        if self._patched.get(uid) == status:
+            return
+        try:
+            await self.api.merge_patch(
+                pod_path(pod["metadata"]["namespace"], pod["metadata"]["name"]) + "/status",
+                {"metadata": {"uid": uid}, "status": status},
+            )
+            self._patched[uid] = status
+        except ApiError as e:
+            if e.status not in (404, 409):
+                log.warning("status patch of %s failed: %s", pod["metadata"]["name"], e)
+
+    async def _terminate(self, pp: podrun.PodProcess) -> None:
+        grace = pp.pod["metadata"].get("deletionGracePeriodSeconds")
+        grace = float(grace if grace is not None else pp.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        if pp.proc is not None:
+            log.info("stopping %s (grace %.0fs)", pp.key, grace)
+            await asyncio.to_thread(procs.stop, pp.proc, grace)
+            pp.reap()
+        self.pods.pop(pp.pod["metadata"]["uid"], None)
+        await self._finish_delete(pp.pod)
+
+    async def _finish_delete(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        try:
+            await self.api.delete(
+                pod_path(meta["namespace"], meta["name"]),
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+            )
+        except ApiError as e:
+            if e.status not in (404, 409):
+                log.warning("final delete of %s failed: %s", meta["name"], e)
+
+    # --- probes -------------------------------------------------------------------------------
+    async def _http_ok(self, pp: podrun.PodProcess, probe: Obj) -> bool:
+        get = probe.get("httpGet") or {}
+        port = get.get("port", pp.port)
+        port = pp.port if isinstance(port, str) and not port.isdigit() else int(port)
+        url = f"http://{pp.ip}:{port}{get.get('path', '/')}"
+        try:
+            resp = await self._probe.get(url, timeout=float(probe.get("timeoutSeconds", 1)))
+        except httpx.HTTPError:
+            return False
+        return 200 <= resp.status_code < 400
+
+    async def probe_loop(self, interval: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for pp in list(self.pods.values()):
+                if pp.proc is None or pp.terminating:
+                    continue
+                c = pp.container
+                rp = c.get("readinessProbe")
+                if rp is None or "httpGet" not in rp:
+                    pp.set_ready(True)
+                elif await self._http_ok(pp, rp):
+                    pp.probe_failures = 0
+                    pp.set_ready(True)
+                else:
+                    pp.probe_failures += 1
+                    if not pp.ready or pp.probe_failures >= int(rp.get("failureThreshold", 3)):
+                        pp.set_ready(False)
+                await self._liveness(pp, c.get("livenessProbe"))
+
+    async def _liveness(self, pp: podrun.PodProcess, lp: Obj | None) -> None:
+        if lp is None or "httpGet" not in lp or pp.proc is None:
+            return
+        now = time.monotonic()
+        if now - pp.last_live_probe < max(1.0, float(lp.get("periodSeconds", 10))):
+            return
+        pp.last_live_probe = now
+        if await self._http_ok(pp, lp):
+            pp.live_failures = 0
+            return
+        pp.live_failures += 1
+        if pp.live_failures >= int(lp.get("failureThreshold", 3)):
+            log.info("liveness probe failed %d times: restarting %s", pp.live_failures, pp.key)
+            await asyncio.to_thread(procs.stop, pp.proc, float(pp.pod["spec"].get("terminationGracePeriodSeconds", 30)))
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        stops = [asyncio.to_thread(procs.stop, pp.proc, 3.0) for pp in self.pods.values() if pp.proc is not None]
+        await asyncio.gather(*stops, return_exceptions=True)
+        self.pods.clear()
+        await self._probe.aclose()

@@ -1,0 +1,145 @@
+"""Child processes of the harness: each in its own process group, killed with the harness.
+
+Owns: spawning (new session + parent-death signal so nothing outlives the harness), stopping a
+process group with SIGTERM then SIGKILL, free loopback ports. Called by controlplane, prometheus
+and kubelet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL it when the harness dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv in a new process group with stdout+stderr appended to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads in the child before exec
+        )
+    finally:
+        log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
+    """SIGTERM the process group, SIGKILL it after `grace` seconds; return the exit code."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)  # stragglers in the group, if any
+    try:
+        return proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on host right now (bound and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_until(predicate: object, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
+    """Poll a zero-argument callable until it returns truthy; TimeoutError naming `what`."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except RuntimeError:
+            raise  # fatal (a process died): no point waiting
+        except Exception as e:  # noqa: BLE001 - reported if the wait times out
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(
+    url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None, **ssl_args: Any
+) -> tuple[int, bytes]:
+    """GET a loopback URL without any proxy; (status, body), HTTP errors included as statuses."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not (host == "localhost" or host.startswith("127.")):
+        raise ValueError(f"refusing to connect to non-loopback host {host!r}")
+    req = urllib.request.Request(url, headers=dict(headers or {}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if ssl_args:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl_args["context"]))
+    opener = urllib.request.build_opener(*handlers) if ssl_args else _NO_PROXY_OPENER
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+
+
+def http_post(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not host.startswith("127."):
+        raise ValueError(f"refusing to connect to non-loopback host {host!r}")
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with _NO_PROXY_OPENER.open(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()

@@ -1,0 +1,290 @@
+"""The local cluster is a real Kubernetes: issue 3's "Done when", against real processes.
+
+A Deployment of the real modeldeploy server (2 replicas, a real sklearn model) becomes two local
+processes on 127.x addresses that Prometheus scrapes and the gateway balances across; HTTPRoute
+weights steer traffic; deleting the Deployment stops the processes; the API server enforces the
+ModelDeployment CRD's schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from devcluster import Cluster, ClusterError
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[2]
+INPUTS = [
+    {"name": "RHOB", "min": 1.5, "max": 3.1, "nullValues": [-999]},
+    {"name": "NPHI", "min": -0.05, "max": 0.6},
+    {"name": "GR", "min": 0, "max": 300},
+]
+ROW = [2.35, 0.21, 75.0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    rng = np.random.default_rng(7)
+    x = np.column_stack([rng.uniform(1.5, 3.1, 200), rng.uniform(0, 0.6, 200), rng.uniform(0, 300, 200)])
+    y = 0.4 - 0.15 * x[:, 0] + 0.5 * x[:, 1] + 0.0002 * x[:, 2]
+    path = tmp_path_factory.mktemp("model") / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, y), path)
+    return {"uri": path.as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> str:
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", ns)
+    return ns
+
+
+def server_deployment(name: str, model: dict[str, str], replicas: int = 2, revision: str = "r1",
+                      sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
+    env = {
+        "MODELDEPLOY_MODEL_NAME": "porosity", "MODELDEPLOY_MODEL_URI": model["uri"],
+        "MODELDEPLOY_MODEL_SHA256": sha256 or model["sha256"], "MODELDEPLOY_MODEL_VERSION": "1",
+        "MODELDEPLOY_MODEL_REVISION": revision, "MODELDEPLOY_INPUTS": json.dumps(INPUTS),
+        "MODELDEPLOY_HOST": "0.0.0.0",  # what a real cluster would use; the process kubelet must override it
+    }  # fmt: skip
+    labels = {"app.kubernetes.io/name": "modeldeploy-server", "modeldeploy.io/name": name,
+              "modeldeploy.io/revision": revision}  # fmt: skip
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": f"{name}-{revision}", "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}},
+                "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+                    "name": "server", "image": "modeldeploy/modeldeploy:0.1.0", "command": ["modeldeploy-server"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": k, "value": v} for k, v in env.items()] + [
+                        {"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "readinessProbe": probe,
+                    "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
+                }]},
+            },
+        },
+    }  # fmt: skip
+
+
+def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }  # fmt: skip
+
+
+def apply(cluster: Cluster, ns: str, *objs: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def pods(cluster: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))[
+        "items"
+    ]
+    return items
+
+
+def ready_pods(cluster: Cluster, ns: str, selector: str, n: int, timeout: float = 90) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        items = [p for p in pods(cluster, ns, selector) if not p["metadata"].get("deletionTimestamp")]
+        ok = [p for p in items if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
+            "conditions", []))]  # fmt: skip
+        return ok if len(ok) == n and len(items) == n else None
+
+    return Cluster.wait_for(check, timeout, what=f"{n} ready pods {selector} in {ns}")
+
+
+def predict(gateway: httpx.Client, host: str) -> httpx.Response:
+    return gateway.post("/v1/models/porosity:predict", json={"instances": [ROW]}, headers={"Host": host})
+
+
+def test_server_deployment_runs_as_processes_scraped_and_balanced(cluster: Cluster, namespace: str,
+                                                                   model: dict[str, str]) -> None:  # fmt: skip
+    ns = namespace
+    apply(cluster, ns, server_deployment("porosity", model), service("porosity", {"modeldeploy.io/name": "porosity"}))
+    ready = ready_pods(cluster, ns, "modeldeploy.io/name=porosity", 2)
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in ready}
+    assert all(ip.startswith("127.") and not ip.startswith("127.0.0.") for ip in ips.values()), ips
+    assert len(set(ips.values())) == 2
+    assert {p["spec"]["nodeName"] for p in ready} == {cluster.node_name}
+    # the harness's view (it plays the EndpointSlice controller for loopback addresses) matches
+    running = {k: v for k, v in cluster.status()["pods"].items() if k.startswith(f"{ns}/")}
+    assert {k.split("/")[1]: v["ip"] for k, v in running.items()} == ips
+    assert all(v["ready"] and v["pid"] for v in running.values())
+
+    # Prometheus discovered and scraped both pods, with the target labels operators query by
+    def both_up() -> list[dict[str, Any]] | None:
+        res = cluster.prometheus_query(f'up{{namespace="{ns}"}} == 1')
+        return res if len(res) == 2 else None
+
+    up = Cluster.wait_for(both_up, 30, what="up == 1 for both pods")
+    assert {r["metric"]["pod"] for r in up} == set(ips)
+    assert {r["metric"]["instance"] for r in up} == {f"{ip}:8080" for ip in ips.values()}
+    assert {r["metric"]["modeldeploy_name"] for r in up} == {"porosity"}
+    assert {r["metric"]["modeldeploy_revision"] for r in up} == {"r1"}
+
+    # the gateway balances requests by Host <service>.<namespace> across both pods
+    answered: Counter[str] = Counter()
+    with httpx.Client(base_url=cluster.gateway_url, timeout=10) as gw:
+        for _ in range(20):
+            resp = predict(gw, f"porosity.{ns}")
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-modeldeploy-pod"] == resp.headers["x-devcluster-pod"].split("/")[1]
+            answered[resp.headers["x-modeldeploy-pod"]] += 1
+        assert set(answered) == set(ips), answered
+        assert predict(gw, f"porosity.{ns}.svc.cluster.local").status_code == 200
+        unknown = predict(gw, "nope.nowhere")
+        assert unknown.status_code == 404 and "no route" in unknown.json()["error"]
+
+    # the servers' own request counters, scraped, agree that both pods served traffic
+    def counted() -> list[dict[str, Any]] | None:
+        q = f'sum by (pod) (modeldeploy_requests_total{{namespace="{ns}",model="porosity",revision="r1"}})'
+        res = cluster.prometheus_query(q)
+        return res if {r["metric"]["pod"] for r in res} == set(ips) else None
+
+    Cluster.wait_for(counted, 30, what="request counters of both pods in Prometheus")
+
+    # deleting the Deployment stops both processes and frees their addresses
+    pids = [v["pid"] for v in running.values()]
+    cluster.kubectl("delete", "deployment", "-n", ns, "porosity-r1", "--wait=false")
+    Cluster.wait_for(lambda: not pods(cluster, ns, "modeldeploy.io/name=porosity"), 60, what="pods deleted")
+    for pid in pids:
+        assert not _alive(pid), f"server process {pid} still running after its pod was deleted"
+    with httpx.Client(base_url=cluster.gateway_url, timeout=10) as gw:
+        gone = Cluster.wait_for(lambda: (r := predict(gw, f"porosity.{ns}")).status_code == 503 and r, 10,
+                                what="503 without endpoints")  # fmt: skip
+        assert "no ready endpoint" in gone.json()["error"]
+    log = cluster.pod_log(ns, next(iter(ips)))
+    assert log, "the server's output is kept in the pod log file"
+
+
+def test_httproute_weights_steer_traffic(cluster: Cluster, namespace: str, model: dict[str, str]) -> None:
+    ns, host = namespace, f"porosity.{namespace}.example.test"
+    apply(
+        cluster, ns,
+        server_deployment("porosity", model, replicas=1, revision="stable"),
+        server_deployment("porosity", model, replicas=1, revision="canary"),
+        service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
+        service("porosity-canary", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "canary"}),
+    )  # fmt: skip
+    ready_pods(cluster, ns, "modeldeploy.io/name=porosity", 2)
+
+    def route(stable: int, canary: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "porosity"},
+            "spec": {"parentRefs": [{"name": "models"}], "hostnames": [host], "rules": [{"backendRefs": [
+                {"name": "porosity-stable", "port": 80, "weight": stable},
+                {"name": "porosity-canary", "port": 80, "weight": canary}]}]},
+        }  # fmt: skip
+
+    def services_hit(gw: httpx.Client, n: int = 30) -> Counter[str]:
+        hits: Counter[str] = Counter()
+        for _ in range(n):
+            resp = predict(gw, host)
+            assert resp.status_code == 200, resp.text
+            hits[resp.headers["x-devcluster-service"].split("/")[1]] += 1
+        return hits
+
+    with httpx.Client(base_url=cluster.gateway_url, timeout=10) as gw:
+        apply(cluster, ns, route(100, 0))
+        Cluster.wait_for(lambda: predict(gw, host).status_code == 200, 10, what="route served")
+        assert services_hit(gw) == Counter({"porosity-stable": 30})
+        cluster.kubectl("patch", "httproute", "-n", ns, "porosity", "--type", "json", "-p", json.dumps([
+            {"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 0},
+            {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 100}]))  # fmt: skip
+        time.sleep(1.0)  # the gateway follows changes within a second
+        assert services_hit(gw) == Counter({"porosity-canary": 30})
+        apply(cluster, ns, route(50, 50))
+        time.sleep(1.0)
+        assert set(services_hit(gw, 60)) == {"porosity-stable", "porosity-canary"}
+
+
+def test_api_server_rejects_invalid_modeldeployment(cluster: Cluster, namespace: str) -> None:
+    cluster.apply(REPO / "crds")
+    cluster.kubectl("wait", "--for", "condition=Established", "crd/modeldeployments.modeldeploy.io")
+    bad = {
+        "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "bad"},
+        "spec": {
+            "model": {"uri": "file:///models/m.joblib", "sha256": "a" * 64, "version": "1"},
+            "inputs": [{"name": "RHOB"}],
+            "rollout": {"steps": [{"setWeight": 150}]},
+        },
+    }  # fmt: skip
+    with pytest.raises(ClusterError) as err:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(bad))
+    message = str(err.value)
+    assert "spec.rollout.steps[0].setWeight" in message and "150" in message, message
+    good = json.loads(json.dumps(bad))
+    good["spec"]["rollout"]["steps"][0]["setWeight"] = 50
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(good))
+
+
+def test_unrunnable_pod_stays_pending_with_reason(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl("run", "web", "-n", namespace, "--image", "nginx:1.27", "--restart", "Never")
+
+    def reason() -> str | None:
+        pod = json.loads(cluster.kubectl("get", "pod", "web", "-n", namespace, "-o", "json"))
+        waiting = (pod["status"].get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
+        return waiting.get("message") if pod["status"]["phase"] == "Pending" and waiting.get("reason") else None
+
+    message = Cluster.wait_for(reason, 30, what="the unsupported-image reason")
+    assert "modeldeploy-server" in message and "nginx:1.27" in message
+
+
+def test_crashing_server_goes_into_crashloop_with_its_last_words(cluster: Cluster, namespace: str,
+                                                                  model: dict[str, str]) -> None:  # fmt: skip
+    apply(cluster, namespace, server_deployment("porosity", model, replicas=1, sha256="0" * 64))
+
+    def crashloop() -> dict[str, Any] | None:
+        items = pods(cluster, namespace, "modeldeploy.io/name=porosity")
+        cs = (items[0]["status"].get("containerStatuses") or [{}])[0] if items else {}
+        waiting = cs.get("state", {}).get("waiting", {})
+        return cs if waiting.get("reason") == "CrashLoopBackOff" and cs.get("restartCount", 0) >= 1 else None
+
+    cs = Cluster.wait_for(crashloop, 60, what="CrashLoopBackOff")
+    last = cs["lastState"]["terminated"]
+    assert last["exitCode"] != 0
+    assert last["message"], "the last line of the server's output explains the crash"
+    assert "exit code" in cs["state"]["waiting"]["message"]
+    assert not cs["ready"]
+
+
+def test_prometheus_can_be_stopped_and_restarted(cluster: Cluster) -> None:
+    assert cluster.prometheus_query("vector(1)")[0]["value"][1] == "1"
+    cluster.stop_prometheus()
+    try:
+        with pytest.raises(OSError):
+            cluster.prometheus_query("vector(1)")
+    finally:
+        cluster.start_prometheus()
+    assert cluster.prometheus_query("vector(1)")[0]["value"][1] == "1"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    stat = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(stat) and not stat.startswith("Z")

@@ -1,0 +1,48 @@
+"""Shared pytest fixtures. `cluster`: the real local cluster (hack/devcluster), started lazily.
+
+The cluster starts only when a test asks for the fixture, once per session, in its own state
+folder `.cache/pytest-cluster/<pid>/` (several sessions may run side by side); it stops, with
+every pod process, at the end of the session. Pod logs stay in that folder's `logs/`.
+With MODELDEPLOY_CLUSTER=attach the session uses the cluster `make cluster-up` started instead
+(and leaves it running).
+
+Python API (devcluster.Cluster): attributes `kubeconfig` (Path), `env` (dict of the env file:
+KUBECONFIG, PROMETHEUS_URL, GATEWAY_URL, ...), `prometheus_url`, `gateway_url`, `api_server`,
+`log_dir`, `state_dir`, `node_name`, `kubectl_path`, `helm_path`, `timings`; methods
+`kubectl(*args, input=None, check=True)`, `apply(path_or_yaml, namespace=None)`, `api_client()`,
+`prometheus_query(q)`, `stop_prometheus()`, `start_prometheus()`, `status()`,
+`pod_log(namespace, pod)`, `wait_for(predicate, timeout, what=...)`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devcluster import Cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    if os.environ.get("MODELDEPLOY_CLUSTER") == "attach":
+        yield Cluster.attach()
+        return
+    root = REPO / ".cache" / "pytest-cluster"
+    if root.exists():  # folders of sessions that are over (their harness is gone)
+        for old in root.iterdir():
+            if not (old / "harness.pid").exists() and time.time() - old.stat().st_mtime > 600:
+                shutil.rmtree(old, ignore_errors=True)
+    c = Cluster.start(root / str(os.getpid()))
+    try:
+        yield c
+    finally:
+        c.stop()
+        for sub in ("etcd", "prometheus", "pods"):
+            shutil.rmtree(c.state_dir / sub, ignore_errors=True)
