@@ -25,8 +25,9 @@ from modeldeploy_operator.api import ModelDeploymentSpec
 REVISION_LENGTH = 10
 
 
-def revision_payload(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
-    """The canonical document that is hashed (exposed for tests and for `kubectl describe` debugging)."""
+def revision_payload(spec: ModelDeploymentSpec, default_image: str) -> dict[str, Any]:
+    """The canonical document that is hashed; the image is spec.serving.image, else the operator's default."""
+    image = spec.serving.image or default_image
     model = spec.model
     resources = spec.serving.resources
     return {
@@ -46,7 +47,7 @@ def revision_payload(spec: ModelDeploymentSpec, image: str) -> dict[str, Any]:
     }
 
 
-def revision_of(spec: ModelDeploymentSpec, image: str) -> str:
+def revision_of(spec: ModelDeploymentSpec, default_image: str) -> str:
     """10 lowercase hex digits: short enough for labels and names, 40 bits against collisions."""
-    canonical = json.dumps(revision_payload(spec, image), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(revision_payload(spec, default_image), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]
