@@ -100,6 +100,7 @@ def test_rbac_least_privilege_cluster_mode() -> None:
         ("modeldeploy.io", "modeldeployments/status", "patch"),
         ("apps", "deployments", "create"),
         ("apps", "deployments", "delete"),
+        ("apps", "deployments/scale", "patch"),
         ("", "services", "create"),
         ("", "pods", "list"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),

@@ -154,6 +154,7 @@ def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Ku
         ("patch", "modeldeployments.modeldeploy.io", "--subresource=status", "-n", "default"),
         ("create", "deployments.apps", "-n", "default"),
         ("delete", "deployments.apps", "-n", "default"),
+        ("patch", "deployments.apps", "--subresource=scale", "-n", "default"),
         ("create", "services", "-n", "default"),
         ("list", "pods", "-A"),
         ("patch", "httproutes.gateway.networking.k8s.io", "-n", "default"),

@@ -22,21 +22,32 @@ from modeldeploy_operator.api import ModelDeployment, parse_spec
 from tests.packaging.tools import ROOT
 
 EXAMPLES = ROOT / "examples"
-SERVER_METRICS = {
-    "modeldeploy_requests_total",
-    "modeldeploy_request_duration_seconds_bucket",
-    "modeldeploy_rejections_total",
-    "modeldeploy_predictions_total",
-    "modeldeploy_model_info",
-}
-# The operator's metrics, as the examples (dashboard, alerts) use them; see examples/prometheusrule.yaml.
-OPERATOR_METRICS = {
-    "modeldeploy_operator_rollbacks_total",
-    "modeldeploy_operator_promotions_total",
-    "modeldeploy_operator_analysis_total",
-    "modeldeploy_operator_canary_weight",
-    "modeldeploy_operator_phase",
-}
+
+
+def _server_metrics() -> set[str]:
+    """The series names the server exposes (its metric name constants are the contract)."""
+    from modeldeploy_server import metrics as sm
+
+    return {sm.REQUESTS, f"{sm.DURATION}_bucket", sm.REJECTIONS, sm.PREDICTIONS, sm.INFO}
+
+
+def _operator_metrics() -> set[str]:
+    """The series names the operator exposes, from its prometheus_client collectors."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from modeldeploy_operator import metrics as om
+
+    names: set[str] = set()
+    for value in vars(om).values():
+        if isinstance(value, Counter | Gauge | Histogram):
+            (family,) = value.describe()
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+            names |= {family.name + s for s in suffixes}
+    return names
+
+
+SERVER_METRICS = _server_metrics()
+OPERATOR_METRICS = _operator_metrics()
 
 
 def example_docs() -> list[tuple[str, dict[str, Any]]]:
@@ -88,7 +99,7 @@ def test_prometheus_rule_uses_known_metrics_and_passes_promtool(tmp_path: Path) 
     (rule,) = [d for _, d in example_docs() if d["kind"] == "PrometheusRule"]
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     used = set().union(*(_metric_names(e) for e in exprs))
-    assert "modeldeploy_operator_rollbacks_total" in used
+    assert {"modeldeploy_operator_rollouts_total", "modeldeploy_requests_total"} <= used
     assert used <= SERVER_METRICS | OPERATOR_METRICS, used - SERVER_METRICS - OPERATOR_METRICS
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -107,7 +118,7 @@ def test_grafana_dashboard_queries_known_metrics() -> None:
     used = set().union(*(_metric_names(e) for e in exprs))
     assert used <= SERVER_METRICS | OPERATOR_METRICS, used - SERVER_METRICS - OPERATOR_METRICS
     assert {"modeldeploy_requests_total", "modeldeploy_request_duration_seconds_bucket"} <= used
-    assert {"modeldeploy_operator_canary_weight", "modeldeploy_operator_rollbacks_total"} <= used
+    assert {"modeldeploy_operator_canary_weight", "modeldeploy_operator_rollouts_total"} <= used
     variables = {v["name"] for v in dash["templating"]["list"]}
     for expr in exprs:
         assert set(re.findall(r"\$(\w+)", expr)) - {"__rate_interval"} <= variables

@@ -22,6 +22,10 @@ Secrets: the operator never reads them (model artifacts are fetched by the serve
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Scaling a revision's Deployment up or down (the replica-ratio canary, the old stable's scale-down).
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["get", "patch", "update"]
 # The <name>, <name>-stable and <name>-canary Services in front of those Deployments.
 - apiGroups: [""]
   resources: ["services"]
