@@ -1,0 +1,103 @@
+"""Helpers for tests against the local cluster: a real sklearn model, server Deployments, Services.
+
+Owned by the local-cluster engineer; used by tests/cluster and free for other cluster tests.
+`server_deployment` renders a Deployment of the real modeldeploy server the way the operator's
+pods look (labels, Prometheus annotations, probes, env); `ready_pods` waits for pods to be Ready.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+from sklearn.linear_model import LinearRegression
+
+from devcluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+INPUTS = [
+    {"name": "RHOB", "min": 1.5, "max": 3.1, "nullValues": [-999]},
+    {"name": "NPHI", "min": -0.05, "max": 0.6},
+    {"name": "GR", "min": 0, "max": 300},
+]
+ROW = [2.35, 0.21, 75.0]
+
+
+def train_model(directory: Path) -> dict[str, str]:
+    """A real LinearRegression over RHOB, NPHI, GR saved with joblib; its file URI and sha256."""
+    rng = np.random.default_rng(7)
+    x = np.column_stack([rng.uniform(1.5, 3.1, 200), rng.uniform(0, 0.6, 200), rng.uniform(0, 300, 200)])
+    y = 0.4 - 0.15 * x[:, 0] + 0.5 * x[:, 1] + 0.0002 * x[:, 2]
+    path = directory / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, y), path)
+    return {"uri": path.as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def server_deployment(name: str, model: dict[str, str], replicas: int = 2, revision: str = "r1",
+                      sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
+    env = {
+        "MODELDEPLOY_MODEL_NAME": "porosity", "MODELDEPLOY_MODEL_URI": model["uri"],
+        "MODELDEPLOY_MODEL_SHA256": sha256 or model["sha256"], "MODELDEPLOY_MODEL_VERSION": "1",
+        "MODELDEPLOY_MODEL_REVISION": revision, "MODELDEPLOY_INPUTS": json.dumps(INPUTS),
+        "MODELDEPLOY_HOST": "0.0.0.0",  # what a real cluster would use; the process kubelet must override it
+    }  # fmt: skip
+    labels = {"app.kubernetes.io/name": "modeldeploy-server", "modeldeploy.io/name": name,
+              "modeldeploy.io/revision": revision}  # fmt: skip
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": f"{name}-{revision}", "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}},
+                "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+                    "name": "server", "image": "modeldeploy/modeldeploy:0.1.0", "command": ["modeldeploy-server"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": k, "value": v} for k, v in env.items()] + [
+                        {"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "readinessProbe": probe,
+                    "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
+                }]},
+            },
+        },
+    }  # fmt: skip
+
+
+def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }  # fmt: skip
+
+
+def apply(cluster: Cluster, ns: str, *objs: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def pods(cluster: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))[
+        "items"
+    ]
+    return items
+
+
+def ready_pods(cluster: Cluster, ns: str, selector: str, n: int, timeout: float = 90) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        items = [p for p in pods(cluster, ns, selector) if not p["metadata"].get("deletionTimestamp")]
+        ok = [p for p in items if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
+            "conditions", []))]  # fmt: skip
+        return ok if len(ok) == n and len(items) == n else None
+
+    return Cluster.wait_for(check, timeout, what=f"{n} ready pods {selector} in {ns}")
+
+
+def predict(gateway: httpx.Client, host: str) -> httpx.Response:
+    return gateway.post("/v1/models/porosity:predict", json={"instances": [ROW]}, headers={"Host": host})
