@@ -94,7 +94,7 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = ""
         for key, value in scope["headers"]:
-            if key == b"x-request-id" and 0 < len(value) <= 128 and value.isascii() and value.isprintable():
+            if key == b"x-request-id" and 0 < len(value) <= 128 and value.isascii() and value.decode().isprintable():
                 request_id = value.decode()
         if not request_id:
             self._counter += 1

@@ -92,18 +92,59 @@ def _linear(model: Any, method: str) -> Build | None:
     return None
 
 
+def _round_thresholds_down(onx: Any, model: Any) -> None:
+    """Make ONNX's float32 split thresholds decide exactly like sklearn's float64 ones on float32 inputs.
+
+    sklearn compares float32(x) <= t (t a float64 midpoint); skl2onnx stores float32(t), which can round
+    up, flipping the decision for x == float32(t). Replacing each rounded-up threshold by the float32
+    just below it makes `x <= t32` and `x <= t` agree for every float32 x.
+    """
+    from modeldeploy_server.verify import _trees
+
+    trees = _trees(model)
+    if not trees:
+        return
+    for node in onx.graph.node:
+        if not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        values = np.array(attrs["nodes_values"].floats, dtype=np.float32)
+        rows = zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, attrs["nodes_featureids"].ints,
+                   attrs["nodes_modes"].strings, strict=True)  # fmt: skip
+        for k, (tree_id, node_id, feature, mode) in enumerate(rows):
+            if mode == b"LEAF":
+                continue
+            tree = trees[tree_id]
+            if mode != b"BRANCH_LEQ" or tree.feature[node_id] != feature:
+                raise ValueError(f"ONNX node {k} does not match tree {tree_id} node {node_id}")
+            threshold = float(tree.threshold[node_id])
+            below = np.float32(threshold)
+            if float(below) > threshold:
+                below = np.nextafter(below, np.float32(-np.inf))
+            values[k] = below
+        del attrs["nodes_values"].floats[:]
+        attrs["nodes_values"].floats.extend(values.tolist())
+
+
 def _onnx(model: Any, method: str, width: int) -> Build:
     def build() -> Callable[[Matrix], npt.NDArray[Any]]:
+        from sklearn.base import is_classifier
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 
         from modeldeploy_server.fastpath import _onnx_predict, _session
+        from modeldeploy_server.verify import _trees
 
+        # trees: float32 input, as sklearn's trees see it; anything else: double first
+        types = (FloatTensorType,) if _trees(model) else (DoubleTensorType, FloatTensorType)
         last: Exception | None = None
-        for tensor_type in (DoubleTensorType, FloatTensorType):
+        for tensor_type in types:
             try:
+                final = model.steps[-1][1] if hasattr(model, "steps") else model
+                options = {id(final): {"zipmap": False}} if is_classifier(final) else None
                 onx = convert_sklearn(model, initial_types=[("input", tensor_type([None, width]))],
-                                      options={"zipmap": False})  # fmt: skip
+                                      options=options)  # fmt: skip
+                _round_thresholds_down(onx, model)
                 session = _session(onx.SerializeToString())
                 predict = _onnx_predict(session, method)
                 predict(np.zeros((1, width), dtype=np.float64))

@@ -3,7 +3,8 @@
 Owned here: a deterministic set of rows spread over each feature's declared range (or, where the
 contract has no bounds, over the range the model itself reveals: a tree's split thresholds, a
 scaler's mean +- 4 standard deviations), plus, for tree models, rows placed exactly on split
-thresholds and one float32 step either side (where float rounding would show first). Called by
+thresholds (as float32, the precision trees compare in) and one float32 step either side, where a
+path that rounds thresholds differently would show it. Called by
 `fastpath.choose`.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from modeldeploy_server.contract import Contract, Matrix
 
 N_RANDOM = 512
-N_THRESHOLD = 256
+MAX_THRESHOLDS_PER_FEATURE = 2000
 
 
 def _trees(model: Any) -> list[Any]:
@@ -67,16 +68,18 @@ def reference_rows(model: Any, contract: Contract, seed: int = 0) -> Matrix:
         lo[j] = lo[j] if np.isfinite(lo[j]) else min(t_lo, hi[j] - 1.0)
         hi[j] = hi[j] if np.isfinite(hi[j]) else max(t_hi, lo[j] + 1.0)
     rows = [contract.reference_row(), lo.reshape(1, -1), hi.reshape(1, -1), rng.uniform(lo, hi, size=(N_RANDOM, width))]
-    if any(len(t) for t in thresholds):
-        block = rng.uniform(lo, hi, size=(N_THRESHOLD, width))
-        for j, values in enumerate(thresholds):
-            if len(values):
-                picked = rng.choice(values, size=N_THRESHOLD).astype(np.float32)
-                step = rng.integers(-1, 2, size=N_THRESHOLD)
-                toward = np.where(step < 0, -np.inf, np.inf).astype(np.float32)
-                moved = np.where(step == 0, picked, np.nextafter(picked, toward))
-                block[:, j] = moved.astype(np.float64)
-        rows.append(block)
+    for j, values in enumerate(thresholds):
+        # every split threshold of feature j, as the float32 the tree compares against, and one float32 step
+        # either side: where a path that rounds thresholds differently (ONNX stores float32) would disagree
+        if not len(values):
+            continue
+        if len(values) > MAX_THRESHOLDS_PER_FEATURE:
+            values = rng.choice(values, size=MAX_THRESHOLDS_PER_FEATURE, replace=False)
+        at = values.astype(np.float32)
+        for value in (at, np.nextafter(at, np.float32(-np.inf)), np.nextafter(at, np.float32(np.inf))):
+            block = rng.uniform(lo, hi, size=(len(values), width))
+            block[:, j] = value.astype(np.float64)
+            rows.append(block)
     x = np.vstack(rows)
     x = np.clip(x, lo, hi)
     keep = np.ones(len(x), dtype=bool)
