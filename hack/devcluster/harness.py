@@ -71,6 +71,8 @@ class Harness:
             (self.state / name).unlink(missing_ok=True)
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
         (self.state / "harness.pid").write_text(str(os.getpid()))
+        if procs.kill_stale_pods(self.state):
+            log.warning("killed server processes left behind by an earlier harness in %s", self.state)
         signal.signal(signal.SIGTERM, self._on_signal_sync)
         signal.signal(signal.SIGINT, self._on_signal_sync)
         self.cp = controlplane.ControlPlane(self.state, controlplane.binaries_dir(build=False))

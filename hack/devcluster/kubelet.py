@@ -266,21 +266,22 @@ class Kubelet:
     async def probe_loop(self, interval: float = 0.5) -> None:
         while True:
             await asyncio.sleep(interval)
-            for pp in list(self.pods.values()):
-                if pp.proc is None or pp.terminating:
-                    continue
-                c = pp.container
-                rp = c.get("readinessProbe")
-                if rp is None or "httpGet" not in rp:
-                    pp.set_ready(True)
-                elif await self._http_ok(pp, rp):
-                    pp.probe_failures = 0
-                    pp.set_ready(True)
-                else:
-                    pp.probe_failures += 1
-                    if not pp.ready or pp.probe_failures >= int(rp.get("failureThreshold", 3)):
-                        pp.set_ready(False)
-                await self._liveness(pp, c.get("livenessProbe"))
+            live = [pp for pp in self.pods.values() if pp.proc is not None and not pp.terminating]
+            await asyncio.gather(*(self._probe_pod(pp) for pp in live), return_exceptions=True)
+
+    async def _probe_pod(self, pp: podrun.PodProcess) -> None:
+        c = pp.container
+        rp = c.get("readinessProbe")
+        if rp is None or "httpGet" not in rp:
+            pp.set_ready(True)
+        elif await self._http_ok(pp, rp):
+            pp.probe_failures = 0
+            pp.set_ready(True)
+        else:
+            pp.probe_failures += 1
+            if not pp.ready or pp.probe_failures >= int(rp.get("failureThreshold", 3)):
+                pp.set_ready(False)
+        await self._liveness(pp, c.get("livenessProbe"))
 
     async def _liveness(self, pp: podrun.PodProcess, lp: Obj | None) -> None:
         if lp is None or "httpGet" not in lp or pp.proc is None:

@@ -143,3 +143,20 @@ def http_post(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
         return int(e.code), e.read()
+
+
+def kill_stale_pods(state: Path) -> int:
+    """Kill server process groups a crashed harness left behind in state/pods/*/pgid; how many."""
+    killed = 0
+    for pgid_file in state.glob("pods/*/pgid"):
+        try:
+            pgid = int(pgid_file.read_text())
+            cwd = os.readlink(f"/proc/{pgid}/cwd")
+        except (OSError, ValueError):
+            pgid_file.unlink(missing_ok=True)
+            continue
+        if Path(cwd) == pgid_file.parent.resolve():  # still that pod's process, not a reused pid
+            _signal_group(pgid, signal.SIGKILL)
+            killed += 1
+        pgid_file.unlink(missing_ok=True)
+    return killed

@@ -1,0 +1,77 @@
+"""The cluster's life cycle from the shell: `python -m devcluster up|status|down`, and no strays.
+
+Starts its own cluster (not the session's) in a temporary folder, runs a server pod, then stops
+it with `down` and checks that no process of that cluster is left: not the control plane, not
+Prometheus, not the pod's server. Then again with the harness killed by SIGKILL (a crashed test
+runner): its children die with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devcluster import Cluster
+from tests.cluster.kube import REPO, apply, ready_pods, server_deployment
+
+pytestmark = pytest.mark.cluster
+
+
+def devcluster(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "hack")}
+    return subprocess.run([sys.executable, "-m", "devcluster", *args], capture_output=True, text=True, env=env,
+                          timeout=240)  # fmt: skip
+
+
+def processes_of(state: Path) -> list[int]:
+    """Live (non-zombie) processes whose command line or working folder is inside state."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+            status = (proc / "stat").read_text().split(") ", 1)[1]
+        except OSError:
+            continue
+        if not status.startswith("Z") and (str(state) in cmdline or cwd.startswith(str(state))):
+            found.append(int(proc.name))
+    return found
+
+
+def start_with_a_pod(state: Path, model: dict[str, str]) -> Cluster:
+    up = devcluster("up", "--state", str(state))
+    assert up.returncode == 0, up.stderr
+    assert "KUBECONFIG=" in up.stdout and "GATEWAY_URL=" in up.stdout and "PROMETHEUS_URL=" in up.stdout
+    cluster = Cluster.attach(state)
+    cluster.kubectl("create", "namespace", "life")
+    apply(cluster, "life", server_deployment("porosity", model, replicas=1))
+    ready_pods(cluster, "life", "modeldeploy.io/name=porosity", 1)
+    status = json.loads(devcluster("status", "--state", str(state)).stdout)
+    assert [p["ready"] for p in status["pods"].values()] == [True]
+    # control plane (4) + Prometheus + the harness + the server pod, at least
+    assert len(processes_of(state)) >= 7, processes_of(state)
+    return cluster
+
+
+def test_up_down_leaves_no_process(tmp_path: Path, model: dict[str, str]) -> None:
+    state = tmp_path / "c1"
+    start_with_a_pod(state, model)
+    down = devcluster("down", "--state", str(state))
+    assert down.returncode == 0 and "stopped" in down.stderr
+    assert processes_of(state) == []
+    assert devcluster("down", "--state", str(state)).stderr.strip() == "no cluster was running"
+
+
+def test_killed_harness_takes_its_children_along(tmp_path: Path, model: dict[str, str]) -> None:
+    state = tmp_path / "c2"
+    start_with_a_pod(state, model)
+    os.kill(int((state / "harness.pid").read_text()), signal.SIGKILL)
+    Cluster.wait_for(lambda: processes_of(state) == [], 15, what=f"no process left of {state}")
