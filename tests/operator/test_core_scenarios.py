@@ -248,7 +248,7 @@ def test_spec_paused_holds_the_steps() -> None:
 
 
 def test_replica_ratio_canary_without_a_router() -> None:
-    sim = Sim(spec_dict(trafficRouting=None), config=Sim.__dataclass_fields__["config"].default_factory())  # type: ignore[misc]
+    sim = Sim(spec_dict(trafficRouting=None))
     sim.spec["replicas"] = 9
     sim.run(10, until=lambda s: s.phase() == r.PHASE_HEALTHY)
     v1 = sim.status.stable_revision

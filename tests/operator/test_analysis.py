@@ -1,0 +1,105 @@
+"""Analysis without I/O: windows, queries, verdicts and the decisive sentences; Prometheus answers parsed."""
+
+from __future__ import annotations
+
+import pytest
+
+from modeldeploy_operator import analysis
+from modeldeploy_operator.analysis import QueryResult, evaluate, plan, window_seconds
+from modeldeploy_operator.api import AnalysisSpec
+from modeldeploy_operator.prom import scalar
+
+SPEC = AnalysisSpec.model_validate(
+    {"intervalSeconds": 30, "minRequests": 50, "maxErrorRate": 0.01, "maxLatencyP99Seconds": 0.25,
+     "metrics": [{"name": "refusals", "query": 'sum(rate(x{revision="{{revision}}",ns="{{namespace}}"}[{{window}}]))',
+                  "max": 0.1}]}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("since", "interval", "scrape", "expected"),
+    [(3.2, 30, 2.0, 4), (12.9, 30, 2.0, 12), (95, 30, 2.0, 30), (0, 5, 2.0, 4), (10, 5, 15.0, 30)],
+)
+def test_window_is_aligned_to_the_step_and_spans_two_scrapes(
+    since: float, interval: int, scrape: float, expected: int
+) -> None:
+    assert window_seconds(since, interval, scrape) == expected
+
+
+def test_plan_substitutes_and_filters_by_namespace_model_revision() -> None:
+    p = plan(SPEC, "ml", "iris", "abc", step=1, weight=10, window=12)
+    q = {x.name: x.promql for x in p.queries}
+    assert q["requests"] == 'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="abc"}[12s]))'
+    assert q["errors"] == (
+        'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="abc",code=~"5.."}[12s]))'
+    )
+    assert q["latency-p99"] == (
+        "histogram_quantile(0.99, sum by (le) (rate(modeldeploy_request_duration_seconds_bucket"
+        '{namespace="ml",model="iris",revision="abc"}[12s])))'
+    )
+    assert q["refusals"] == 'sum(rate(x{revision="abc",ns="ml"}[12s]))'
+    no_latency = AnalysisSpec.model_validate({"maxLatencyP99Seconds": None})
+    assert "latency-p99" not in {x.name for x in plan(no_latency, "ml", "iris", "abc", 0, 10, 12).queries}
+
+
+def judge(**values: QueryResult) -> analysis.AnalysisRecord:
+    p = plan(SPEC, "ml", "iris", "abc", step=1, weight=10, window=30)
+    base = {"requests": QueryResult(812), "errors": QueryResult(0), "latency-p99": QueryResult(0.05),
+            "refusals": QueryResult(0.01)}  # fmt: skip
+    base.update(values)
+    return evaluate(SPEC, p, base, "2026-11-21T13:00:00Z")
+
+
+def test_passed() -> None:
+    rec = judge()
+    assert rec.verdict == "Passed" and [c.verdict for c in rec.checks] == ["Passed"] * 4
+    assert rec.window_seconds == 30 and rec.weight == 10 and rec.step == 1
+
+
+def test_error_rate_breach_is_the_decisive_sentence() -> None:
+    rec = judge(errors=QueryResult(34))
+    assert rec.verdict == "Failed"
+    assert rec.message == "canary error rate 4.19% > 1% over 30s, n=812"
+    check = next(c for c in rec.checks if c.name == "error-rate")
+    assert check.samples == 812 and check.value == pytest.approx(34 / 812) and check.threshold == "<= 0.01"
+
+
+def test_no_5xx_series_means_zero_errors() -> None:
+    assert judge(errors=QueryResult(None)).verdict == "Passed"
+
+
+def test_latency_breach() -> None:
+    rec = judge(**{"latency-p99": QueryResult(0.8)})
+    assert rec.verdict == "Failed" and rec.message == "canary p99 latency 0.8s > 0.25s over 30s, n=812"
+
+
+def test_too_few_requests_is_inconclusive_even_if_they_all_failed() -> None:
+    rec = judge(requests=QueryResult(12), errors=QueryResult(12))
+    assert rec.verdict == "Inconclusive"
+    assert rec.message == "only 12 canary requests over 30s (< minRequests 50)"
+    assert judge(requests=QueryResult(None)).verdict == "Inconclusive"
+
+
+def test_prometheus_errors_are_error_not_failed() -> None:
+    rec = judge(requests=QueryResult(error="HTTP Status Code 503"), errors=QueryResult(error="HTTP Status Code 503"))
+    assert rec.verdict == "Error" and "Prometheus query failed: HTTP Status Code 503" in rec.message
+
+
+def test_custom_metric_bounds_and_no_data() -> None:
+    assert judge(refusals=QueryResult(0.5)).message == "refusals 0.5 outside [<= 0.1] over 30s"
+    assert judge(refusals=QueryResult(None)).verdict == "Inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("data", "value", "error"),
+    [
+        ([], None, None),
+        ([{"metric": {}, "value": [1.0, "812"]}], 812.0, None),
+        ([{"metric": {}, "value": [1.0, "NaN"]}], None, None),
+        ([1.0, "0.25"], 0.25, None),
+        ([{"metric": {"a": "1"}, "value": [1, "1"]}, {"metric": {"a": "2"}, "value": [1, "2"]}], None,
+         "query returned 2 series; aggregate it to one (sum, max, ...)"),
+    ],
+)  # fmt: skip
+def test_prometheus_answers_become_scalars(data: object, value: float | None, error: str | None) -> None:
+    assert scalar(data) == QueryResult(value=value, error=error)
