@@ -9,97 +9,19 @@ removed at the end; the CRD stays (other tests need it, and Helm never deletes C
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.packaging.tools import BIN, CHART, ROOT, helm
+from tests.packaging.kube import Kube
+from tests.packaging.tools import CHART, ROOT
 
 pytestmark = pytest.mark.cluster
 
 INSTALL_NS, RELEASE = "pkg-system", "pkg"
 NAMESPACED_NS, NAMESPACED_RELEASE, WATCHED_NS = "pkg-ns-system", "pkgns", "pkg-watched"
 CLI_NS = "pkg-cli"
-# Just enough of the Prometheus Operator's CRDs for a server-side dry run of the examples and the
-# ServiceMonitor (the real CRDs are large; the schema inside is not what these tests check).
-MONITORING_CRDS = [
-    {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "names": {"kind": kind, "plural": plural, "singular": plural[:-1], "listKind": f"{kind}List"},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                }
-            ],
-        },
-    }
-    for kind, plural in (("PrometheusRule", "prometheusrules"), ("ServiceMonitor", "servicemonitors"))
-]
-
-
-class Kube:
-    def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = str(kubeconfig)
-        self.env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-
-    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(list(args), input=input, capture_output=True, text=True, env=self.env, timeout=180)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(str(BIN / "kubectl"), *args, input=input, check=check)
-
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(helm(), *args, check=check)
-
-    def apply(self, docs: list[dict[str, Any]] | str, *extra: str) -> str:
-        text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
-        return self.kubectl("apply", "-f", "-", *extra, input=text).stdout
-
-    def get(self, *args: str) -> dict[str, Any]:
-        out: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
-        return out
-
-    def can_i(self, sa: str, *args: str) -> bool:
-        proc = self.kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
-        assert proc.stdout.strip() in ("yes", "no"), proc.stdout + proc.stderr
-        return proc.stdout.strip() == "yes"
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(str(BIN / "modeldeploy"), *args, check=False)
-
-
-@pytest.fixture(scope="module")
-def kube(cluster: Any) -> Iterator[Kube]:
-    k = Kube(Path(cluster.kubeconfig))
-    k.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    k.apply(MONITORING_CRDS, "--server-side")
-    for crd in ("modeldeployments.modeldeploy.io", "prometheusrules.monitoring.coreos.com"):
-        k.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
-    for ns in ("modeldeploy-system", WATCHED_NS, CLI_NS):
-        k.kubectl("create", "namespace", ns, check=False)
-    yield k
-    for release, ns in ((RELEASE, INSTALL_NS), (NAMESPACED_RELEASE, NAMESPACED_NS)):
-        k.helm("uninstall", release, "-n", ns, check=False)
-    for ns in (INSTALL_NS, NAMESPACED_NS, WATCHED_NS, CLI_NS):
-        k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
 VALUE_SETS = {
     "default": [],
     "namespaced": ["--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{WATCHED_NS}}}"],
@@ -131,14 +53,14 @@ def test_examples_are_accepted_by_the_api_server(kube: Kube) -> None:
 
 
 def test_a_misspelt_value_fails_helm_install(kube: Kube) -> None:
-    proc = kube.helm("install", "pkg-typo", str(CHART), "-n", INSTALL_NS, "--set", "imagee.tag=1", check=False)
+    proc = kube.helm("install", "pkg-typo", str(CHART), "-n", "pkg-cli", "--set", "imagee.tag=1", check=False)
     assert proc.returncode != 0
     assert "additional properties 'imagee' not allowed" in proc.stderr, proc.stderr
-    assert kube.helm("status", "pkg-typo", "-n", INSTALL_NS, check=False).returncode != 0
+    assert kube.helm("status", "pkg-typo", "-n", "pkg-cli", check=False).returncode != 0
 
 
 def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Kube) -> None:
-    kube.helm("install", RELEASE, str(CHART), "-n", INSTALL_NS, "--create-namespace")
+    kube.install(RELEASE, INSTALL_NS)
     name = f"{RELEASE}-modeldeploy"
     deploy = kube.get("deployment", name, "-n", INSTALL_NS)
     assert deploy["spec"]["template"]["spec"]["containers"][0]["command"] == ["modeldeploy-operator"]
@@ -179,8 +101,8 @@ def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Ku
 
 
 def test_namespaced_install_grants_only_roles_in_the_watched_namespace(kube: Kube) -> None:
-    kube.helm("install", NAMESPACED_RELEASE, str(CHART), "-n", NAMESPACED_NS, "--create-namespace",
-              "--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{WATCHED_NS}}}")  # fmt: skip
+    kube.install(NAMESPACED_RELEASE, NAMESPACED_NS, "--set", "rbac.namespaced=true",
+                 "--set", f"watchNamespaces={{{WATCHED_NS}}}")  # fmt: skip
     name = f"{NAMESPACED_RELEASE}-modeldeploy"
     kube.get("role", name, "-n", WATCHED_NS)
     kube.get("rolebinding", name, "-n", WATCHED_NS)

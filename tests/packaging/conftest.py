@@ -1,0 +1,37 @@
+"""Fixtures of the packaging cluster tests: `kube`, once per session, on the `cluster` fixture.
+
+It installs the ModelDeployment CRD (from crds/, server-side apply) and minimal Prometheus Operator
+CRDs, creates the namespaces the tests share, and removes the tests' releases and namespaces at
+the end (the CRDs stay: Helm never deletes CRDs either, and other tests need ours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.packaging.kube import MONITORING_CRDS, Kube
+from tests.packaging.tools import ROOT
+
+SHARED_NAMESPACES = ("modeldeploy-system", "pkg-watched", "pkg-cli")
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Any) -> Iterator[Kube]:
+    k = Kube(Path(cluster.kubeconfig))
+    k.prometheus_url = str(cluster.prometheus_url)
+    k.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    k.apply(MONITORING_CRDS, "--server-side")
+    for crd in ("modeldeployments.modeldeploy.io", "prometheusrules.monitoring.coreos.com"):
+        k.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    for ns in SHARED_NAMESPACES:
+        k.kubectl("create", "namespace", ns, check=False)
+    yield k
+    for release, ns in k.releases:
+        k.helm("uninstall", release, "-n", ns, check=False)
+    for ns in sorted(set(SHARED_NAMESPACES) | k.namespaces):
+        if ns != "modeldeploy-system":
+            k.kubectl("delete", "namespace", ns, "--wait=false", check=False)

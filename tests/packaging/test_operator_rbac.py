@@ -1,0 +1,117 @@
+"""The real operator, run with nothing but the chart's RBAC and the chart's settings.
+
+For both RBAC modes the chart is installed, a token of its ServiceAccount is requested, and
+`modeldeploy-operator` runs locally (the command and MODELDEPLOY_OPERATOR_* env of the chart's
+rendered Deployment; only Prometheus' URL and the metrics listener are pointed at loopback) on a
+ModelDeployment serving a real joblib model. It must bring the model to Healthy (Deployment,
+Services, status) without one Forbidden, and `modeldeploy status --watch` must exit 0 on it.
+Cluster mode runs cluster-wide (kopf watches namespaces and the CRD); namespaced mode watches one
+namespace with Roles only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from tests.packaging.kube import Kube
+from tests.packaging.tools import BIN, by_kind
+
+pytestmark = pytest.mark.cluster
+
+MODES = {
+    # release, release namespace, ModelDeployment namespace, helm flags
+    "cluster": ("pkgop", "pkg-op-system", "pkg-op-models", []),
+    "namespaced": ("pkgopns", "pkg-opns-system", "pkg-opns-models",
+                   ["--set", "rbac.namespaced=true", "--set", "watchNamespaces={pkg-opns-models}"]),
+}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _chart_container(kube: Kube, release: str, namespace: str, flags: list[str]) -> dict[str, Any]:
+    rendered = kube.helm("get", "manifest", release, "-n", namespace).stdout
+    (deploy,) = by_kind(rendered, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _model(folder: Path) -> dict[str, str]:
+    x = np.array([[0.1, 0.2], [0.4, 0.1], [0.5, 0.9], [0.9, 0.3]])
+    artifact = folder / "model.joblib"
+    joblib.dump(LinearRegression().fit(x, x.sum(axis=1)), artifact)
+    return {"uri": artifact.as_uri(), "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(), "version": "1"}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, mode: str, tmp_path: Path) -> None:
+    release, release_ns, models_ns, flags = MODES[mode]
+    kube.namespaces.add(models_ns)
+    kube.kubectl("create", "namespace", models_ns)
+    kube.install(release, release_ns, *flags)
+    container = _chart_container(kube, release, release_ns, flags)
+    sa_kubeconfig = kube.token_kubeconfig(release_ns, f"{release}-modeldeploy", tmp_path / "sa-kubeconfig")
+    port = _free_port()
+    env = {e["name"]: e["value"] for e in container["env"]} | {
+        "KUBECONFIG": str(sa_kubeconfig),
+        "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": kube.prometheus_url,
+        "MODELDEPLOY_OPERATOR_METRICS_PORT": str(port),
+        "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
+        "MODELDEPLOY_OPERATOR_TICK_SECONDS": "1",
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    assert env["MODELDEPLOY_OPERATOR_NAMESPACES"] == ("" if mode == "cluster" else models_ns)
+    name = f"rbac-{mode}"
+    kube.apply([{
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": models_ns},
+        "spec": {"model": _model(tmp_path), "replicas": 1,
+                 "inputs": [{"name": "a", "min": 0, "max": 1}, {"name": "b", "min": 0, "max": 1}]},
+    }])  # fmt: skip
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        operator = subprocess.Popen(container["command"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        status: dict[str, Any] = {}
+        while status.get("phase") != "Healthy":
+            assert operator.poll() is None, f"operator exited {operator.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"not Healthy in 120 s; status {json.dumps(status)}\n{log.read_text()[-3000:]}"
+            )
+            time.sleep(1)
+            status = kube.get("modeldeployment", name, "-n", models_ns).get("status") or {}
+        assert status["stableRevision"] and status["stableVersion"] == "1"
+        deployments = kube.get("deployments", "-n", models_ns, "-l", f"modeldeploy.io/name={name}")["items"]
+        assert len(deployments) == 1
+        services = {s["metadata"]["name"] for s in kube.get("services", "-n", models_ns)["items"]}
+        assert {name, f"{name}-stable", f"{name}-canary"} <= services
+        cli = kube.cli("status", name, "-n", models_ns, "--watch", "--timeout", "30")
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert "Phase:      Healthy" in cli.stdout
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+        kube.kubectl("delete", "modeldeployment", name, "-n", models_ns, "--ignore-not-found", "--wait=false")
+    text = log.read_text()
+    assert "forbidden" not in text.lower(), text[-3000:]
