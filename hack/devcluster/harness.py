@@ -80,8 +80,6 @@ class Harness:
         try:
             self.cp.start()
             self._mark("apiserver_readyz")
-            self.cp.apply_gateway_crds()
-            self._mark("gateway_crds")
             asyncio.run(self._main())
             return 0
         except _Stopped:
@@ -109,11 +107,13 @@ class Harness:
         runner: web.AppRunner | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
+            crds = loop.create_task(self._apply_gateway_crds())
             await self.kubelet.register()
             await self.gateway.start("127.0.0.1", self.gateway_port)
             runner = await self._control_server()
             await asyncio.to_thread(self.prom.start)
             self._mark("prometheus_ready")
+            await crds
             tasks = [
                 loop.create_task(self._poll_loop()),
                 loop.create_task(self.kubelet.heartbeat_loop()),
@@ -132,6 +132,10 @@ class Harness:
             if runner is not None:
                 await runner.cleanup()
             await self.api.close()
+
+    async def _apply_gateway_crds(self) -> None:
+        await asyncio.to_thread(self.cp.apply_gateway_crds)
+        self._mark("gateway_crds")
 
     async def _wait_all_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
