@@ -47,9 +47,15 @@ def status_patch(status: ModelDeploymentStatus) -> dict[str, Any]:
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     core_config = settings.core_config()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # in-cluster service account or KUBECONFIG, through the kubernetes client's own loaders
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.posting.enabled = False  # our Events carry specific reasons; no generic log events
+        # our Events carry specific reasons: no log line becomes a generic "Logging" Event
+        settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
         memo.kube = Kube(api_client())
         memo.prom = Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds)
