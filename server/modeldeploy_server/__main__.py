@@ -74,7 +74,7 @@ def serve(settings: Settings) -> int:
         logs.configure(settings.log_level)
         load_runtime(settings)  # refuse once, early, with one line; workers reuse the verified cache
         try:
-            uvicorn.run("modeldeploy_server.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+            uvicorn.run("modeldeploy_server.app:create_worker_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         return 0
@@ -88,7 +88,9 @@ def serve(settings: Settings) -> int:
 
     app.on_refused = stop
     server.run()
-    return LoadRefused.exit_code if app.refused else 0
+    if app.refused:
+        raise LoadRefused(app.refused)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,11 +42,12 @@ class ClientDisconnected(Exception):
 
 
 class App:
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, load_before_serving: bool = False) -> None:
         self.settings = settings
         self.service = Service(settings, Metrics(settings.model_name, settings.model_version, settings.model_revision))
         self.pod = settings.pod_name.encode("latin-1", "replace")
         self.preloaded = runtime
+        self.load_before_serving = load_before_serving
         self.refused: str | None = None
         self.on_refused: Callable[[str], None] | None = None
         self._counter = 0
@@ -67,6 +68,12 @@ class App:
             if message["type"] == "lifespan.startup":
                 if self.preloaded is not None:
                     self.service.set_runtime(self.preloaded)
+                elif self.load_before_serving:
+                    try:
+                        self.service.set_runtime(await asyncio.to_thread(load_runtime, self.settings))
+                    except LoadRefused as exc:
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                        return
                 else:
                     self._load_task = asyncio.get_running_loop().create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
@@ -189,7 +196,15 @@ class App:
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> App:
-    """The ASGI application; with no arguments, settings come from the environment (uvicorn workers)."""
+    """The ASGI application; with no arguments, settings come from the environment."""
     settings = settings or Settings()
     logs.configure(settings.log_level)
     return App(settings, runtime)
+
+
+def create_worker_app() -> App:
+    """For uvicorn's worker processes: load (from the parent's verified cache) before accepting connections,
+    so that no worker answers 503 while a sibling already reports ready."""
+    settings = Settings()
+    logs.configure(settings.log_level)
+    return App(settings, load_before_serving=True)

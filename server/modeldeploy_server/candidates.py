@@ -128,9 +128,9 @@ def _round_thresholds_down(onx: Any, model: Any) -> None:
 
 def _onnx(model: Any, method: str, width: int) -> Build:
     def build() -> Callable[[Matrix], npt.NDArray[Any]]:
-        from sklearn.base import is_classifier
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+        from sklearn.base import is_classifier
 
         from modeldeploy_server.fastpath import _onnx_predict, _session
         from modeldeploy_server.verify import _trees

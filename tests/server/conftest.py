@@ -38,6 +38,7 @@ from modeldeploy_server.runtime import load_runtime
 from modeldeploy_server.settings import InputSpec, Settings
 
 SERVER_BIN = Path(sys.executable).with_name("modeldeploy-server")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IRIS_INPUTS = [
     {"name": n, "min": 0.0, "max": 10.0, "nullValues": [-999, -999.25]}
     for n in ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -173,7 +174,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPLOY_")} | env
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPLOY_")}
+    full_env |= {"MODELDEPLOY_PORT": "0"} | env
     return subprocess.run([str(SERVER_BIN), *args], env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

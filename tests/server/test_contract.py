@@ -78,7 +78,7 @@ def test_refusals_name_row_feature_and_reason_and_are_counted(
     ("token", "reason"), [("NaN", "nan"), ("Infinity", "infinite"), ("-Infinity", "infinite"), ("1e999", "infinite")]
 )
 def test_non_finite_numbers_from_python_clients_are_422_not_400(porosity: Served, token: str, reason: str) -> None:
-    response = porosity.client.post(V1, content='{"instances": [[2.35, %s, 80]]}' % token)
+    response = porosity.client.post(V1, content='{"instances": [[2.35, ' + token + ", 80]]}")
     assert response.status_code == 422
     assert response.json()["error"].startswith("row 0, feature 'NPHI'") and f"({reason})" in response.json()["error"]
 
