@@ -329,3 +329,19 @@ def wait_for_phase(kubeconfig: Path, namespace: str, name: str, phase: str, time
 def events(kubeconfig: Path, namespace: str) -> list[dict[str, Any]]:
     out = json.loads(kubectl(kubeconfig, "get", "events", "-n", namespace, "-o", "json"))
     return sorted(out["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def cleanup_namespaces(kubeconfig: Path, namespaces: list[str], timeout: float = 60) -> None:
+    """Wait (bounded) until the ModelDeployments of `namespaces` are gone; call while the operator runs."""
+
+    def gone() -> bool:
+        for ns in namespaces:
+            try:
+                if json.loads(kubectl(kubeconfig, "get", "mdep", "-n", ns, "-o", "json"))["items"]:
+                    return False
+            except RuntimeError:  # namespace already gone
+                continue
+        return True
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(gone, timeout, "ModelDeployments to be deleted", interval=0.5)

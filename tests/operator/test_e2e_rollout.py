@@ -52,10 +52,12 @@ def env(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:  # 
     try:
         yield Env(kubeconfig, cluster.gateway_url, cluster.prometheus_url, store, models, operator, namespaces)
     finally:
-        operator.stop()
-        store.close()
+        # while the operator runs: it removes kopf's finalizer from the ModelDeployments it watches
         for ns in namespaces.values():
             h.kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false")
+        h.cleanup_namespaces(kubeconfig, list(namespaces.values()))
+        operator.stop()
+        store.close()
 
 
 class WeightWatch:
