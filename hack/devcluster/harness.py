@@ -67,6 +67,7 @@ class Harness:
 
     def run(self) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call and probe is noise
         for name in ("env", "ready", "status.json"):
             (self.state / name).unlink(missing_ok=True)
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
@@ -171,9 +172,14 @@ class Harness:
                     if e.status != 404:
                         raise
                     routes = []
+                # the table first: a pod being deleted leaves it before the kubelet stops its process
                 self.pods = pods
                 self.gateway.table = endpoints.build_table(pods, services, routes)
-                await self.kubelet.sync(pods)
+                updated = await self.kubelet.sync(pods)
+                if updated:  # statuses the kubelet just wrote (a pod became Ready): route by them now
+                    pods = [updated.get(p["metadata"]["uid"], p) for p in pods]
+                    self.pods = pods
+                    self.gateway.table = endpoints.build_table(pods, services, routes)
             except (ApiError, httpx.HTTPError) as e:
                 log.warning("poll failed: %s", e)
             except Exception:

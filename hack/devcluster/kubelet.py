@@ -43,6 +43,7 @@ class Kubelet:
         self.ips = podrun.IpPool()
         self._patched: dict[str, Obj] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._updated: dict[str, Obj] = {}
         self._probe = httpx.AsyncClient(timeout=1.0, trust_env=False)
 
     # --- node and lease -------------------------------------------------------------------
@@ -166,8 +167,13 @@ class Kubelet:
         self.pods[meta["uid"]] = pp
         log.info("started %s on %s:%d (pid %s)", pp.key, ip, port, pp.proc.pid if pp.proc else "-")
 
-    async def sync(self, all_pods: list[Obj]) -> None:
-        """One pass over the pods bound to this node (called by the harness every poll)."""
+    async def sync(self, all_pods: list[Obj]) -> dict[str, Obj]:
+        """One pass over the pods bound to this node (called by the harness every poll).
+
+        Returns the pods whose status it changed, as the API server answered (by uid), so the
+        gateway can route to a pod the moment it is reported Ready.
+        """
+        self._updated = {}
         mine = [p for p in all_pods if (p.get("spec") or {}).get("nodeName") == NODE]
         seen = set()
         for pod in mine:
@@ -210,6 +216,7 @@ class Kubelet:
                 pp.reap()
                 pp.maybe_restart()
                 await self._patch_status(pp.pod, pp.status())
+        return self._updated
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -221,7 +228,7 @@ class Kubelet:
         if self._patched.get(uid) == status:
             return
         try:
-            await self.api.merge_patch(
+            self._updated[uid] = await self.api.merge_patch(
                 pod_path(pod["metadata"]["namespace"], pod["metadata"]["name"]) + "/status",
                 {"metadata": {"uid": uid}, "status": status},
             )
@@ -278,8 +285,15 @@ class Kubelet:
             pp.probe_failures = 0
             pp.set_ready(True)
         else:
+            # probed every 0.5 s (fast tests), but a ready pod turns unready only after failureThreshold
+            # failures spanning failureThreshold x min(periodSeconds, 1 s), as the real kubelet would
+            now = time.monotonic()
+            if pp.probe_failures == 0:
+                pp.first_failure = now
             pp.probe_failures += 1
-            if not pp.ready or pp.probe_failures >= int(rp.get("failureThreshold", 3)):
+            threshold = int(rp.get("failureThreshold", 3))
+            window = threshold * min(float(rp.get("periodSeconds", 10)), 1.0)
+            if not pp.ready or (pp.probe_failures >= threshold and now - pp.first_failure >= window):
                 pp.set_ready(False)
         await self._liveness(pp, c.get("livenessProbe"))
 

@@ -116,6 +116,7 @@ class PodProcess:
     ready: bool = False
     ready_since: str = field(default_factory=now_iso)
     probe_failures: int = 0
+    first_failure: float = 0.0
     live_failures: int = 0
     last_live_probe: float = 0.0
     last_terminated: Obj | None = None

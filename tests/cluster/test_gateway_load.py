@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from devcluster import Cluster
-from tests.cluster.kube import ROW, apply, pods, ready_pods, server_deployment, service
+from tests.cluster.kube import ROW, apply, pods, predict, ready_pods, server_deployment, service
 
 pytestmark = pytest.mark.cluster
 
@@ -63,6 +63,13 @@ def test_no_request_lost_while_weights_change_and_a_pod_goes(
         route(host, 50, 50),
     )  # fmt: skip
     ready_pods(cluster, ns, "modeldeploy.io/name=porosity", 3)
+    with httpx.Client(base_url=cluster.gateway_url, timeout=10) as gw:  # both backends routable
+
+        def both_served() -> bool:
+            hit = {predict(gw, host).headers.get("x-devcluster-service") for _ in range(20)}
+            return hit == {f"{ns}/porosity-stable", f"{ns}/porosity-canary"}
+
+        Cluster.wait_for(both_served, 10, what="the gateway routes to both services")
     results: Counter[str] = Counter()
     seen: Counter[str] = Counter()
     total = 1500
