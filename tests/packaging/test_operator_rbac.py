@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import time
@@ -113,5 +114,9 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, mode: str, tm
             operator.kill()
             operator.wait()
         kube.kubectl("delete", "modeldeployment", name, "-n", models_ns, "--ignore-not-found", "--wait=false")
-    text = log.read_text()
-    assert "forbidden" not in text.lower(), text[-3000:]
+    forbidden = sorted(set(re.findall(r'cannot \w+ resource "[\w/.]+" in API group "[\w.]*"', log.read_text())))
+    if mode == "namespaced":
+        # kopf probes namespaces (and CRDs) cluster-wide unless its scanning is disabled; on 403 it
+        # falls back to the exact namespaces it was given. Noise, not a missing permission.
+        forbidden = [f for f in forbidden if '"namespaces"' not in f and '"customresourcedefinitions"' not in f]
+    assert forbidden == [], f"the operator needed more than the chart grants: {forbidden}"
