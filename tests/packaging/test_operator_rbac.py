@@ -107,13 +107,15 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, mode: str, tm
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert "Phase:      Healthy" in cli.stdout
     finally:
+        # Delete while the operator runs: kopf's finalizer on the object needs it to go away.
+        kube.kubectl("delete", "modeldeployment", name, "-n", models_ns, "--ignore-not-found", "--timeout=60s",
+                     check=False)  # fmt: skip
         operator.terminate()
         try:
             operator.wait(20)
         except subprocess.TimeoutExpired:
             operator.kill()
             operator.wait()
-        kube.kubectl("delete", "modeldeployment", name, "-n", models_ns, "--ignore-not-found", "--wait=false")
     forbidden = sorted(set(re.findall(r'cannot \w+ resource "[\w/.]+" in API group "[\w.]*"', log.read_text())))
     if mode == "namespaced":
         # kopf probes namespaces (and CRDs) cluster-wide unless its scanning is disabled; on 403 it
