@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devcluster import Cluster
+from devcluster.client import stop_by_pid_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,10 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster.attach()
         return
     root = REPO / ".cache" / "pytest-cluster"
-    if root.exists():  # folders of sessions that are over (their harness is gone)
+    if root.exists():  # folders of sessions that are over: their pytest process is gone
         for old in root.iterdir():
-            if not (old / "harness.pid").exists() and time.time() - old.stat().st_mtime > 600:
+            if old.name.isdigit() and not Path(f"/proc/{old.name}").exists():
+                stop_by_pid_file(old, timeout=10)  # and any process such a session left behind
                 shutil.rmtree(old, ignore_errors=True)
     c = Cluster.start(root / str(os.getpid()))
     try:

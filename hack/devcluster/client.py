@@ -109,6 +109,7 @@ class Cluster:
         if self._proc is not None:
             _terminate(self._proc, timeout)
             self._proc = None
+            procs.kill_stale_pods(self.state_dir)  # only finds something if the harness itself crashed
 
     def __enter__(self) -> Cluster:
         return self
@@ -221,11 +222,10 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
 def stop_by_pid_file(state_dir: Path, timeout: float = 60.0) -> bool:
     """Stop a detached harness (make cluster-down). False when none was running."""
     pid_file = state_dir / "harness.pid"
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text() or 0)
-    if not _alive(pid):
+    pid = int(pid_file.read_text() or 0) if pid_file.exists() else 0
+    if not _alive(pid):  # nothing running; but a crashed harness may have left pod processes
         pid_file.unlink(missing_ok=True)
+        procs.kill_stale_pods(state_dir)
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -235,4 +235,5 @@ def stop_by_pid_file(state_dir: Path, timeout: float = 60.0) -> bool:
         os.killpg(pid, signal.SIGKILL)
     for name in ("ready", "harness.pid"):
         (state_dir / name).unlink(missing_ok=True)
+    procs.kill_stale_pods(state_dir)
     return True

@@ -136,8 +136,11 @@ class Kubelet:
                 raise ValueError(f"env {name}: valueFrom {sorted(vf)} is not supported by the process kubelet")
         # the pod's own address, always: the server must never bind 0.0.0.0 or a 10.x address here
         env["MODELDEPLOY_HOST"], env["MODELDEPLOY_PORT"] = ip, str(port)
-        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+        base = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         base["PATH"] = f"{Path(podrun.server_executable()).parent}:{base.get('PATH', '/usr/bin:/bin')}"
+        # a pod's own home and cache (a container's filesystem is its own): pods share no artifact cache
+        home = self.state / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
+        base["HOME"], base["XDG_CACHE_HOME"] = str(home), str(home / ".cache")
         return {**base, **env}
 
     async def _object_data(self, ns: str, kind: str, ref: Obj) -> dict[str, str]:

@@ -139,7 +139,6 @@ class PodProcess:
         with open(self.log, "a") as f:
             f.write(f"--- devcluster: starting {self.key} on {self.ip}:{self.port} (restart {self.restart_count})\n")
         self.proc = procs.spawn(self.argv, self.log, env=self.env, cwd=self.cwd)
-        (self.cwd / "pgid").write_text(str(self.proc.pid))  # lets a later harness reap it after a crash
         self.started_at = now_iso()
         self.waiting = None
         self.probe_failures = self.live_failures = 0

@@ -146,17 +146,21 @@ def http_post(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
 
 
 def kill_stale_pods(state: Path) -> int:
-    """Kill server process groups a crashed harness left behind in state/pods/*/pgid; how many."""
+    """SIGKILL every process still working inside state/pods/ (server processes and their workers
+    that a crashed harness left behind); how many. Processes are found by their working folder."""
+    pods_dir = str((state / "pods").resolve()) + os.sep
     killed = 0
-    for pgid_file in state.glob("pods/*/pgid"):
-        try:
-            pgid = int(pgid_file.read_text())
-            cwd = os.readlink(f"/proc/{pgid}/cwd")
-        except (OSError, ValueError):
-            pgid_file.unlink(missing_ok=True)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        if Path(cwd) == pgid_file.parent.resolve():  # still that pod's process, not a reused pid
-            _signal_group(pgid, signal.SIGKILL)
-            killed += 1
-        pgid_file.unlink(missing_ok=True)
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if (cwd + os.sep).startswith(pods_dir):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
     return killed

@@ -39,12 +39,13 @@ def train_model(directory: Path) -> dict[str, str]:
 
 
 def server_deployment(name: str, model: dict[str, str], replicas: int = 2, revision: str = "r1",
-                      sha256: str | None = None) -> dict[str, Any]:  # fmt: skip
+                      sha256: str | None = None, workers: int = 1) -> dict[str, Any]:  # fmt: skip
     env = {
         "MODELDEPLOY_MODEL_NAME": "porosity", "MODELDEPLOY_MODEL_URI": model["uri"],
         "MODELDEPLOY_MODEL_SHA256": sha256 or model["sha256"], "MODELDEPLOY_MODEL_VERSION": "1",
         "MODELDEPLOY_MODEL_REVISION": revision, "MODELDEPLOY_INPUTS": json.dumps(INPUTS),
         "MODELDEPLOY_HOST": "0.0.0.0",  # what a real cluster would use; the process kubelet must override it
+        "MODELDEPLOY_WORKERS": str(workers),
     }  # fmt: skip
     labels = {"app.kubernetes.io/name": "modeldeploy-server", "modeldeploy.io/name": name,
               "modeldeploy.io/revision": revision}  # fmt: skip

@@ -46,13 +46,13 @@ def processes_of(state: Path) -> list[int]:
     return found
 
 
-def start_with_a_pod(state: Path, model: dict[str, str]) -> Cluster:
+def start_with_a_pod(state: Path, model: dict[str, str], workers: int = 1) -> Cluster:
     up = devcluster("up", "--state", str(state))
     assert up.returncode == 0, up.stderr
     assert "KUBECONFIG=" in up.stdout and "GATEWAY_URL=" in up.stdout and "PROMETHEUS_URL=" in up.stdout
     cluster = Cluster.attach(state)
     cluster.kubectl("create", "namespace", "life")
-    apply(cluster, "life", server_deployment("porosity", model, replicas=1))
+    apply(cluster, "life", server_deployment("porosity", model, replicas=1, workers=workers))
     ready_pods(cluster, "life", "modeldeploy.io/name=porosity", 1)
     status = json.loads(devcluster("status", "--state", str(state)).stdout)
     assert [p["ready"] for p in status["pods"].values()] == [True]
@@ -72,6 +72,20 @@ def test_up_down_leaves_no_process(tmp_path: Path, model: dict[str, str]) -> Non
 
 def test_killed_harness_takes_its_children_along(tmp_path: Path, model: dict[str, str]) -> None:
     state = tmp_path / "c2"
-    start_with_a_pod(state, model)
-    os.kill(int((state / "harness.pid").read_text()), signal.SIGKILL)
-    Cluster.wait_for(lambda: processes_of(state) == [], 15, what=f"no process left of {state}")
+    start_with_a_pod(state, model, workers=2)  # a server with worker processes of its own
+    harness = int((state / "harness.pid").read_text())
+    os.kill(harness, signal.SIGKILL)
+    # its direct children die with it (parent-death signal); the server's workers are grandchildren
+    # that only a later `down` (or the next `up`, or the test fixture) can find by their folder
+    Cluster.wait_for(lambda: not [p for p in processes_of(state) if _parent(p) == harness], 15,
+                     what="the harness's children gone")  # fmt: skip
+    down = devcluster("down", "--state", str(state))
+    assert down.returncode == 0, down.stderr
+    Cluster.wait_for(lambda: processes_of(state) == [], 10, what=f"no process left of {state}")
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
