@@ -87,3 +87,15 @@ cluster-status: ## Show the local cluster's pods (ip, pid, ready, restarts) and 
 .PHONY: clean
 clean: ## Remove the virtual environment and local caches of this clone.
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+##@ Demo
+
+.PHONY: demo
+demo: $(INSTALLED) binaries ## The main job: local cluster, operator, a model promoted and a bad one rolled back (a few minutes).
+	PYTHONPATH=hack $(BIN)/python -m modeldeploy_demo
+
+.PHONY: demo-down
+demo-down: ## Stop what the demo left running: the operator, the model store, then the local cluster.
+	PYTHONPATH=hack $(BIN)/python -c 'from pathlib import Path; from modeldeploy_demo.workload import stop_pid_file as s; \
+	  d = Path(".cache/demo"); s(d / "operator.pid", "modeldeploy-operator"); s(d / "store.pid", "http.server")'
+	PYTHONPATH=hack $(BIN)/python -m devcluster down
