@@ -51,6 +51,10 @@ test: $(INSTALLED) binaries lint typecheck ## Install everything, lint, type-che
 test-unit: $(INSTALLED) ## Only the tests that need no cluster.
 	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: $(INSTALLED) ## Server vs MLServer 1.7.1 and KServe 0.21 under wrk (venvs in ~/.cache/modeldeploy); writes bench/README.md.
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 ##@ Packaging
 
 .PHONY: manifests
