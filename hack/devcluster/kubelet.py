@@ -11,7 +11,6 @@ feeds it the pod list every poll.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from devcluster import podrun, procs
+from devcluster import podenv, podrun, procs
 from devcluster.kubeapi import ApiError, KubeApi, pod_path
 
 NODE = "local-kubelet"
@@ -107,60 +106,12 @@ class Kubelet:
                 log.warning("heartbeat failed: %s", e)
 
     # --- pods ---------------------------------------------------------------------------------
-    async def _resolve_env(self, pod: Obj, container: Obj, ip: str, port: int) -> dict[str, str]:
-        ns = pod["metadata"]["namespace"]
-        env: dict[str, str] = {}
-        for src in container.get("envFrom") or []:
-            ref = src.get("configMapRef") or src.get("secretRef")
-            if ref is None:
-                continue
-            data = await self._object_data(ns, "configmaps" if "configMapRef" in src else "secrets", ref)
-            env.update({src.get("prefix", "") + k: v for k, v in data.items()})
-        for item in container.get("env") or []:
-            name = item["name"]
-            if "valueFrom" not in item:
-                env[name] = podrun.expand(item.get("value", ""), env)
-                continue
-            vf = item["valueFrom"]
-            if "fieldRef" in vf:
-                env[name] = podrun.field_ref(pod, ip, vf["fieldRef"]["fieldPath"])
-            elif "configMapKeyRef" in vf or "secretKeyRef" in vf:
-                kind = "configmaps" if "configMapKeyRef" in vf else "secrets"
-                ref = vf.get("configMapKeyRef") or vf["secretKeyRef"]
-                value = (await self._object_data(ns, kind, ref)).get(ref["key"])
-                if value is None and not ref.get("optional"):
-                    raise ValueError(f"env {name}: key {ref['key']!r} not found in {kind[:-1]} {ref.get('name')!r}")
-                if value is not None:
-                    env[name] = value
-            else:
-                raise ValueError(f"env {name}: valueFrom {sorted(vf)} is not supported by the process kubelet")
-        # the pod's own address, always: the server must never bind 0.0.0.0 or a 10.x address here
-        env["MODELDEPLOY_HOST"], env["MODELDEPLOY_PORT"] = ip, str(port)
-        base = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
-        base["PATH"] = f"{Path(podrun.server_executable()).parent}:{base.get('PATH', '/usr/bin:/bin')}"
-        # a pod's own home and cache (a container's filesystem is its own): pods share no artifact cache
-        home = self.state / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
-        base["HOME"], base["XDG_CACHE_HOME"] = str(home), str(home / ".cache")
-        return {**base, **env}
-
-    async def _object_data(self, ns: str, kind: str, ref: Obj) -> dict[str, str]:
-        try:
-            obj = await self.api.get(f"/api/v1/namespaces/{ns}/{kind}/{ref['name']}")
-        except ApiError as e:
-            if e.status == 404 and ref.get("optional"):
-                return {}
-            raise
-        data: dict[str, str] = dict(obj.get("data") or {})
-        if kind == "secrets":
-            data = {k: base64.b64decode(v).decode() for k, v in data.items()}
-        return data
-
     async def _start_pod(self, pod: Obj) -> None:
         meta, container = pod["metadata"], pod["spec"]["containers"][0]
         ports = container.get("ports") or [{"containerPort": 8080}]
         port = int(ports[0]["containerPort"])
         ip = self.ips.allocate(port)
-        env = await self._resolve_env(pod, container, ip, port)
+        env = await podenv.resolve_env(self.api, self.state, pod, container, ip, port)
         argv = [podrun.server_executable(), *container.get("command", [])[1:], *container.get("args", [])]
         argv = [argv[0]] + [podrun.expand(a, env) for a in argv[1:]]
         name = f"{meta['namespace']}_{meta['name']}"
