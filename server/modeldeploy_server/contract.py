@@ -68,7 +68,14 @@ class Contract:
         self.lo = np.array([-np.inf if s.min is None else s.min for s in specs], dtype=np.float64)
         self.hi = np.array([np.inf if s.max is None else s.max for s in specs], dtype=np.float64)
         self.sentinels = [(j, np.array(s.null_values, dtype=np.float64)) for j, s in enumerate(specs) if s.null_values]
+        # all sentinels as (column, value) pairs: one vectorised comparison on the happy path
+        self._sentinel_cols = np.array([j for j, s in self.sentinels for _ in s], dtype=np.intp)
+        self._sentinel_vals = np.concatenate([s for _, s in self.sentinels]) if self.sentinels else np.empty(0)
+        self._bounded = bool(np.isfinite(self.lo).all() and np.isfinite(self.hi).all())
         self.optional = np.array([not s.required for s in specs], dtype=bool)
+        # the same checks as plain-Python tuples, for requests of a few rows (cheaper than numpy calls)
+        self._fast = tuple(zip(self.lo.tolist(), self.hi.tolist(),
+                               [frozenset(s.null_values) for s in specs], strict=True))  # fmt: skip
         self.any_optional = bool(self.optional.any())
 
     def reference_row(self) -> Matrix:
@@ -116,7 +123,7 @@ class Contract:
         return out
 
     def from_objects(self, rows: list[Any]) -> Matrix:
-        """Rows as objects keyed by feature name: unknown keys and missing required features refused."""
+        """Rows as objects keyed by feature name (unknown keys, missing required features refused), checked."""
         names, index, specs = self.names, self.index, self.specs
         lists: list[list[Any]] = []
         for i, row in enumerate(rows):
@@ -132,7 +139,22 @@ class Contract:
                     if spec.required and spec.name not in row:
                         raise refuse([Violation(i, spec.name, "missing_feature", "required feature is missing")])
             lists.append([row.get(name) for name in names])
-        return self.from_lists(lists)
+        return self.parse_checked(lists)
+
+    def parse_checked(self, rows: list[Any], first_row: int = 0) -> Matrix:
+        """`from_lists` then `check`; a few rows of plain numbers are checked in Python first."""
+        x = self.from_lists(rows, first_row)
+        if len(rows) <= 8 and not self.any_optional:
+            fast = self._fast
+            for row in rows:
+                for value, (lo, hi, sentinels) in zip(row, fast, strict=True):
+                    # value - value == 0 is False for NaN and +-inf
+                    if not (lo <= value <= hi and value - value == 0) or value in sentinels:
+                        self.check(x)
+                        return x
+            return x
+        self.check(x)
+        return x
 
     # -- value checks ---------------------------------------------------------------------------
 
@@ -140,9 +162,9 @@ class Contract:
         """Refuse (422) if any cell is NaN, infinite, a null sentinel or out of range."""
         if x.shape[0] == 0:
             raise refuse([Violation(0, None, "empty", "no rows to predict")])
-        with np.errstate(invalid="ignore"):
-            ok = bool(((x >= self.lo) & (x <= self.hi)).all())
-        if ok and np.isfinite(x).all() and not any(np.isin(x[:, j], s).any() for j, s in self.sentinels):
+        # NaN fails both comparisons; with finite bounds on every feature, so does +-inf
+        ok = bool(((x >= self.lo) & (x <= self.hi)).all()) and (self._bounded or bool(np.isfinite(x).all()))
+        if ok and not (len(self._sentinel_vals) and (x[:, self._sentinel_cols] == self._sentinel_vals).any()):
             return
         found = self.violations(x)
         if found:

@@ -48,9 +48,7 @@ def parse_v1(contract: Contract, payload: Any) -> Matrix:
         raise _invalid('"instances" must be a list of rows')
     if not rows:
         raise refuse([Violation(0, None, "empty", '"instances" is empty: no rows to predict')])
-    x = contract.from_objects(rows) if type(rows[0]) is dict else contract.from_lists(rows)
-    contract.check(x)
-    return x
+    return contract.from_objects(rows) if type(rows[0]) is dict else contract.parse_checked(rows)
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -110,9 +108,8 @@ def parse_v2(contract: Contract, payload: Any) -> Matrix:
             raise refuse([Violation(0, None, "shape_mismatch", detail)])
         if shape[0] == 0:
             raise refuse([Violation(0, None, "empty", f"input {name[:64]!r} has no rows")])
-        x = contract.from_lists([flat[i * width : (i + 1) * width] for i in range(shape[0])])
+        x = contract.parse_checked([flat[i * width : (i + 1) * width] for i in range(shape[0])])
         _check_integers(x, [datatype], [name])
-        contract.check(x)
         return x
     return _per_feature(contract, tensors)
 
@@ -136,10 +133,9 @@ def _per_feature(contract: Contract, tensors: list[tuple[str, list[int], str, li
     if n_rows == 0:
         raise refuse([Violation(0, None, "empty", "input tensors have no rows")])
     columns = [by_name[name][2] if name in by_name else [None] * n_rows for name in contract.names]
-    x = contract.from_lists([list(row) for row in zip(*columns, strict=True)])
+    x = contract.parse_checked([list(row) for row in zip(*columns, strict=True)])
     datatypes = [by_name[name][1] if name in by_name else "FP64" for name in contract.names]
     _check_integers(x, datatypes, list(contract.names))
-    contract.check(x)
     return x
 
 
