@@ -345,3 +345,46 @@ def cleanup_namespaces(kubeconfig: Path, namespaces: list[str], timeout: float =
 
     with contextlib.suppress(TimeoutError):
         wait_for(gone, timeout, "ModelDeployments to be deleted", interval=0.5)
+
+
+class WeightWatch:
+    """Polls the HTTPRoute's canary weight every 0.2 s, recording (time, weight) changes."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, name: str) -> None:
+        self.changes: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._args = (kubeconfig, namespace, name)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                w = route_weights(*self._args).get(f"{self._args[2]}-canary", 0)
+            except RuntimeError:
+                w = -1
+            if not self.changes or self.changes[-1][1] != w:
+                self.changes.append((time.time(), w))
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def first_time(self, weight: int, after: float) -> float | None:
+        return next((t for t, w in self.changes if t >= after and w == weight), None)
+
+
+def deploy_v1(kubeconfig: Path, ns: str, name: str, models: dict[str, Model], store_url: str, **kw: Any) -> str:
+    """An HTTPRoute with host `<name>.<ns>.test` and a ModelDeployment at v1, waited to Healthy; returns the host."""
+    host = f"{name}.{ns}.test"
+    apply(kubeconfig, ns, http_route(name, host))
+    apply(kubeconfig, ns, model_deployment(name, models["v1"], store_url, "1", route=name, **kw))
+    obj = wait_for_phase(kubeconfig, ns, name, "Healthy", timeout=90)
+    assert obj["status"]["stableVersion"] == "1"
+    return host
+
+
+def reasons(kubeconfig: Path, ns: str) -> list[str]:
+    """Reasons of the Events about ModelDeployments in `ns`, oldest first."""
+    return [e["reason"] for e in events(kubeconfig, ns) if e.get("involvedObject", {}).get("kind") == "ModelDeployment"]

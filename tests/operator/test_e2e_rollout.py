@@ -7,16 +7,13 @@ back by itself, and the seconds from its first 5xx answer to canary weight 0 are
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.operator import e2e_helpers as h
+from tests.operator.conftest import E2E
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
@@ -24,92 +21,15 @@ NAME = "iris"
 SCRAPE_SECONDS = 2
 
 
-@dataclass
-class Env:
-    kubeconfig: Path
-    gateway_url: str
-    prometheus_url: str
-    store: h.ArtifactServer
-    models: dict[str, h.Model]
-    operator: h.Operator
-    namespaces: dict[str, str]
+NAMESPACES = ("promote", "rollback")
 
 
-@pytest.fixture(scope="module")
-def env(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:  # type: ignore[no-untyped-def]
-    kubeconfig = Path(cluster.kubeconfig)
-    h.kubectl(kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"))
-    h.kubectl(kubeconfig, "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io")
-    suffix = uuid.uuid4().hex[:6]
-    namespaces = {key: f"op-{key}-{suffix}" for key in ("promote", "rollback")}
-    for ns in namespaces.values():
-        h.kubectl(kubeconfig, "create", "namespace", ns)
-    folder = tmp_path_factory.mktemp("models")
-    store = h.ArtifactServer(folder)
-    models = h.train_models(folder)
-    log = Path(cluster.log_dir) / f"operator-e2e-{suffix}.log"
-    operator = h.Operator(kubeconfig, cluster.prometheus_url, log, namespace=",".join(namespaces.values())).start()
-    try:
-        yield Env(kubeconfig, cluster.gateway_url, cluster.prometheus_url, store, models, operator, namespaces)
-    finally:
-        # while the operator runs: it removes kopf's finalizer from the ModelDeployments it watches
-        for ns in namespaces.values():
-            h.kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false")
-        h.cleanup_namespaces(kubeconfig, list(namespaces.values()))
-        operator.stop()
-        store.close()
-
-
-class WeightWatch:
-    """Polls the HTTPRoute's canary weight every 0.2 s, recording (time, weight) changes."""
-
-    def __init__(self, kubeconfig: Path, namespace: str) -> None:
-        self.changes: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._args = (kubeconfig, namespace)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                w = h.route_weights(*self._args, NAME).get(f"{NAME}-canary", 0)
-            except RuntimeError:
-                w = -1
-            if not self.changes or self.changes[-1][1] != w:
-                self.changes.append((time.time(), w))
-            self._stop.wait(0.2)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def first_time(self, weight: int, after: float) -> float | None:
-        return next((t for t, w in self.changes if t >= after and w == weight), None)
-
-
-def deploy_v1(env: Env, ns: str) -> str:
-    host = f"{NAME}.{ns}.test"
-    h.apply(env.kubeconfig, ns, h.http_route(NAME, host))
-    h.apply(env.kubeconfig, ns, h.model_deployment(NAME, env.models["v1"], env.store.url, "1", route=NAME))
-    obj = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=90)
-    assert obj["status"]["stableVersion"] == "1"
-    return host
-
-
-def reasons(env: Env, ns: str) -> list[str]:
-    return [
-        e["reason"]
-        for e in h.events(env.kubeconfig, ns)
-        if e.get("involvedObject", {}).get("kind") == "ModelDeployment"
-    ]
-
-
-def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(env: Env, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
+    env = e2e
     ns = env.namespaces["promote"]
-    host = deploy_v1(env, ns)
+    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=40, bad_share=0.2).start()
-    watch = WeightWatch(env.kubeconfig, ns)
+    watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:
         h.wait_for(lambda: traffic.counts().get(200, 0) >= 40, 30, "traffic through the gateway")
         started = time.time()
@@ -133,7 +53,7 @@ def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(env
     deps = h.kubectl(env.kubeconfig, "get", "deploy", "-n", ns, "-o", jsonpath)
     replicas = dict(item.split("=") for item in deps.split())
     assert replicas[status["stableRevision"]] == "2" and sorted(replicas.values()) == ["0", "2"], replicas
-    seen = reasons(env, ns)
+    seen = h.reasons(env.kubeconfig, ns)
     for reason in (
         "StableDeployed",
         "CanaryStarted",
@@ -154,11 +74,12 @@ def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(env
         )
 
 
-def test_a_canary_answering_500_is_rolled_back_by_itself(env: Env, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_canary_answering_500_is_rolled_back_by_itself(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
+    env = e2e
     ns = env.namespaces["rollback"]
-    host = deploy_v1(env, ns)
+    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=40, bad_share=0.3).start()
-    watch = WeightWatch(env.kubeconfig, ns)
+    watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:
         h.wait_for(lambda: traffic.counts().get(200, 0) >= 40, 30, "traffic through the gateway")
         started = time.time()
@@ -181,7 +102,7 @@ def test_a_canary_answering_500_is_rolled_back_by_itself(env: Env, capsys) -> No
     assert degraded["status"] == "True" and degraded["reason"] == "AnalysisFailed"
     assert "canary error rate" in status["message"] and "> 2%" in status["message"], status["message"]
     bad_served = sum(1 for t, c in traffic.answers if c >= 500)
-    seen = reasons(env, ns)
+    seen = h.reasons(env.kubeconfig, ns)
     assert "AnalysisFailed" in seen and "RolledBack" in seen
     # not retried by itself
     time.sleep(3)
