@@ -23,7 +23,7 @@ from modeldeploy_server.settings import InputSpec
 Matrix = npt.NDArray[np.float64]
 REASONS = (
     "null_sentinel", "nan", "infinite", "null", "wrong_type", "missing_feature", "unknown_feature",
-    "out_of_range", "wrong_length", "empty", "shape_mismatch", "datatype_mismatch", "invalid_body", "too_many_rows",
+    "out_of_range", "wrong_length", "empty", "shape_mismatch", "datatype_mismatch", "invalid_body",
 )  # fmt: skip
 _NUMBER_TYPES = frozenset((int, float))
 
@@ -92,7 +92,8 @@ class Contract:
         width = self.width
         for i, row in enumerate(rows):
             if type(row) is not list:
-                raise refuse([Violation(first_row + i, None, "wrong_type", "a row must be a list or an object")])
+                detail = "rows must all be lists (row 0 is) or all be objects" if i else "a row must be a list"
+                raise refuse([Violation(first_row + i, None, "wrong_type", detail)])
             if len(row) != width:
                 detail = f"has {len(row)} values, expected {width} ({', '.join(self.names)})"
                 raise refuse([Violation(first_row + i, None, "wrong_length", detail)])
