@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.packaging.image import install_image_venv
 from tests.packaging.kube import MONITORING_CRDS, Kube
 from tests.packaging.tools import ROOT
 
@@ -35,3 +36,9 @@ def kube(cluster: Any) -> Iterator[Kube]:
     for ns in sorted(set(SHARED_NAMESPACES) | k.namespaces):
         if ns != "modeldeploy-system":
             k.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's /opt/modeldeploy, built by hack/image-install.sh into a fresh venv (no cluster)."""
+    return install_image_venv(tmp_path_factory.mktemp("image") / "venv")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shlex
 import socket
 import subprocess
 import time
@@ -22,36 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.packaging.image import DOCKERFILE, VENV_IN_IMAGE, image_env, stages
 from tests.packaging.tools import BIN, ROOT, run
-
-DOCKERFILE = ROOT / "Dockerfile"
-VENV_IN_IMAGE = "/opt/modeldeploy"
-
-
-def _stages() -> dict[str, list[str]]:
-    """Dockerfile instructions (continuations joined) per stage name."""
-    stages: dict[str, list[str]] = {}
-    current: list[str] = []
-    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    for line in joined.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"FROM\s+(\S+)\s+AS\s+(\S+)", line, re.IGNORECASE)
-        if m:
-            current = stages.setdefault(m.group(2), [])
-        current.append(line)
-    return stages
-
-
-def _env_of(instructions: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in instructions:
-        if line.startswith("ENV "):
-            for pair in shlex.split(line[4:]):
-                key, _, value = pair.partition("=")
-                env[key] = value
-    return env
 
 
 def test_hadolint_is_clean() -> None:
@@ -60,27 +30,27 @@ def test_hadolint_is_clean() -> None:
 
 
 def test_dockerfile_shape() -> None:
-    stages = _stages()
-    assert list(stages) == ["builder", "runtime"]
-    bases = {name: lines[0].split()[1] for name, lines in stages.items()}
+    by_stage = stages()
+    assert list(by_stage) == ["builder", "runtime"]
+    bases = {name: lines[0].split()[1] for name, lines in by_stage.items()}
     # a pinned patch version of a slim Python 3.11 base, the same in both stages
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", bases["runtime"]), bases
     assert bases["builder"] == bases["runtime"]
-    runtime = stages["runtime"]
+    runtime = by_stage["runtime"]
     assert f"COPY --from=builder {VENV_IN_IMAGE} {VENV_IN_IMAGE}" in runtime
     assert "USER 10001:10001" in runtime
     assert runtime[-1] == 'CMD ["modeldeploy-server"]'
     text = " ".join(runtime)
     for compiler_hint in ("apt-get", "gcc", "build-essential", "pip install"):
         assert compiler_hint not in text, f"runtime stage installs something: {compiler_hint}"
-    assert f"RUN sh hack/image-install.sh {VENV_IN_IMAGE} /src" in stages["builder"]
+    assert f"RUN sh hack/image-install.sh {VENV_IN_IMAGE} /src" in by_stage["builder"]
 
 
 def test_dockerignore_lets_in_what_the_builder_copies() -> None:
     allowed = {
         line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
     }
-    for line in _stages()["builder"]:
+    for line in stages()["builder"]:
         if line.startswith("COPY ") and "--from" not in line:
             for src in line.split()[1:-1]:
                 assert src.rstrip("/") in allowed, f"{src} is COPYed but .dockerignore excludes it"
@@ -92,28 +62,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("image") / "venv"
-    env = {**os.environ, "UV": str(BIN / "uv"), "PYTHON": "python3.11"}
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run(
-        ["sh", str(ROOT / "hack" / "image-install.sh"), str(venv), str(ROOT)],
-        capture_output=True, text=True, env=env, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return venv
-
-
-def _image_env(venv: Path) -> dict[str, str]:
-    """The runtime stage's ENV, with the venv where the image has /opt/modeldeploy."""
-    env = {k: v.replace(VENV_IN_IMAGE, str(venv)) for k, v in _env_of(_stages()["runtime"]).items()}
-    env["PATH"] = env["PATH"].replace("$PATH", "/usr/bin:/bin")
-    return env
-
-
 def test_operator_entrypoint_starts(image_venv: Path) -> None:
-    env = _image_env(image_venv)
+    env = image_env(image_venv)
     proc = subprocess.run(["modeldeploy-operator", "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cli = subprocess.run(["kubectl-modeldeploy", "--help"], capture_output=True, text=True, env=env, timeout=60)
@@ -130,7 +80,7 @@ def test_server_entrypoint_serves_a_real_model(image_venv: Path, tmp_path: Path)
     artifact = tmp_path / "model.joblib"
     joblib.dump(model, artifact)
     port = _free_port()
-    env = _image_env(image_venv) | {
+    env = image_env(image_venv) | {
         # The image listens on 0.0.0.0 in its pod; here only loopback is allowed.
         "MODELDEPLOY_HOST": "127.0.0.1",
         "MODELDEPLOY_PORT": str(port),
@@ -140,7 +90,7 @@ def test_server_entrypoint_serves_a_real_model(image_venv: Path, tmp_path: Path)
         "MODELDEPLOY_MODEL_VERSION": "1",
         "MODELDEPLOY_INPUTS": json.dumps([{"name": "a", "min": 0, "max": 10}, {"name": "b", "min": 0, "max": 10}]),
     }
-    cmd = json.loads(_stages()["runtime"][-1].removeprefix("CMD "))
+    cmd = json.loads(stages()["runtime"][-1].removeprefix("CMD "))
     server = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

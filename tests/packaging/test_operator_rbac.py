@@ -1,8 +1,9 @@
 """The real operator, run with nothing but the chart's RBAC and the chart's settings.
 
 For both RBAC modes the chart is installed, a token of its ServiceAccount is requested, and
-`modeldeploy-operator` runs locally (the command and MODELDEPLOY_OPERATOR_* env of the chart's
-rendered Deployment; only Prometheus' URL and the metrics listener are pointed at loopback) on a
+`modeldeploy-operator` runs locally from the image's virtual environment (hack/image-install.sh;
+the command and MODELDEPLOY_OPERATOR_* env of the chart's rendered Deployment; only Prometheus'
+URL and the metrics listener are pointed at loopback) on a
 ModelDeployment serving a real joblib model. It must bring the model to Healthy (Deployment,
 Services, status) without one Forbidden, and `modeldeploy status --watch` must exit 0 on it.
 Cluster mode runs cluster-wide (kopf watches namespaces and the CRD); namespaced mode watches one
@@ -25,8 +26,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from tests.packaging.image import image_env
 from tests.packaging.kube import Kube
-from tests.packaging.tools import BIN, by_kind
+from tests.packaging.tools import by_kind
 
 pytestmark = pytest.mark.cluster
 
@@ -59,7 +61,7 @@ def _model(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, mode: str, tmp_path: Path) -> None:
+def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: Path, mode: str, tmp_path: Path) -> None:
     release, release_ns, models_ns, flags = MODES[mode]
     kube.namespaces.add(models_ns)
     kube.kubectl("create", "namespace", models_ns)
@@ -67,15 +69,19 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, mode: str, tm
     container = _chart_container(kube, release, release_ns, flags)
     sa_kubeconfig = kube.token_kubeconfig(release_ns, f"{release}-modeldeploy", tmp_path / "sa-kubeconfig")
     port = _free_port()
-    env = {e["name"]: e["value"] for e in container["env"]} | {
-        "KUBECONFIG": str(sa_kubeconfig),
-        "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": kube.prometheus_url,
-        "MODELDEPLOY_OPERATOR_METRICS_PORT": str(port),
-        "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
-        "MODELDEPLOY_OPERATOR_TICK_SECONDS": "1",
-        "PATH": f"{BIN}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-    }
+    # the image's ENV and installed entrypoints, then the chart's env, then loopback-only overrides
+    env = (
+        image_env(image_venv)
+        | {e["name"]: e["value"] for e in container["env"]}
+        | {
+            "KUBECONFIG": str(sa_kubeconfig),
+            "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": kube.prometheus_url,
+            "MODELDEPLOY_OPERATOR_METRICS_PORT": str(port),
+            "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
+            "MODELDEPLOY_OPERATOR_TICK_SECONDS": "1",
+            "HOME": str(tmp_path),
+        }
+    )
     assert env["MODELDEPLOY_OPERATOR_NAMESPACES"] == ("" if mode == "cluster" else models_ns)
     name = f"rbac-{mode}"
     kube.apply([{
