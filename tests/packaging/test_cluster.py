@@ -9,13 +9,14 @@ removed at the end; the CRD stays (other tests need it, and Helm never deletes C
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.packaging.kube import Kube
-from tests.packaging.tools import CHART, ROOT
+from tests.packaging.tools import BIN, CHART, ROOT
 
 pytestmark = pytest.mark.cluster
 
@@ -180,6 +181,20 @@ def test_cli_promote_abort_retry_set_annotations(kube: Kube, model_deployment: s
         assert proc.returncode == 0, proc.stderr
         annotations = kube.get("modeldeployment", model_deployment, "-n", CLI_NS)["metadata"]["annotations"]
         assert annotations[f"modeldeploy.io/{verb}"].endswith("Z")
+
+
+def test_cli_as_a_kubectl_plugin(kube: Kube, model_deployment: str) -> None:
+    """`kubectl modeldeploy ...` finds kubectl-modeldeploy on PATH (kubectl's plugin mechanism)."""
+    env = {**kube.env, "PATH": f"{BIN}:/usr/bin:/bin"}
+    plugins = subprocess.run([str(BIN / "kubectl"), "plugin", "list"], capture_output=True, text=True, env=env)
+    assert str(BIN / "kubectl-modeldeploy") in plugins.stdout, plugins.stdout + plugins.stderr
+    proc = subprocess.run([str(BIN / "kubectl"), "modeldeploy", "promote", model_deployment, "-n", CLI_NS],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "modeldeploy.io/promote"
+        in kube.get("modeldeployment", model_deployment, "-n", CLI_NS)["metadata"]["annotations"]
+    )
 
 
 def test_cli_undo_writes_the_previous_model_back(kube: Kube, model_deployment: str) -> None:
