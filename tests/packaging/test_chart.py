@@ -15,6 +15,9 @@ CONTRACT_ENV = {
     "MODELDEPLOY_OPERATOR_TICK_SECONDS",
     "MODELDEPLOY_OPERATOR_METRICS_PORT",
     "MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS",
+    # beyond the brief's contract: settings of operator/modeldeploy_operator/settings.py
+    "MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS",
+    "MODELDEPLOY_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS",
 }
 
 
@@ -62,6 +65,14 @@ def test_default_operator_settings() -> None:
     assert env["MODELDEPLOY_OPERATOR_TICK_SECONDS"] == "5"
     assert env["MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS"] == "30"
     assert env["MODELDEPLOY_OPERATOR_METRICS_PORT"] == "8000"
+    assert env["MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS"] == "30"
+
+
+def test_every_operator_env_is_an_operator_setting() -> None:
+    from modeldeploy_operator.settings import OperatorSettings
+
+    known = {f"MODELDEPLOY_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
+    assert set(_env(template())) <= known, set(_env(template())) - known
 
 
 def test_custom_image_and_prometheus() -> None:

@@ -76,6 +76,7 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
         | {
             "KUBECONFIG": str(sa_kubeconfig),
             "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": kube.prometheus_url,
+        "MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS": "2",  # the local Prometheus scrapes every 2 s
             "MODELDEPLOY_OPERATOR_METRICS_PORT": str(port),
             "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
             "MODELDEPLOY_OPERATOR_TICK_SECONDS": "1",
