@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not args.verbose:  # "Timer 'reconcile' succeeded." every tick of every object is noise
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or settings.namespace_list
     server = metrics.serve(settings.metrics_bind_address, settings.metrics_port)
     logging.getLogger("modeldeploy.operator").info(
@@ -48,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)
-    kopf.configure(verbose=args.verbose)
     kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces)
     return 0
 

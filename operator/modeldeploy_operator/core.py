@@ -42,8 +42,14 @@ def image_for(spec: ModelDeploymentSpec, config: Config) -> str:
 def plan_analysis(
     spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime, *, meta: Meta, config: Config
 ) -> AnalysisPlan | None:
-    """The check due this tick, if any: every intervalSeconds while the canary carries weight, and
-    as soon as a step's own wait is over (window at least two scrapes) when it waits for one."""
+    """The check due this tick, if any.
+
+    Every intervalSeconds while the canary carries weight, over the window since the step started
+    (at most one interval, at least two scrapes); as soon as a step's own wait is over when it
+    waits for a judgement; and two scrapes after a Failed check, over only the data since that
+    check: `failureLimit` then asks for independent confirmations of a breach without making a bad
+    canary serve users for (failureLimit + 1) whole intervals.
+    """
     st = status
     weight = st.canary_weight or 0
     if st.canary_revision is None or st.current_step is None or st.step_started_at is None or weight <= 0:
@@ -51,14 +57,20 @@ def plan_analysis(
     a = spec.rollout.analysis
     since = seconds_since(st.step_started_at, now)
     floor = analysis.window_seconds(0, a.interval_seconds, config.scrape_interval_seconds)
+    span = since
     if analysed_in_step(st):
         assert st.last_analysis is not None
-        due = seconds_since(st.last_analysis.time, now) >= a.interval_seconds
+        since_last = seconds_since(st.last_analysis.time, now)
+        if st.last_analysis.verdict == "Failed":
+            # confirm a failure quickly, over new data only: the window starts at the failed check
+            due, span = since_last >= floor, since_last
+        else:
+            due = since_last >= a.interval_seconds
     else:
         due = since >= a.interval_seconds or (gate_waiting(spec, st, since) and since >= floor)
     if not due:
         return None
-    window = analysis.window_seconds(since, a.interval_seconds, config.scrape_interval_seconds)
+    window = analysis.window_seconds(span, a.interval_seconds, config.scrape_interval_seconds)
     return analysis.plan(a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window)
 
 

@@ -87,7 +87,9 @@ def test_rollback_after_failure_limit() -> None:
     assert sim.desired[v2] == 0
     assert sim.status.failed_revision == v2
     assert cond(sim, r.DEGRADED) == ("True", r.ANALYSIS_FAILED)
-    assert "canary error rate 4.19% > 1% over 5s, n=812" in sim.status.message
+    # the confirmation came two scrapes after the first failure, over only the data since it
+    assert [p.window_seconds for p in sim.plans] == [5, 4]
+    assert "canary error rate 4.19% > 1% over 4s, n=812" in (sim.status.message or "")
     assert sim.status.history[-1].outcome == "RolledBack"
     # not retried while the spec still asks for it
     sim.run(20)
@@ -352,3 +354,17 @@ def test_an_operator_down_for_a_while_resumes_from_status() -> None:
     fresh.run(60, until=lambda s: s.status.stable_revision == v2)
     assert fresh.status.stable_revision == v2
     assert fresh.weights() == [10, 50, 0]
+
+
+def test_one_failed_check_that_is_not_confirmed_does_not_roll_back() -> None:
+    sim = deployed()
+    v2 = sim.set_version("2")
+    answers = iter([BAD])
+
+    def flaky(plan):  # type: ignore[no-untyped-def]
+        return next(answers, profile())(plan)
+
+    sim.prom[v2] = flaky
+    sim.run(60, until=lambda s: s.status.stable_revision == v2)
+    assert sim.status.stable_revision == v2 and sim.reasons().count(r.ANALYSIS_FAILED) == 1
+    assert sim.status.history[-1].outcome == "Promoted"

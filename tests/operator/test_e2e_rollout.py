@@ -83,7 +83,10 @@ def test_a_canary_answering_500_is_rolled_back_by_itself(e2e: E2E, capsys) -> No
     try:
         h.wait_for(lambda: traffic.counts().get(200, 0) >= 40, 30, "traffic through the gateway")
         started = time.time()
-        h.apply(env.kubeconfig, ns, h.model_deployment(NAME, env.models["bad"], env.store.url, "3", route=NAME))
+        # failureLimit 1 (the API's default): one failure and its confirmation two scrapes later
+        analysis = {"intervalSeconds": 5, "minRequests": 20, "failureLimit": 1, "maxErrorRate": 0.02}
+        bad = h.model_deployment(NAME, env.models["bad"], env.store.url, "3", route=NAME, analysis=analysis)
+        h.apply(env.kubeconfig, ns, bad)
         obj = h.wait_for_phase(env.kubeconfig, ns, NAME, "RolledBack", timeout=120)
         time.sleep(4)  # answers after weight 0 must all be the stable model's
     finally:
@@ -111,6 +114,6 @@ def test_a_canary_answering_500_is_rolled_back_by_itself(e2e: E2E, capsys) -> No
     with capsys.disabled():
         print(
             f"\n[e2e] bad canary: first 5xx -> canary weight 0 in {weight_0 - first_500:.1f}s "
-            f"(analysis interval 5s + scrape {SCRAPE_SECONDS}s + tick 1s); 5xx answers served: {bad_served}; "
+            f"(interval 5s, failureLimit 1, scrape {SCRAPE_SECONDS}s, tick 1s); 5xx answers served: {bad_served}; "
             f"decisive: {status['message']}"
         )
