@@ -237,6 +237,7 @@ def main() -> int:
         print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
         return 2
     kinds = args.only.split(",")
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="modeldeploy-bench-"))
     models = train(work)
     big = np.random.default_rng(0).uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(10_000, 4)).round(2)
@@ -262,7 +263,8 @@ def main() -> int:
         readme = HERE / "README.md"
         content = readme.read_text()
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        head = f"Latest run: {stamp}, `make bench` (wrk -t2 -c8 -d{args.duration}s)."
+        load = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        head = f"Latest run: {stamp}, `make bench` (wrk -t2 -c8 -d{args.duration}s), {os.cpu_count()} cores, {load}."
         block = f"<!-- bench:begin -->\n{head}\n\n{text}\n<!-- bench:end -->"
         content = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->", lambda _: block, content, flags=re.S)
         readme.write_text(content)
