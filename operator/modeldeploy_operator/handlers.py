@@ -26,6 +26,7 @@ from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.kube import Kube
 from modeldeploy_operator.model import Decision, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
+from modeldeploy_operator.reasons import STATUS_UNREADABLE
 from modeldeploy_operator.settings import OperatorSettings
 
 log = logging.getLogger("modeldeploy.operator")
@@ -78,8 +79,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         try:
             status = ModelDeploymentStatus.model_validate(dict(body.get("status") or {}))
         except ValidationError as err:
-            log.warning("status of %s/%s unreadable, starting over: %s", meta.namespace, meta.name, err)
-            status = ModelDeploymentStatus()
+            # Starting over would deploy the desired revision straight to stable, skipping its
+            # canary: refuse to act until a human looks (kubectl edit --subresource=status).
+            m.RECONCILE_ERRORS.labels(error="status-unreadable", **labels).inc()
+            kopf.event(
+                body, type="Warning", reason=STATUS_UNREADABLE, message=f"status unreadable, not acting: {err}"[:1024]
+            )
+            raise kopf.TemporaryError(f"status unreadable: {err}", delay=60) from err
         try:
             spec = parse_spec(dict(body.get("spec") or {}))
         except SpecError as err:

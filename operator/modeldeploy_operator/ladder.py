@@ -141,6 +141,9 @@ class Tick(Report):
                 )
             st.stable_revision, st.stable_version = self.rev, self.version
             st.step_started_at = fmt_time(self.now)
+            st.conditions = set_condition(
+                st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
+            )
             self.event(r.STABLE_DEPLOYING, f"deploying revision {self.rev} (version {self.version}) as stable")
         ready = self.state(self.rev).ready_replicas
         if ready >= self.spec.replicas:

@@ -33,6 +33,7 @@ PHASE_INVALID: Final = "Invalid"
 
 # Event reasons (and condition reasons where the same word fits).
 INVALID_SPEC: Final = "InvalidSpec"
+STATUS_UNREADABLE: Final = "StatusUnreadable"
 STABLE_DEPLOYING: Final = "StableDeploying"
 STABLE_DEPLOYED: Final = "StableDeployed"
 STABLE_AVAILABLE: Final = "StableAvailable"

@@ -368,3 +368,32 @@ def test_one_failed_check_that_is_not_confirmed_does_not_roll_back() -> None:
     sim.run(60, until=lambda s: s.status.stable_revision == v2)
     assert sim.status.stable_revision == v2 and sim.reasons().count(r.ANALYSIS_FAILED) == 1
     assert sim.status.history[-1].outcome == "Promoted"
+
+
+def test_a_first_deploy_that_never_gets_ready_is_degraded_and_a_fixed_spec_replaces_it() -> None:
+    sim = Sim(spec_dict())
+    sim.broken.add(sim.revision())
+    sim.run(62)
+    assert sim.phase() == r.PHASE_DEGRADED
+    assert cond(sim, r.DEGRADED) == ("True", r.PROGRESS_DEADLINE_EXCEEDED)
+    assert "CrashLoopBackOff" in next(c.message for c in sim.status.conditions if c.type == r.DEGRADED)
+    assert sim.reasons().count(r.PROGRESS_DEADLINE_EXCEEDED) == 1
+    v2 = sim.set_version("2")  # nothing was ever served: the fix replaces it directly, no canary
+    sim.tick()
+    assert sim.phase() == r.PHASE_DEPLOYING and cond(sim, r.DEGRADED)[0] == "False"
+    sim.run(5, until=lambda s: s.phase() == r.PHASE_HEALTHY)
+    assert sim.status.stable_revision == v2 and [h.outcome for h in sim.status.history] == ["Superseded", "Deployed"]
+
+
+def test_an_invalid_spec_is_reported_once_and_touches_nothing() -> None:
+    from modeldeploy_operator.core import invalid_spec
+    from modeldeploy_operator.model import Meta
+
+    sim = deployed()
+    msg = "spec.rollout.steps[0].setWeight: Input should be less than or equal to 100 (got 150)"
+    d1 = invalid_spec(sim.status, msg, meta=Meta("iris", "ml", "uid-1", 5), now=sim.now)
+    assert d1.status.phase == r.PHASE_INVALID and not d1.apply_children and d1.status.observed_generation == 5
+    assert [e.reason for e in d1.events] == [r.INVALID_SPEC] and d1.status.message == msg
+    d2 = invalid_spec(d1.status, msg, meta=Meta("iris", "ml", "uid-1", 5), now=sim.now)
+    assert d2.events == []
+    assert d2.status.stable_revision == sim.status.stable_revision
