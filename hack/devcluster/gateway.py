@@ -23,6 +23,10 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
 MAX_BODY = 64 * 1024 * 1024
+RETRYABLE = (
+    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+)  # fmt: skip
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -63,7 +67,9 @@ class Gateway:
         return random.choices(weighted, weights=[b.weight for b in weighted])[0]
 
     def _pick_endpoint(self, backend: Backend, avoid: Endpoint | None = None) -> Endpoint | None:
-        eps = [e for e in backend.endpoints if e != avoid] or ([] if avoid else list(backend.endpoints))
+        # another endpoint when there is one; else the same again (a stale keep-alive connection
+        # to a healthy pod fails once, a fresh one succeeds)
+        eps = [e for e in backend.endpoints if e != avoid] or list(backend.endpoints)
         if not eps:
             return None
         counter = self._counters.setdefault(backend.service, itertools.count())
@@ -112,9 +118,13 @@ class Gateway:
                     out.headers["x-devcluster-pod"] = ep.pod
                     out.headers["x-devcluster-service"] = backend.service
                     return out
-            except (aiohttp.ClientConnectionError, aiohttp.ServerDisconnectedError) as e:
+            except RETRYABLE as e:  # not connected, or a kept-alive connection closed under us
                 if attempt == 1:
                     return _error(502, f"upstream {ep.pod} ({ep.ip}:{ep.port}) failed: {e.__class__.__name__}: {e}")
+            except TimeoutError as e:  # no retry: the request may have been processed
+                return _error(504, f"upstream {ep.pod} ({ep.ip}:{ep.port}) timed out: {e.__class__.__name__}")
+            except aiohttp.ClientError as e:
+                return _error(502, f"upstream {ep.pod} ({ep.ip}:{ep.port}) failed: {e.__class__.__name__}: {e}")
         return _error(502, "unreachable")
 
     def _resolve_again(self, host: str, path: str, previous: Backend) -> Backend:
