@@ -4,8 +4,9 @@
     modeldeploy history NAME [-n NS]                            revisions and their outcomes
     modeldeploy promote|abort|retry NAME [-n NS]                set modeldeploy.io/<verb> (the operator
                                                                 consumes and clears it)
-    modeldeploy undo NAME [-n NS] [--to-version V]              write a recorded previous model back
-                                                                into spec.model (users without GitOps)
+    modeldeploy undo NAME [-n NS] [--to-version V]              write a previous model back into
+                                                                spec.model (users without GitOps): the
+                                                                stable revision's after a rollback
 
 Exit codes: 0 done / healthy; 1 the rollout failed (RolledBack, Aborted, Degraded, Invalid) or,
 without --watch, is not healthy yet; 2 --watch timed out (argparse usage errors also exit 2);
@@ -31,6 +32,7 @@ from modeldeploy_operator.cli_format import (
     history_lines,
     parse_status,
     render_status,
+    revision_models,
     undo_patch,
     undo_target,
     verdict,
@@ -86,6 +88,23 @@ class Cluster:
         obj: dict[str, Any] = self._call(name, self.api.get_namespaced_custom_object)
         return obj
 
+    def revision_deployments(self, name: str) -> list[dict[str, Any]]:
+        """The Deployments of a ModelDeployment's revisions; [] when listing them is not allowed."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        apps = client.AppsV1Api(self.api.api_client)
+        try:
+            found = apps.list_namespaced_deployment(
+                self.namespace, label_selector=f"modeldeploy.io/name={name}", _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            if err.status in (401, 403):
+                return []
+            raise CliError(f"Kubernetes API at {self.server}: {err.status} {err.reason}", EXIT_API) from None
+        items: list[dict[str, Any]] = self.api.api_client.sanitize_for_serialization(found)["items"]
+        return items
+
     def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         obj: dict[str, Any] = self._call(name, self.api.patch_namespaced_custom_object, body=body)
         return obj
@@ -136,7 +155,7 @@ def cmd_annotate(cluster: Cluster, args: argparse.Namespace) -> int:
 
 def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
     obj = cluster.get(args.name)
-    target = undo_target(obj, args.to_version)
+    target = undo_target(obj, args.to_version, revision_models(obj, cluster.revision_deployments(args.name)))
     cluster.patch(args.name, undo_patch(obj, target))
     was = obj.get("spec", {}).get("model", {}).get("version", "?")
     print(f'modeldeployment "{args.name}" model set back from version {was} to {target["version"]} ({target["uri"]})')

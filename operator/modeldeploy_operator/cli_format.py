@@ -147,19 +147,51 @@ def _full_model(model: dict[str, Any]) -> dict[str, Any]:
     return {key: model.get(key) for key in MODEL_KEYS}
 
 
-def undo_target(obj: dict[str, Any], to_version: str | None) -> dict[str, Any]:
+SERVER_ENV_KEYS = {f"MODELDEPLOY_MODEL_{key.upper()}": key for key in MODEL_KEYS}
+
+
+def revision_models(obj: dict[str, Any], deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """spec.model of every revision still running, read back from its Deployment's server env.
+
+    The operator renders MODELDEPLOY_MODEL_{URI,SHA256,FORMAT,VERSION,METHOD} into each revision's
+    pod template, so the stable revision that keeps serving after a rollback is the model `undo`
+    restores. Stable first, then the others (newest first by creation time).
+    """
+    stable = (obj.get("status") or {}).get("stableRevision")
+    owned = [
+        d
+        for d in deployments
+        if any(o.get("uid") == obj["metadata"].get("uid") for o in d["metadata"].get("ownerReferences") or [])
+    ]
+    owned.sort(key=lambda d: d["metadata"].get("creationTimestamp") or "", reverse=True)
+    owned.sort(key=lambda d: d["metadata"].get("labels", {}).get("modeldeploy.io/revision") != stable)
+    models = []
+    for dep in owned:
+        containers = dep["spec"]["template"]["spec"].get("containers") or []
+        env = {e["name"]: e.get("value") for c in containers if c.get("name") == "server" for e in c.get("env") or []}
+        model = {key: env.get(var) for var, key in SERVER_ENV_KEYS.items()}
+        if model["uri"] and model["version"]:
+            models.append(model)
+    return models
+
+
+def undo_target(
+    obj: dict[str, Any], to_version: str | None, running: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The spec.model to write back for `undo`, from what the cluster recorded.
 
-    Sources, newest first: status.history entries that carry a `model` (when the operator records
-    it), then the `modeldeploy.io/previous-model` annotation (JSON of a spec.model, written by
-    every `undo`). Without --to-version: the newest recorded model that differs from the current
-    one. Raises CliError (exit 3) when nothing suitable was recorded.
+    Sources, in this order: status.history entries that carry a `model` (newest first; when the
+    operator records it), the models of revisions still running (`revision_models`: after a
+    rollback, the stable one), then the `modeldeploy.io/previous-model` annotation (JSON of a
+    spec.model, written by every `undo`). Without --to-version: the first of them that differs
+    from the current model. Raises CliError (exit 3) when nothing suitable was recorded.
     """
     current = _full_model(obj.get("spec", {}).get("model", {}))
     candidates: list[dict[str, Any]] = []
     for entry in reversed((obj.get("status") or {}).get("history") or []):
         if isinstance(entry.get("model"), dict):
             candidates.append(_full_model(entry["model"]))
+    candidates += [_full_model(m) for m in running or []]
     annotation = obj.get("metadata", {}).get("annotations", {}).get(ANNOTATION_PREVIOUS_MODEL)
     if annotation:
         try:
@@ -173,11 +205,12 @@ def undo_target(obj: dict[str, Any], to_version: str | None) -> dict[str, Any]:
             raise CliError(f"no recorded model has version {to_version!r} (recorded: {', '.join(known)})", 3)
         target = matches[0]
     else:
-        others = [c for c in candidates if c != current]
+        others = [c for c in candidates if not _same_model(c, current)]
         if not others:
             raise CliError(
-                "no previous model is recorded (status.history carries no models and annotation "
-                f"{ANNOTATION_PREVIOUS_MODEL} is absent); edit spec.model or use --to-version",
+                "no previous model is recorded (no running revision serves another model, status.history "
+                f"carries no models and annotation {ANNOTATION_PREVIOUS_MODEL} is absent); "
+                "edit spec.model or use --to-version",
                 3,
             )
         target = others[0]
@@ -186,6 +219,16 @@ def undo_target(obj: dict[str, Any], to_version: str | None) -> dict[str, Any]:
     except ValidationError as err:
         raise CliError(f"the recorded model is not valid: {describe_errors(err, 'spec.model')}", 3) from None
     return target
+
+
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same artifact and label; format and method compare by their effective values."""
+    keys = ("uri", "sha256", "version")
+    if any(a[k] != b[k] for k in keys):
+        return False
+    return (a["method"] or "predict") == (b["method"] or "predict") and (
+        a["format"] is None or b["format"] is None or a["format"] == b["format"]
+    )
 
 
 def undo_patch(obj: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from modeldeploy_operator.cli_format import (
     ANNOTATION_PREVIOUS_MODEL,
     CliError,
     render_status,
+    revision_models,
     undo_patch,
     undo_target,
     verdict,
@@ -211,3 +212,33 @@ def test_usage_error_exits_2() -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["status"])
     assert exc.value.code == 2
+
+
+def _deployment(revision: str, model: dict[str, str], created: str, uid: str = "uid-1") -> dict[str, Any]:
+    env = [{"name": f"MODELDEPLOY_MODEL_{k.upper()}", "value": v} for k, v in model.items()]
+    env.append({"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    return {
+        "metadata": {
+            "name": f"porosity-{revision}",
+            "creationTimestamp": created,
+            "labels": {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": revision},
+            "ownerReferences": [{"uid": uid, "kind": "ModelDeployment", "name": "porosity"}],
+        },
+        "spec": {"template": {"spec": {"containers": [{"name": "server", "env": env}]}}},
+    }
+
+
+def test_undo_after_a_rollback_restores_the_stable_revisions_model() -> None:
+    o = obj(ROLLED_BACK)
+    o["metadata"]["uid"] = "uid-1"
+    deployments = [
+        _deployment("9a1b2c", {**V8, "format": "joblib", "method": "predict"}, "2026-11-21T12:00:00Z"),
+        _deployment("5d8f7c", {**V7, "format": "joblib", "method": "predict"}, "2026-11-21T11:00:00Z"),
+        _deployment("ffffff", {**V7, "version": "x"}, "2026-11-21T13:00:00Z", uid="someone-else"),
+    ]
+    running = revision_models(o, deployments)
+    assert [m["version"] for m in running] == ["7", "8"]  # stable first; not owned: ignored
+    target = undo_target(o, None, running)
+    assert target == {**V7, "format": "joblib", "method": "predict"}
+    # the failed canary's model equals the current spec (format/method made explicit): not a target
+    assert undo_target(o, "8", running)["uri"] == V8["uri"]

@@ -53,11 +53,25 @@ def _chart_container(kube: Kube, release: str, namespace: str, flags: list[str])
     return dict(container)
 
 
-def _model(folder: Path) -> dict[str, str]:
+def _model(folder: Path, version: int = 1) -> dict[str, str]:
     x = np.array([[0.1, 0.2], [0.4, 0.1], [0.5, 0.9], [0.9, 0.3]])
-    artifact = folder / "model.joblib"
-    joblib.dump(LinearRegression().fit(x, x.sum(axis=1)), artifact)
-    return {"uri": artifact.as_uri(), "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(), "version": "1"}
+    artifact = folder / f"model-{version}.joblib"
+    joblib.dump(LinearRegression().fit(x, version * x.sum(axis=1)), artifact)
+    sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    return {"uri": artifact.as_uri(), "sha256": sha256, "version": str(version)}
+
+
+def _wait_healthy(kube: Kube, name: str, namespace: str, generation: int, operator: Any, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    status: dict[str, Any] = {}
+    while not (status.get("phase") == "Healthy" and status.get("observedGeneration") == generation):
+        assert operator.poll() is None, f"operator exited {operator.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"not Healthy in 120 s; status {json.dumps(status)}\n{log.read_text()[-3000:]}"
+        )
+        time.sleep(1)
+        status = kube.get("modeldeployment", name, "-n", namespace).get("status") or {}
+    return status
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -76,7 +90,7 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
         | {
             "KUBECONFIG": str(sa_kubeconfig),
             "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": kube.prometheus_url,
-        "MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS": "2",  # the local Prometheus scrapes every 2 s
+            "MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS": "2",  # the local Prometheus scrapes every 2 s
             "MODELDEPLOY_OPERATOR_METRICS_PORT": str(port),
             "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
             "MODELDEPLOY_OPERATOR_TICK_SECONDS": "1",
@@ -85,26 +99,19 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
     )
     assert env["MODELDEPLOY_OPERATOR_NAMESPACES"] == ("" if mode == "cluster" else models_ns)
     name = f"rbac-{mode}"
+    v1, v2 = _model(tmp_path, 1), _model(tmp_path, 2)
     kube.apply([{
         "apiVersion": "modeldeploy.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": models_ns},
-        "spec": {"model": _model(tmp_path), "replicas": 1,
+        "spec": {"model": v1, "replicas": 1,
                  "inputs": [{"name": "a", "min": 0, "max": 1}, {"name": "b", "min": 0, "max": 1}]},
     }])  # fmt: skip
     log = tmp_path / "operator.log"
     with log.open("wb") as out:
         operator = subprocess.Popen(container["command"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        status: dict[str, Any] = {}
-        while status.get("phase") != "Healthy":
-            assert operator.poll() is None, f"operator exited {operator.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, (
-                f"not Healthy in 120 s; status {json.dumps(status)}\n{log.read_text()[-3000:]}"
-            )
-            time.sleep(1)
-            status = kube.get("modeldeployment", name, "-n", models_ns).get("status") or {}
+        status = _wait_healthy(kube, name, models_ns, 1, operator, log)
         assert status["stableRevision"] and status["stableVersion"] == "1"
         deployments = kube.get("deployments", "-n", models_ns, "-l", f"modeldeploy.io/name={name}")["items"]
         assert len(deployments) == 1
@@ -113,6 +120,17 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
         cli = kube.cli("status", name, "-n", models_ns, "--watch", "--timeout", "30")
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert "Phase:      Healthy" in cli.stdout
+        # A new model, then `undo` before it is promoted: the CLI reads the stable revision's model
+        # back from its Deployment and writes it into the spec; the operator cancels the canary.
+        kube.kubectl("patch", "modeldeployment", name, "-n", models_ns, "--type=merge",
+                     "-p", json.dumps({"spec": {"model": v2}}))  # fmt: skip
+        undo = kube.cli("undo", name, "-n", models_ns)
+        assert undo.returncode == 0, undo.stdout + undo.stderr
+        assert "from version 2 to 1" in undo.stdout
+        obj = kube.get("modeldeployment", name, "-n", models_ns)
+        assert obj["spec"]["model"] == {**v1, "format": "joblib", "method": "predict"}
+        status = _wait_healthy(kube, name, models_ns, obj["metadata"]["generation"], operator, log)
+        assert status["stableVersion"] == "1" and status.get("canaryRevision") is None
     finally:
         # Delete while the operator runs: kopf's finalizer on the object needs it to go away.
         kube.kubectl("delete", "modeldeployment", name, "-n", models_ns, "--ignore-not-found", "--timeout=60s",
