@@ -1,0 +1,141 @@
+"""Fixtures of the end-to-end scenarios: real cluster, real Prometheus, real operator process, real traffic.
+
+Each test module lists its scenarios in `NAMESPACES`; the module fixture `e2e` creates one
+namespace per scenario, starts one `modeldeploy-operator` process watching exactly those (tick 1 s,
+old revision scaled down 5 s after promotion) and deletes the namespaces at the end. Models are
+trained once per session and served by one loopback model store. At the end of each module the
+operator's RSS and CPU seconds go to .cache/figures/e2e.json.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devcluster import Cluster
+from modeldeploy_demo import kube as k
+from modeldeploy_demo import report
+from modeldeploy_demo.workload import ArtifactServer, Model, Operator, Traffic, train_models, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "wine"
+SCALE_DOWN_DELAY = 5
+INTERVAL = 5  # analysis intervalSeconds of every scenario
+
+
+@dataclass
+class Store:
+    url: str
+    models: dict[str, Model]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    folder = tmp_path_factory.mktemp("e2e-models")
+    models = train_models(folder)
+    server = ArtifactServer(folder)
+    try:
+        yield Store(server.url, models)
+    finally:
+        server.close()
+
+
+@dataclass
+class E2E:
+    cluster: Cluster
+    kube: k.Kube
+    store: Store
+    operator: Operator
+    namespaces: dict[str, str]
+    module: str
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return Path(self.cluster.kubeconfig)
+
+    def mdep(self, model: str, version: str, **kw: Any) -> dict[str, Any]:
+        return k.model_deployment(NAME, self.store.models[model], self.store.url, version, route=NAME, **kw)
+
+    def deploy_v1(self, scenario: str, **kw: Any) -> tuple[str, str]:
+        """HTTPRoute and v1 applied in the scenario's namespace; returns (namespace, host) once Healthy."""
+        ns = self.namespaces[scenario]
+        host = f"{NAME}.{ns}.test"
+        k.apply(self.kubeconfig, ns, k.http_route(NAME, host))
+        k.apply(self.kubeconfig, ns, self.mdep("v1", "1", **kw))
+        st = self.kube.wait_for_phase(ns, NAME, "Healthy", 120)
+        assert st["stableVersion"] == "1", st
+        return ns, host
+
+    def traffic(self, host: str, **kw: Any) -> Traffic:
+        t = Traffic(self.cluster.gateway_url, host, NAME, **kw).start()
+        self.cleanups.append(t.stop)
+        wait_for(lambda: t.counts().get(200, 0) >= 20, 30, f"answers through the gateway for {host}")
+        return t
+
+    def watch(self, ns: str) -> k.Watch:
+        w = k.Watch(self.kube, ns, NAME)
+        self.cleanups.append(w.stop)
+        return w
+
+    def restart_operator(self) -> Operator:
+        """A new operator process with the same settings (after a kill)."""
+        old = self.operator
+        self.operator = Operator(Path(self.cluster.kubeconfig), self.cluster.prometheus_url, old.log,
+                                 namespace=old.env["MODELDEPLOY_OPERATOR_NAMESPACES"], tick=1.0,
+                                 scale_down_delay=SCALE_DOWN_DELAY).start()  # fmt: skip
+        return self.operator
+
+    def reasons(self, ns: str) -> list[str]:
+        return [str(e["reason"]) for e in self.kube.events(ns)]
+
+    def figures(self, **values: Any) -> None:
+        report.write_figures("e2e", values)
+
+
+@pytest.fixture(scope="module")
+def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Iterator[E2E]:
+    kubeconfig = Path(cluster.kubeconfig)
+    k.install_crds(kubeconfig, REPO / "crds")
+    suffix = uuid.uuid4().hex[:5]
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    namespaces = {key: f"e2e-{key}-{suffix}" for key in request.module.NAMESPACES}
+    for ns in namespaces.values():
+        k.kubectl(kubeconfig, "create", "namespace", ns)
+    log = Path(cluster.log_dir) / f"operator-e2e-{module}-{suffix}.log"
+    operator = Operator(kubeconfig, cluster.prometheus_url, log, namespace=",".join(namespaces.values()), tick=1.0,
+                        scale_down_delay=SCALE_DOWN_DELAY).start()  # fmt: skip
+    env = E2E(cluster, k.Kube(kubeconfig), store, operator, namespaces, module)
+    try:
+        yield env
+    finally:
+        for stop in env.cleanups:
+            stop()
+        try:
+            usage, wall = env.operator.usage(), time.time() - env.operator.started_at
+            env.figures(**{f"operator_{module}_rss_mib": round(usage.rss_mib, 1),
+                           f"operator_{module}_peak_rss_mib": round(usage.peak_rss_mib, 1),
+                           f"operator_{module}_cpu_seconds": round(usage.cpu_seconds, 2),
+                           f"operator_{module}_wall_seconds": round(wall, 1)})  # fmt: skip
+        except (OSError, AssertionError):
+            pass
+        env.operator.stop()
+        for ns in namespaces.values():
+            k.kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false")
+
+
+@pytest.fixture
+def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Print past pytest's capture: the figures of a scenario show in every run's output."""
+
+    def out(text: str) -> None:
+        with capsys.disabled():
+            print(f"\n[e2e] {text}", flush=True)
+
+    return out
