@@ -213,3 +213,23 @@ def test_cli_no_such_model_deployment(kube: Kube) -> None:
         proc = kube.cli(*args, "-n", CLI_NS)
         assert proc.returncode == 3
         assert proc.stderr == f'modeldeploy: ModelDeployment "nope" not found in namespace "{CLI_NS}"\n'
+
+
+def test_dashboard_queries_are_valid_promql_for_the_real_prometheus(kube: Kube) -> None:
+    """Every Grafana panel query, with its variables filled in, is accepted by the local Prometheus."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs
+    for expr in exprs:
+        concrete = expr.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$model", ".*")
+        url = f"{kube.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": concrete})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            answer = json.loads(err.read())
+        assert answer["status"] == "success", f"{concrete}: {answer.get('error')}"
