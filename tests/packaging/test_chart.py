@@ -218,6 +218,16 @@ def test_every_value_is_commented() -> None:
             assert commented, f"values.yaml:{i + 1}: {m.group(2)} has no comment"
 
 
+def test_chart_readme_lists_every_value() -> None:
+    import yaml
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    sections = {"image", "rbac", "serviceAccount", "service", "serviceMonitor"}
+    keys = [k for k in values if k not in sections] + [f"{s}.{k}" for s in sections for k in values[s]]
+    assert [k for k in keys if f"`{k}`" not in readme] == []
+
+
 def test_chart_crd_is_a_byte_identical_copy() -> None:
     top = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
     copy = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
