@@ -120,6 +120,7 @@ class Kubelet:
         pp.start()
         self.pods[meta["uid"]] = pp
         log.info("started %s on %s:%d (pid %s)", pp.key, ip, port, pp.proc.pid if pp.proc else "-")
+        self._started_event(pp)
 
     async def sync(self, all_pods: list[Obj]) -> dict[str, Obj]:
         """One pass over the pods bound to this node (called by the harness every poll).
@@ -147,6 +148,7 @@ class Kubelet:
                 reason = podrun.runnable(pod)
                 if reason is not None:
                     self.unsupported.add(uid)
+                    self.event(pod, "Warning", "Failed", reason)
                     await self._patch_status(pod, podrun.unsupported_status(pod, reason))
                     continue
                 if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
@@ -167,10 +169,37 @@ class Kubelet:
                 del self._patched[uid]
         for pp in list(self.pods.values()):
             if not pp.terminating:
-                pp.reap()
-                pp.maybe_restart()
+                if pp.reap() and pp.waiting is not None:
+                    self.event(pp.pod, "Warning", "BackOff", pp.waiting["message"])
+                if pp.maybe_restart():
+                    self._started_event(pp)
                 await self._patch_status(pp.pod, pp.status())
         return self._updated
+
+    def _started_event(self, pp: podrun.PodProcess) -> None:
+        pid = pp.proc.pid if pp.proc is not None else 0
+        msg = f"Started container {pp.container['name']}: process {pid} on {pp.ip}:{pp.port}"
+        self.event(pp.pod, "Normal", "Started", msg)
+
+    def event(self, pod: Obj, type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event about the pod (fire and forget), as the real kubelet does."""
+        meta, now = pod["metadata"], podrun.now_iso()
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1000], "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now, "reportingComponent": "kubelet", "reportingInstance": NODE,
+            "source": {"component": "kubelet", "host": NODE},
+        }  # fmt: skip
+
+        async def post() -> None:
+            try:
+                await self.api.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
+            except (ApiError, httpx.HTTPError) as e:
+                log.warning("event %s for %s not recorded: %s", reason, meta["name"], e)
+
+        self._spawn_task(post())
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -196,6 +225,7 @@ class Kubelet:
         grace = float(grace if grace is not None else pp.pod["spec"].get("terminationGracePeriodSeconds", 30))
         if pp.proc is not None:
             log.info("stopping %s (grace %.0fs)", pp.key, grace)
+            self.event(pp.pod, "Normal", "Killing", f"Stopping container {pp.container['name']}")
             await asyncio.to_thread(procs.stop, pp.proc, grace)
             pp.reap()
         self.pods.pop(pp.pod["metadata"]["uid"], None)
@@ -247,7 +277,10 @@ class Kubelet:
             pp.probe_failures += 1
             threshold = int(rp.get("failureThreshold", 3))
             window = threshold * min(float(rp.get("periodSeconds", 10)), 1.0)
-            if not pp.ready or (pp.probe_failures >= threshold and now - pp.first_failure >= window):
+            if pp.ready and pp.probe_failures >= threshold and now - pp.first_failure >= window:
+                self.event(pp.pod, "Warning", "Unhealthy", f"Readiness probe failed {pp.probe_failures} times")
+                pp.set_ready(False)
+            elif not pp.ready:
                 pp.set_ready(False)
         await self._liveness(pp, c.get("livenessProbe"))
 
@@ -264,6 +297,7 @@ class Kubelet:
         pp.live_failures += 1
         if pp.live_failures >= int(lp.get("failureThreshold", 3)):
             log.info("liveness probe failed %d times: restarting %s", pp.live_failures, pp.key)
+            self.event(pp.pod, "Warning", "Unhealthy", f"Liveness probe failed {pp.live_failures} times, restarting")
             await asyncio.to_thread(procs.stop, pp.proc, float(pp.pod["spec"].get("terminationGracePeriodSeconds", 30)))
 
     async def shutdown(self) -> None:

@@ -155,6 +155,8 @@ def test_unrunnable_pod_stays_pending_with_reason(cluster: Cluster, namespace: s
 
     message = Cluster.wait_for(reason, 30, what="the unsupported-image reason")
     assert "modeldeploy-server" in message and "nginx:1.27" in message
+    events = Cluster.wait_for(lambda: event_reasons(cluster, namespace, "web"), 10, what="events of the pod")
+    assert "Failed" in events
 
 
 def test_crashing_server_goes_into_crashloop_with_its_last_words(cluster: Cluster, namespace: str,
@@ -173,6 +175,16 @@ def test_crashing_server_goes_into_crashloop_with_its_last_words(cluster: Cluste
     assert last["message"], "the last line of the server's output explains the crash"
     assert "exit code" in cs["state"]["waiting"]["message"]
     assert not cs["ready"]
+    pod = pods(cluster, namespace, "modeldeploy.io/name=porosity")[0]["metadata"]["name"]
+    reasons = Cluster.wait_for(lambda: {"Started", "BackOff"} <= set(r := event_reasons(cluster, namespace, pod)) and r,
+                               10, what="Started and BackOff events")  # fmt: skip
+    assert reasons.count("Started") >= 2  # started, crashed, restarted
+
+
+def event_reasons(cluster: Cluster, namespace: str, pod: str) -> list[str]:
+    out = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={pod}",
+                          "-o", "json")  # fmt: skip
+    return [e["reason"] for e in json.loads(out)["items"]]
 
 
 def test_prometheus_can_be_stopped_and_restarted(cluster: Cluster) -> None:
