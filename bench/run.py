@@ -7,7 +7,8 @@ drives it with wrk (8 connections, single-row POSTs, bounded duration). It print
 p50, p99, ratio vs MLServer), the large-batch throughput (10k-row requests) against in-process
 `model.predict`, and cold start to ready, and writes the table into bench/README.md.
 
-Options: --duration SECONDS (default 10), --only NAME[,NAME] (servers), --no-readme.
+Options: --duration SECONDS per run (default 10), --rounds N (default 3; all servers of a model run
+side by side and are measured round-robin, the table shows medians), --only NAME[,NAME], --no-readme.
 """
 
 from __future__ import annotations
@@ -229,7 +230,8 @@ def table(results: list[dict[str, object]], batch: list[dict[str, object]]) -> s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the table shows medians")
     parser.add_argument("--only", default="modeldeploy-1w,modeldeploy-2w,mlserver,kserve")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
@@ -245,16 +247,27 @@ def main() -> int:
     batch: list[dict[str, object]] = []
     for model, (path, sha, estimator) in models.items():
         inproc = in_process_rows_per_second(estimator, big)
-        for kind in kinds:
-            workers = 2 if kind == "modeldeploy-2w" else 1
-            print(f"== {model} on {kind}", file=sys.stderr, flush=True)
-            server = start("modeldeploy" if kind.startswith("modeldeploy") else kind, model, path, sha, work, workers)
-            try:
-                measured = wrk(server, args.duration, work)
-                results.append({"model": model, "server": kind, "cold": server.cold_start, **measured})
-                batch.append({"model": model, "server": kind, "rows": batch_rows_per_second(server, big),
+        servers: dict[str, Server] = {}
+        try:
+            for kind in kinds:  # one at a time, so that cold starts do not overlap
+                workers = 2 if kind == "modeldeploy-2w" else 1
+                print(f"== {model}: starting {kind}", file=sys.stderr, flush=True)
+                name = "modeldeploy" if kind.startswith("modeldeploy") else kind
+                servers[kind] = start(name, model, path, sha, work, workers)
+            # round-robin rounds, median per server: a load change on the machine hits every server alike
+            runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+            for round_no in range(args.rounds):
+                for kind in kinds:
+                    print(f"== {model}: {kind} round {round_no + 1}", file=sys.stderr, flush=True)
+                    runs[kind].append(wrk(servers[kind], args.duration, work))
+            for kind in kinds:
+                median = {key: float(np.median([r[key] for r in runs[kind]])) for key in runs[kind][0]}
+                median["errors"] = sum(r["errors"] for r in runs[kind])
+                results.append({"model": model, "server": kind, "cold": servers[kind].cold_start, **median})
+                batch.append({"model": model, "server": kind, "rows": batch_rows_per_second(servers[kind], big),
                               "inproc": inproc})  # fmt: skip
-            finally:
+        finally:
+            for server in servers.values():
                 stop(server)
     text = table(results, batch)
     print(text)
@@ -264,7 +277,8 @@ def main() -> int:
         content = readme.read_text()
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         load = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-        head = f"Latest run: {stamp}, `make bench` (wrk -t2 -c8 -d{args.duration}s), {os.cpu_count()} cores, {load}."
+        head = (f"Latest run: {stamp}, `make bench` (wrk -t2 -c8 -d{args.duration}s, median of {args.rounds} "
+                f"round-robin rounds), {os.cpu_count()} cores, {load}.")  # fmt: skip
         block = f"<!-- bench:begin -->\n{head}\n\n{text}\n<!-- bench:end -->"
         content = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->", lambda _: block, content, flags=re.S)
         readme.write_text(content)

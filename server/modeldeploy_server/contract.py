@@ -25,7 +25,7 @@ REASONS = (
     "null_sentinel", "nan", "infinite", "null", "wrong_type", "missing_feature", "unknown_feature",
     "out_of_range", "wrong_length", "empty", "shape_mismatch", "datatype_mismatch", "invalid_body",
 )  # fmt: skip
-_NUMBER_TYPES = frozenset((int, float))
+NUMBER_TYPES = frozenset((int, float))
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Contract:
             if len(row) != width:
                 detail = f"has {len(row)} values, expected {width} ({', '.join(self.names)})"
                 raise refuse([Violation(first_row + i, None, "wrong_length", detail)])
-        if set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        if set(map(type, chain.from_iterable(rows))) <= NUMBER_TYPES:
             try:
                 return np.array(rows, dtype=np.float64).reshape(len(rows), width)
             except OverflowError:
