@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return harness.main(state, args.parent_pid)
         if args.command == "up":
-            cluster = Cluster.start(state, timeout=args.timeout, detach=True)
+            try:
+                cluster = Cluster.attach(state)  # idempotent: an already running cluster is fine
+                print("# already running", file=sys.stderr)
+            except ClusterError:
+                cluster = Cluster.start(state, timeout=args.timeout, detach=True)
             print((state / "env").read_text(), end="")
             print(
                 f"# ready in {cluster.timings.get('all_ready', 0):.1f}s; `set -a; . {state / 'env'}; set +a`",

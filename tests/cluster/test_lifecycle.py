@@ -63,7 +63,10 @@ def start_with_a_pod(state: Path, model: dict[str, str], workers: int = 1) -> Cl
 
 def test_up_down_leaves_no_process(tmp_path: Path, model: dict[str, str]) -> None:
     state = tmp_path / "c1"
-    start_with_a_pod(state, model)
+    cluster = start_with_a_pod(state, model)
+    again = devcluster("up", "--state", str(state))  # idempotent
+    assert again.returncode == 0 and "already running" in again.stderr
+    assert f"GATEWAY_URL={cluster.gateway_url}" in again.stdout
     down = devcluster("down", "--state", str(state))
     assert down.returncode == 0 and "stopped" in down.stderr
     assert processes_of(state) == []
