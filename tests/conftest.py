@@ -3,6 +3,7 @@
 The cluster starts only when a test asks for the fixture, once per session, in its own state
 folder `.cache/pytest-cluster/<pid>/` (several sessions may run side by side); it stops, with
 every pod process, at the end of the session. Pod logs stay in that folder's `logs/`.
+Tests marked `bench` are deselected unless `-m` names them.
 With MODELDEPLOY_CLUSTER=attach the session uses the cluster `make cluster-up` started instead
 (and leaves it running).
 
@@ -27,6 +28,16 @@ from devcluster import Cluster
 from devcluster.client import stop_by_pid_file
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Benchmarks (marker `bench`) run only when asked for: `pytest -m bench`."""
+    if "bench" in (config.option.markexpr or ""):
+        return
+    benches = [item for item in items if item.get_closest_marker("bench")]
+    if benches:
+        config.hook.pytest_deselected(items=benches)
+        items[:] = [item for item in items if not item.get_closest_marker("bench")]
 
 
 @pytest.fixture(scope="session")
