@@ -4,8 +4,9 @@ Owned here: ONNX artifacts (onnxruntime, one intra-op thread), and for sklearn a
 choice among (a) exact bypasses of sklearn's per-call overhead (a forest's trees called in
 order, a linear model's decision function), which must be bit-identical to the artifact's method
 on the verification rows, and (b) an ONNX compilation (skl2onnx), whose classes must be identical
-and whose floating outputs must be within `RTOL`/`ATOL`. The fastest verified path wins; if none
-verifies, the artifact's own method serves. Called by `runtime.load_runtime`.
+and whose floating outputs must be within `RTOL`/`ATOL`, tried only when no exact path is already
+fast (`EXACT_IS_FAST_ENOUGH_SECONDS`). The fastest verified path wins; if none verifies, the
+artifact's own method serves. Called by `runtime.load_runtime`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("modeldeploy_server.fastpath")
 RTOL = 1e-5  # relative tolerance on probabilities / regression values of the compiled (ONNX) path
 ATOL = 1e-6  # absolute tolerance, same
+EXACT_IS_FAST_ENOUGH_SECONDS = 50e-6  # per single-row call: then the compiled path is not tried
 
 
 def _session(model: bytes | str) -> Any:
@@ -108,6 +110,10 @@ def choose(runtime: Runtime, model: Any) -> None:
     best, best_time = runtime.reference, _timed(runtime.reference, rows[:1])
     best_name = "sklearn"
     for name, exact, build in candidates(model, runtime.method):
+        if not exact and best_time < EXACT_IS_FAST_ENOUGH_SECONDS:
+            # bit-identical and already fast: not worth the compiler's start-up time (~1 s) or a tolerance
+            runtime.notes.append(f"{name}: not tried, {best_name} takes {best_time * 1e6:.0f} us/row")
+            continue
         if not exact and runtime.contract.any_optional:
             # optional features let NaN reach the model; the verification rows hold none, so only paths that
             # run sklearn's own arithmetic (exact) are eligible
