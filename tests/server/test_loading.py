@@ -254,3 +254,11 @@ def test_refusal_while_serving_never_turns_ready_and_exits_2(artifacts: dict[str
 def test_sha256_streamed_matches_hashlib(artifacts: dict[str, Artifact]) -> None:
     art = artifacts["forest"]
     assert hashlib.sha256(art.path.read_bytes()).hexdigest() == art.sha256
+
+
+def test_flags_override_the_environment(artifacts: dict[str, Artifact], tmp_path: Path) -> None:
+    env = artifacts["pipe"].env(MODELDEPLOY_CACHE_DIR=str(tmp_path))
+    result = run_cli(["--model-uri", "file:///nowhere/model.joblib"], env)
+    assert "cannot read model artifact file:///nowhere/model.joblib" in _refused(result)
+    result = run_cli(["score", "--input", "x.csv", "--output", "y.csv", "--model-sha256", "4" * 64], env)
+    assert f"expected sha256 {'4' * 64}" in _refused(result)
