@@ -60,6 +60,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         settings.peering.standalone = True
         memo.kube = Kube(api_client())
         memo.prom = Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds)
+        m.HEALTH.stale_after = max(30.0, 10 * operator_settings.tick_seconds)
+        m.HEALTH.started = True
 
     operator_settings = settings
 
@@ -75,6 +77,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             body.metadata.get("generation"),
         )
         labels = {"namespace": meta.namespace, "name": meta.name}
+        m.HEALTH.tick(meta.namespace, meta.name)  # the loop is alive, whatever this tick's outcome
         now = datetime.now(UTC)
         try:
             status = ModelDeploymentStatus.model_validate(dict(body.get("status") or {}))
@@ -123,6 +126,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
     def forget(body: kopf.Body, **_: Any) -> None:
         labels = {"namespace": body.metadata.namespace or "", "name": body.metadata.name or ""}
+        m.HEALTH.objects.discard((labels["namespace"], labels["name"]))
         try:
             m.CANARY_WEIGHT.remove(labels["namespace"], labels["name"])
         except KeyError:

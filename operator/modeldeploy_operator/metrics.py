@@ -32,12 +32,39 @@ LAST_TICK = Gauge("modeldeploy_operator_last_tick_timestamp_seconds", "Unix time
 STARTED = time.time()
 
 
+class Health:
+    """Liveness: kopf's startup ran, and while objects exist their ticks keep coming."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.objects: set[tuple[str, str]] = set()
+        self.last_tick = 0.0
+        self.stale_after = 30.0
+
+    def tick(self, namespace: str, name: str) -> None:
+        self.objects.add((namespace, name))
+        self.last_tick = time.time()
+
+    def problem(self) -> str | None:
+        if not self.started:
+            return "starting: kopf's startup has not finished"
+        age = time.time() - self.last_tick
+        if self.objects and age > self.stale_after:
+            return f"no reconcile tick for {age:.0f}s while {len(self.objects)} ModelDeployments exist"
+        return None
+
+
+HEALTH = Health()
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         if self.path.split("?", 1)[0] == "/metrics":
             body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
         elif self.path.split("?", 1)[0] == "/healthz":
-            body, ctype, code = b"ok\n", "text/plain; charset=utf-8", 200
+            problem = HEALTH.problem()
+            body = (problem or "ok").encode() + b"\n"
+            ctype, code = "text/plain; charset=utf-8", 503 if problem else 200
         else:
             body, ctype, code = b"not found\n", "text/plain; charset=utf-8", 404
         self.send_response(code)

@@ -388,3 +388,13 @@ def deploy_v1(kubeconfig: Path, ns: str, name: str, models: dict[str, Model], st
 def reasons(kubeconfig: Path, ns: str) -> list[str]:
     """Reasons of the Events about ModelDeployments in `ns`, oldest first."""
     return [e["reason"] for e in events(kubeconfig, ns) if e.get("involvedObject", {}).get("kind") == "ModelDeployment"]
+
+
+def operator_usage(operator: Operator) -> tuple[float, float]:
+    """(resident bytes, CPU seconds) of the operator process, from its own /metrics."""
+    values = {}
+    for line in operator.metrics().splitlines():
+        if line.startswith(("process_resident_memory_bytes ", "process_cpu_seconds_total ")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values["process_resident_memory_bytes"], values["process_cpu_seconds_total"]

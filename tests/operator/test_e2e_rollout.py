@@ -67,7 +67,9 @@ def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(e2e
     assert 'modeldeploy_operator_rollouts_total{name="iris",namespace="' + ns + '",outcome="Promoted"} 1.0' in (
         env.operator.metrics()
     )
+    rss, cpu = h.operator_usage(env.operator)
     with capsys.disabled():
+        print(f"\n[e2e] operator process: {rss / 2**20:.0f} MiB resident, {cpu:.1f} s CPU since start")
         print(
             f"\n[e2e] v2 promoted {promoted - started:.1f}s after the spec change "
             f"(steps 20% / pause 5s / 50% / pause 5s, interval 5s); requests {sum(counts.values())}, failed 0"

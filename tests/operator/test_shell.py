@@ -1,0 +1,80 @@
+"""The shell's small pure parts: settings from env, the health verdict, pod states from raw pods."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from modeldeploy_operator import metrics
+from modeldeploy_operator.kube import pod_state
+from modeldeploy_operator.settings import OperatorSettings
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_NAMESPACES", " ml-a, ml-b ,,")
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_TICK_SECONDS", "1")
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_SERVER_IMAGE", "registry.local/md:1")
+    s = OperatorSettings()
+    assert s.namespace_list == ["ml-a", "ml-b"] and s.tick_seconds == 1.0
+    assert s.core_config().image == "registry.local/md:1" and s.core_config().scale_down_delay_seconds == 30
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_NAMESPACES", "")
+    assert OperatorSettings().namespace_list == []
+
+
+def test_health_says_why_it_is_unhealthy() -> None:
+    h = metrics.Health()
+    assert h.problem() == "starting: kopf's startup has not finished"
+    h.started = True
+    assert h.problem() is None  # no objects: nothing to be late for
+    h.tick("ml", "iris")
+    assert h.problem() is None
+    h.last_tick = time.time() - 100
+    assert h.problem() == "no reconcile tick for 100s while 1 ModelDeployments exist"
+
+
+def test_metrics_listener_serves_metrics_and_healthz() -> None:
+    server = metrics.serve("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        metrics.CANARY_WEIGHT.labels(namespace="ml", name="iris").set(20)
+        text = httpx.get(f"{url}/metrics").text
+        assert 'modeldeploy_operator_canary_weight{name="iris",namespace="ml"} 20.0' in text
+        assert "process_resident_memory_bytes" in text
+        metrics.HEALTH.started = False
+        assert httpx.get(f"{url}/healthz").status_code == 503
+        metrics.HEALTH.started = True
+        assert httpx.get(f"{url}/healthz").text == "ok\n"
+        assert httpx.get(f"{url}/nope").status_code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pod_state_reads_waiting_and_last_terminated_reasons() -> None:
+    pod = {
+        "metadata": {"name": "iris-abc-1"},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{
+                "name": "server", "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s"}},
+                "lastState": {"terminated": {"reason": "Error", "exitCode": 2, "message": "digest mismatch"}},
+            }],
+        },
+    }  # fmt: skip
+    state = pod_state(pod)
+    assert not state.ready
+    assert state.problem() == (
+        "pod iris-abc-1: waiting: CrashLoopBackOff (back-off 1m20s), "
+        "last terminated: Error exit code 2 (digest mismatch), restarts 4"
+    )
+    ready = pod_state({"metadata": {"name": "p"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    assert ready.ready and ready.problem() is None
+    deleting = {
+        "metadata": {"name": "p", "deletionTimestamp": "x"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    assert not pod_state(deleting).ready
