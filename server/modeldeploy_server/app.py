@@ -134,7 +134,11 @@ class App:
         fields = self._fields(scope, request_id, exc.status, started)
         fields["error"] = exc.message
         fields["reason"] = getattr(exc, "reason", None)
-        log.log(logging.ERROR if exc.status >= 500 else logging.INFO, "refused", extra={"fields": fields})
+        if exc.status == 503:  # not ready yet / draining: expected, and probes ask every few seconds
+            level = logging.DEBUG if scope["path"].endswith("/ready") else logging.WARNING
+        else:
+            level = logging.ERROR if exc.status >= 500 else logging.INFO
+        log.log(level, "refused", extra={"fields": fields})
 
     def _reader(self, scope: Scope, receive: Receive) -> Callable[[], Awaitable[bytes]]:
         limit = self.settings.max_body_bytes
