@@ -78,3 +78,41 @@ def test_pod_state_reads_waiting_and_last_terminated_reasons() -> None:
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
     assert not pod_state(deleting).ready
+
+
+class _RecordingCustomApi:
+    def __init__(self) -> None:
+        self.patches: list[tuple[object, ...]] = []
+
+    def patch_namespaced_custom_object(self, *args: object, **kwargs: object) -> None:
+        self.patches.append((*args, kwargs.get("_content_type")))
+
+
+def test_route_weights_are_patched_only_on_our_backend_refs_and_only_when_they_differ() -> None:
+    from modeldeploy_operator.kube import GATEWAY, MERGE, Kube
+    from modeldeploy_operator.model import RouteWeights
+
+    kube = Kube.__new__(Kube)
+    api = _RecordingCustomApi()
+    kube.custom = api  # type: ignore[assignment]
+    route = {
+        "metadata": {"name": "iris", "resourceVersion": "42"},
+        "spec": {"rules": [
+            {"backendRefs": [{"name": "iris-stable", "port": 80, "weight": 100},
+                             {"name": "iris-canary", "port": 80, "weight": 0},
+                             {"name": "someone-else", "port": 80, "weight": 7}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+             "backendRefs": [{"name": "iris-stable", "port": 80}, {"name": "iris-canary", "port": 80}]},
+        ]},
+    }  # fmt: skip
+    weights = RouteWeights("iris", "iris-stable", "iris-canary", 80, 20)
+    kube.set_weights("ml", weights, route)
+    ((group, version, ns, plural, name, body, ctype),) = api.patches
+    assert (group, version, plural) == GATEWAY and (ns, name, ctype) == ("ml", "iris", MERGE)
+    assert body["metadata"] == {"resourceVersion": "42"}  # optimistic concurrency: a concurrent edit -> 409
+    refs = [[(r["name"], r.get("weight")) for r in rule["backendRefs"]] for rule in body["spec"]["rules"]]
+    assert refs == [[("iris-stable", 80), ("iris-canary", 20), ("someone-else", 7)],
+                    [("iris-stable", 80), ("iris-canary", 20)]]  # fmt: skip
+    assert body["spec"]["rules"][1]["matches"] == route["spec"]["rules"][1]["matches"]
+    kube.set_weights("ml", weights, route)  # already there: no second patch
+    assert len(api.patches) == 1
