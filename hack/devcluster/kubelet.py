@@ -262,7 +262,14 @@ class Kubelet:
 
     async def _probe_pod(self, pp: podrun.PodProcess) -> None:
         c = pp.container
+        age = time.monotonic() - pp.started_mono
+        if not pp.startup_done:  # startupProbe: the other probes wait until it succeeds once
+            await self._startup(pp, c.get("startupProbe"), age)
+            if not pp.startup_done:
+                return
         rp = c.get("readinessProbe")
+        if rp is not None and age < float(rp.get("initialDelaySeconds", 0)):
+            return
         if rp is None or "httpGet" not in rp:
             pp.set_ready(True)
         elif await self._http_ok(pp, rp):
@@ -282,10 +289,26 @@ class Kubelet:
                 pp.set_ready(False)
             elif not pp.ready:
                 pp.set_ready(False)
-        await self._liveness(pp, c.get("livenessProbe"))
+        await self._liveness(pp, c.get("livenessProbe"), age)
 
-    async def _liveness(self, pp: podrun.PodProcess, lp: Obj | None) -> None:
-        if lp is None or "httpGet" not in lp or pp.proc is None:
+    async def _startup(self, pp: podrun.PodProcess, sp: Obj | None, age: float) -> None:
+        if sp is None or "httpGet" not in sp:
+            pp.startup_done = True
+            pp.last_live_probe = time.monotonic()  # liveness periods count from here
+            return
+        if age < float(sp.get("initialDelaySeconds", 0)):
+            return
+        if await self._http_ok(pp, sp):
+            pp.startup_done = True
+            pp.last_live_probe = time.monotonic()
+            return
+        budget = float(sp.get("failureThreshold", 3)) * float(sp.get("periodSeconds", 10))
+        if age - float(sp.get("initialDelaySeconds", 0)) >= budget and pp.proc is not None:
+            self.event(pp.pod, "Warning", "Unhealthy", f"Startup probe failed for {budget:.0f}s, restarting")
+            await self._kill_for_restart(pp)
+
+    async def _liveness(self, pp: podrun.PodProcess, lp: Obj | None, age: float) -> None:
+        if lp is None or "httpGet" not in lp or pp.proc is None or age < float(lp.get("initialDelaySeconds", 0)):
             return
         now = time.monotonic()
         if now - pp.last_live_probe < max(1.0, float(lp.get("periodSeconds", 10))):
@@ -298,7 +321,12 @@ class Kubelet:
         if pp.live_failures >= int(lp.get("failureThreshold", 3)):
             log.info("liveness probe failed %d times: restarting %s", pp.live_failures, pp.key)
             self.event(pp.pod, "Warning", "Unhealthy", f"Liveness probe failed {pp.live_failures} times, restarting")
-            await asyncio.to_thread(procs.stop, pp.proc, float(pp.pod["spec"].get("terminationGracePeriodSeconds", 30)))
+            await self._kill_for_restart(pp)
+
+    async def _kill_for_restart(self, pp: podrun.PodProcess) -> None:
+        if pp.proc is not None:
+            grace = float(pp.pod["spec"].get("terminationGracePeriodSeconds", 30))
+            await asyncio.to_thread(procs.stop, pp.proc, grace)
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):

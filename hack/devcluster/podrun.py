@@ -116,6 +116,8 @@ class PodProcess:
     ready: bool = False
     ready_since: str = field(default_factory=now_iso)
     probe_failures: int = 0
+    started_mono: float = 0.0
+    startup_done: bool = False
     first_failure: float = 0.0
     live_failures: int = 0
     last_live_probe: float = 0.0
@@ -142,7 +144,8 @@ class PodProcess:
         self.started_at = now_iso()
         self.waiting = None
         self.probe_failures = self.live_failures = 0
-        self.last_live_probe = time.monotonic()
+        self.started_mono = self.last_live_probe = time.monotonic()
+        self.startup_done = False
         self.set_ready(False)
 
     def set_ready(self, ready: bool) -> None:

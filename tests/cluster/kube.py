@@ -66,6 +66,9 @@ def server_deployment(name: str, model: dict[str, str], replicas: int = 2, revis
                         {"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                     "readinessProbe": probe,
                     "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
+                    # a loaded machine may take long to import sklearn: liveness counts only after start-up
+                    "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 1,
+                                     "failureThreshold": 180},
                 }]},
             },
         },

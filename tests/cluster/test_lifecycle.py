@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def start_with_a_pod(state: Path, model: dict[str, str], workers: int = 1) -> Cl
     cluster = Cluster.attach(state)
     cluster.kubectl("create", "namespace", "life")
     apply(cluster, "life", server_deployment("porosity", model, replicas=1, workers=workers))
-    ready_pods(cluster, "life", "modeldeploy.io/name=porosity", 1)
+    ready_pods(cluster, "life", "modeldeploy.io/name=porosity", 1, timeout=180)
     status = json.loads(devcluster("status", "--state", str(state)).stdout)
     assert [p["ready"] for p in status["pods"].values()] == [True]
     # control plane (4) + Prometheus + the harness + the server pod, at least
@@ -61,8 +62,15 @@ def start_with_a_pod(state: Path, model: dict[str, str], workers: int = 1) -> Cl
     return cluster
 
 
-def test_up_down_leaves_no_process(tmp_path: Path, model: dict[str, str]) -> None:
-    state = tmp_path / "c1"
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    """The test's own cluster folder; whatever happens in the test, its cluster is stopped after."""
+    path = tmp_path / "c"
+    yield path
+    devcluster("down", "--state", str(path))
+
+
+def test_up_down_leaves_no_process(state: Path, model: dict[str, str]) -> None:
     cluster = start_with_a_pod(state, model)
     again = devcluster("up", "--state", str(state))  # idempotent
     assert again.returncode == 0 and "already running" in again.stderr
@@ -73,8 +81,7 @@ def test_up_down_leaves_no_process(tmp_path: Path, model: dict[str, str]) -> Non
     assert devcluster("down", "--state", str(state)).stderr.strip() == "no cluster was running"
 
 
-def test_killed_harness_takes_its_children_along(tmp_path: Path, model: dict[str, str]) -> None:
-    state = tmp_path / "c2"
+def test_killed_harness_takes_its_children_along(state: Path, model: dict[str, str]) -> None:
     start_with_a_pod(state, model, workers=2)  # a server with worker processes of its own
     harness = int((state / "harness.pid").read_text())
     os.kill(harness, signal.SIGKILL)
