@@ -2,10 +2,10 @@
 
 Owns: registering Node `local-kubelet` (Ready, large capacity), renewing its Lease and status
 heartbeat, and syncing the pods bound to it: start a process on a fresh 127.0.x.y address,
-readiness/liveness probes over HTTP on that address, restarts per restartPolicy with back-off,
-status patches, graceful termination on deletion (SIGTERM, SIGKILL after the grace period, then
-delete with grace 0). Pods it cannot run stay Pending with a reason. Called by harness, which
-feeds it the pod list every poll.
+probes (devcluster.probes), restarts per restartPolicy with back-off, status patches, pod
+Events, graceful termination on deletion (SIGTERM, SIGKILL after the grace period, then delete
+with grace 0). Pods it cannot run stay Pending with a reason. Called by harness, which feeds it
+the pod list every poll.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from devcluster import podenv, podrun, procs
+from devcluster import podenv, podrun, probes, procs
 from devcluster.kubeapi import ApiError, KubeApi, pod_path
 
 NODE = "local-kubelet"
@@ -43,7 +42,7 @@ class Kubelet:
         self._patched: dict[str, Obj] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._updated: dict[str, Obj] = {}
-        self._probe = httpx.AsyncClient(timeout=1.0, trust_env=False)
+        self.prober = probes.Prober(self.event)
 
     # --- node and lease -------------------------------------------------------------------
     def _node_status(self) -> Obj:
@@ -242,91 +241,11 @@ class Kubelet:
             if e.status not in (404, 409):
                 log.warning("final delete of %s failed: %s", meta["name"], e)
 
-    # --- probes -------------------------------------------------------------------------------
-    async def _http_ok(self, pp: podrun.PodProcess, probe: Obj) -> bool:
-        get = probe.get("httpGet") or {}
-        port = get.get("port", pp.port)
-        port = pp.port if isinstance(port, str) and not port.isdigit() else int(port)
-        url = f"http://{pp.ip}:{port}{get.get('path', '/')}"
-        try:
-            resp = await self._probe.get(url, timeout=float(probe.get("timeoutSeconds", 1)))
-        except httpx.HTTPError:
-            return False
-        return 200 <= resp.status_code < 400
-
     async def probe_loop(self, interval: float = 0.5) -> None:
         while True:
             await asyncio.sleep(interval)
             live = [pp for pp in self.pods.values() if pp.proc is not None and not pp.terminating]
-            await asyncio.gather(*(self._probe_pod(pp) for pp in live), return_exceptions=True)
-
-    async def _probe_pod(self, pp: podrun.PodProcess) -> None:
-        c = pp.container
-        age = time.monotonic() - pp.started_mono
-        if not pp.startup_done:  # startupProbe: the other probes wait until it succeeds once
-            await self._startup(pp, c.get("startupProbe"), age)
-            if not pp.startup_done:
-                return
-        rp = c.get("readinessProbe")
-        if rp is not None and age < float(rp.get("initialDelaySeconds", 0)):
-            return
-        if rp is None or "httpGet" not in rp:
-            pp.set_ready(True)
-        elif await self._http_ok(pp, rp):
-            pp.probe_failures = 0
-            pp.set_ready(True)
-        else:
-            # probed every 0.5 s (fast tests), but a ready pod turns unready only after failureThreshold
-            # failures spanning failureThreshold x min(periodSeconds, 1 s), as the real kubelet would
-            now = time.monotonic()
-            if pp.probe_failures == 0:
-                pp.first_failure = now
-            pp.probe_failures += 1
-            threshold = int(rp.get("failureThreshold", 3))
-            window = threshold * min(float(rp.get("periodSeconds", 10)), 1.0)
-            if pp.ready and pp.probe_failures >= threshold and now - pp.first_failure >= window:
-                self.event(pp.pod, "Warning", "Unhealthy", f"Readiness probe failed {pp.probe_failures} times")
-                pp.set_ready(False)
-            elif not pp.ready:
-                pp.set_ready(False)
-        await self._liveness(pp, c.get("livenessProbe"), age)
-
-    async def _startup(self, pp: podrun.PodProcess, sp: Obj | None, age: float) -> None:
-        if sp is None or "httpGet" not in sp:
-            pp.startup_done = True
-            pp.last_live_probe = time.monotonic()  # liveness periods count from here
-            return
-        if age < float(sp.get("initialDelaySeconds", 0)):
-            return
-        if await self._http_ok(pp, sp):
-            pp.startup_done = True
-            pp.last_live_probe = time.monotonic()
-            return
-        budget = float(sp.get("failureThreshold", 3)) * float(sp.get("periodSeconds", 10))
-        if age - float(sp.get("initialDelaySeconds", 0)) >= budget and pp.proc is not None:
-            self.event(pp.pod, "Warning", "Unhealthy", f"Startup probe failed for {budget:.0f}s, restarting")
-            await self._kill_for_restart(pp)
-
-    async def _liveness(self, pp: podrun.PodProcess, lp: Obj | None, age: float) -> None:
-        if lp is None or "httpGet" not in lp or pp.proc is None or age < float(lp.get("initialDelaySeconds", 0)):
-            return
-        now = time.monotonic()
-        if now - pp.last_live_probe < max(1.0, float(lp.get("periodSeconds", 10))):
-            return
-        pp.last_live_probe = now
-        if await self._http_ok(pp, lp):
-            pp.live_failures = 0
-            return
-        pp.live_failures += 1
-        if pp.live_failures >= int(lp.get("failureThreshold", 3)):
-            log.info("liveness probe failed %d times: restarting %s", pp.live_failures, pp.key)
-            self.event(pp.pod, "Warning", "Unhealthy", f"Liveness probe failed {pp.live_failures} times, restarting")
-            await self._kill_for_restart(pp)
-
-    async def _kill_for_restart(self, pp: podrun.PodProcess) -> None:
-        if pp.proc is not None:
-            grace = float(pp.pod["spec"].get("terminationGracePeriodSeconds", 30))
-            await asyncio.to_thread(procs.stop, pp.proc, grace)
+            await asyncio.gather(*(self.prober.probe_pod(pp) for pp in live), return_exceptions=True)
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
@@ -334,4 +253,4 @@ class Kubelet:
         stops = [asyncio.to_thread(procs.stop, pp.proc, 3.0) for pp in self.pods.values() if pp.proc is not None]
         await asyncio.gather(*stops, return_exceptions=True)
         self.pods.clear()
-        await self._probe.aclose()
+        await self.prober.close()
