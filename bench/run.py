@@ -145,6 +145,13 @@ def start(kind: str, model: str, path: Path, sha: str, work: Path, workers: int 
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
     cold = _wait_ready(proc, ready, started, log)
+    if kind.startswith("modeldeploy"):  # ready on sklearn at once; the verified fast path follows in the background
+        meta = f"http://127.0.0.1:{port}/v2/models/{model}"
+        while not httpx.get(meta, timeout=5).json()["parameters"]["compiled"]:
+            if time.monotonic() - started > 120:
+                raise RuntimeError("fast path not chosen after 120 s")
+            time.sleep(0.1)
+        time.sleep(1.0)  # the other worker, if any
     single = body(np.array([ROW]))
     check = httpx.post(url, content=single, headers={"content-type": "application/json"}, timeout=30)
     if check.status_code != 200:

@@ -4,8 +4,9 @@ Owned here: routing, body reading with the size limit, request ids (`x-request-i
 generated), the `x-modeldeploy-pod` header, turning `RequestError`s into `{"error": "..."}`
 responses (the one error handler), logging refusals, and the lifespan: the model loads in a
 background thread after startup so that liveness answers during a long download, and readiness
-turns true only after load + self-check. A load refusal calls `on_refused` (the CLI stops the
-server and exits non-zero). Called by uvicorn via `create_app` (a factory: nothing loads at import).
+turns true only after load + self-check (on the artifact's own method; the verified fast path is
+chosen afterwards, in a thread, and swapped in). A load refusal calls `on_refused` (the CLI stops
+the server and exits non-zero). Called by uvicorn via `create_app` (a factory: nothing loads at import).
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ class App:
                     self.service.set_runtime(self.preloaded)
                 elif self.load_before_serving:
                     try:
-                        self.service.set_runtime(await asyncio.to_thread(load_runtime, self.settings))
+                        self.service.set_runtime(await asyncio.to_thread(load_runtime, self.settings, False))
                     except LoadRefused as exc:
                         await send({"type": "lifespan.startup.failed", "message": str(exc)})
                         return
+                    self._load_task = asyncio.get_running_loop().create_task(self._compile())
                 else:
                     self._load_task = asyncio.get_running_loop().create_task(self._load())
                 await send({"type": "lifespan.startup.complete"})
@@ -86,7 +88,7 @@ class App:
 
     async def _load(self) -> None:
         try:
-            runtime = await asyncio.to_thread(load_runtime, self.settings)
+            runtime = await asyncio.to_thread(load_runtime, self.settings, False)
         except LoadRefused as exc:
             self.refused = str(exc)
             log.error(self.refused, extra={"fields": {"event": "load_refused", "uri": self.settings.model_uri}})
@@ -95,6 +97,21 @@ class App:
             return
         self.service.set_runtime(runtime)
         log.info("ready", extra={"fields": {"event": "ready", "serving_path": runtime.path}})
+        await self._compile()
+
+    async def _compile(self) -> None:
+        """After readiness: verify faster paths in a thread, then switch the serving path in the loop."""
+        runtime = self.service.runtime
+        if runtime is None or runtime.compiled:
+            return
+        try:
+            await asyncio.to_thread(runtime.compile, self.settings)
+        except Exception:  # the reference path keeps serving; a failed compilation is only logged
+            runtime.predict, runtime.path, runtime.compiled = runtime.reference, "sklearn", True
+            log.exception("compiling a fast path failed; serving the artifact's own method")
+        self.service.set_runtime(runtime)
+        fields = {"event": "compiled", "serving_path": runtime.path, "notes": runtime.notes}
+        log.info("serving path chosen", extra={"fields": fields})
 
     # -- HTTP -----------------------------------------------------------------------------------
 

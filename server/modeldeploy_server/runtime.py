@@ -48,6 +48,15 @@ class Runtime:
     notes: list[str] = field(default_factory=list)
     classes: list[str] | None = None
     load_seconds: float = 0.0
+    model: Any = None  # the deserialized sklearn object (None for ONNX artifacts)
+    compiled: bool = False  # the fast-path choice has run
+
+    def compile(self, settings: Settings) -> None:
+        """Choose a verified fast path (see `fastpath.choose`); a no-op once done or when switched off."""
+        if not self.compiled and self.model is not None and settings.compile == "auto":
+            choose(self, self.model)
+            self_check(self)
+        self.compiled = True
 
 
 def _unpickle(path: Path, fmt: str, settings: Settings) -> Any:
@@ -139,8 +148,12 @@ def self_check(runtime: Runtime) -> None:
             raise LoadRefused(f"self-check prediction on {x.tolist()} returned {len(y)} rows instead of 1")
 
 
-def load_runtime(settings: Settings) -> Runtime:
-    """Fetch, verify, deserialize, choose the serving path and self-check. Raises LoadRefused."""
+def load_runtime(settings: Settings, compile_now: bool = True) -> Runtime:
+    """Fetch, verify, deserialize, self-check and (unless deferred) choose the serving path. Raises LoadRefused.
+
+    The server defers the choice (`compile_now=False`): it turns ready on the artifact's own method
+    and switches to a verified fast path in the background, so compiling never delays readiness.
+    """
     started = time.perf_counter()
     fmt = settings.effective_format
     if fmt is None:
@@ -161,12 +174,12 @@ def load_runtime(settings: Settings) -> Runtime:
             raise LoadRefused(f"cannot load {fmt} artifact {settings.model_uri}: {type(exc).__name__}: {exc}") from exc
         contract = _contract_for(model, list(settings.inputs), settings)
         reference = _sklearn_predict(model, settings.model_method, settings)
-        runtime = Runtime(contract, reference, reference, digest, fmt, settings.model_method)
+        runtime = Runtime(contract, reference, reference, digest, fmt, settings.model_method, model=model)
         if hasattr(model, "classes_"):
             runtime.classes = [str(c) for c in model.classes_]
         self_check(runtime)
-        if settings.compile == "auto":
-            choose(runtime, model)
+        if compile_now:
+            runtime.compile(settings)
     self_check(runtime)
     runtime.load_seconds = time.perf_counter() - started
     log.info(

@@ -58,6 +58,7 @@ class Service:
                 "contract": [spec.model_dump(by_alias=True) for spec in runtime.contract.specs],
                 "sha256": runtime.sha256, "format": runtime.format, "revision": s.model_revision,
                 "method": runtime.method, "sklearn_version": sklearn.__version__, "serving_path": runtime.path,
+                "compiled": runtime.compiled,
                 "tensor_input": {"shape": [-1, runtime.contract.width], "datatype": "FP64"},
             },
         }  # fmt: skip

@@ -146,3 +146,22 @@ def test_concurrent_requests_are_micro_batched_and_correct(
         assert all(pool.map(one, range(len(art.rows))))
     batcher = served.app.service.batcher
     assert batcher is not None and batcher.batched_requests >= len(art.rows)
+
+
+def test_ready_on_the_reference_path_then_switches_to_the_verified_one(
+    artifacts: dict[str, Artifact], serve: Any, cache_dir: Path
+) -> None:
+    import time
+
+    art = artifacts["forest"]
+    served = serve(art.settings(cache_dir), preload=False)
+    deadline = time.monotonic() + 120
+    while served.client.get("/v2/health/ready").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while not (params := served.client.get("/v2/models/forest").json()["parameters"])["compiled"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert params["serving_path"] in ("onnx", "exact-forest")
+    got = _v2(served, art, art.rows)
+    assert np.allclose(got, _expected(art, art.rows), rtol=fastpath.RTOL, atol=fastpath.ATOL)
