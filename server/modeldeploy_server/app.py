@@ -89,8 +89,8 @@ class App:
     async def _load(self) -> None:
         try:
             runtime = await asyncio.to_thread(load_runtime, self.settings, False)
-        except LoadRefused as exc:
-            self.refused = str(exc)
+        except Exception as exc:  # LoadRefused, or anything unforeseen: never ready, exit non-zero
+            self.refused = str(exc) if isinstance(exc, LoadRefused) else f"loading failed: {type(exc).__name__}: {exc}"
             log.error(self.refused, extra={"fields": {"event": "load_refused", "uri": self.settings.model_uri}})
             if self.on_refused is not None:
                 self.on_refused(self.refused)
