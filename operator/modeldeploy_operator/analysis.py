@@ -93,6 +93,11 @@ def plan(
     return AnalysisPlan(revision, step, weight, window, tuple(queries))
 
 
+def _count(n: float) -> str:
+    """Request counts from increase() are extrapolated: 19.6 must not print as 20 next to '< 20'."""
+    return f"{n:.0f}" if n == int(n) else f"{n:.1f}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.3g}%"
 
@@ -129,7 +134,7 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
                 value=n,
                 threshold=f">= {spec.min_requests}",
                 verdict="Inconclusive",
-                message=f"only {n:.0f} canary requests over {w}s (< minRequests {spec.min_requests})",
+                message=f"only {_count(n)} canary requests over {w}s (< minRequests {spec.min_requests})",
             )
         )
     else:

@@ -398,6 +398,9 @@ class ModelDeploymentStatus(_Model):
     step_started_at: str | None = None
     canary_started_at: str | None = None
     failed_checks: int | None = None
+    failed_check_at: str | None = Field(
+        default=None, description="Time of a Failed check awaiting confirmation (checks come faster until then)."
+    )
     failed_revision: str | None = Field(default=None, description="Rolled back; not retried until changed.")
     failed_version: str | None = None
     scale_down_revision: str | None = Field(

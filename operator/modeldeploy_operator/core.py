@@ -61,9 +61,9 @@ def plan_analysis(
     if analysed_in_step(st):
         assert st.last_analysis is not None
         since_last = seconds_since(st.last_analysis.time, now)
-        if st.last_analysis.verdict == "Failed":
+        if st.failed_check_at is not None:
             # confirm a failure quickly, over new data only: the window starts at the failed check
-            due, span = since_last >= floor, since_last
+            due, span = since_last >= floor, seconds_since(st.failed_check_at, now)
         else:
             due = since_last >= a.interval_seconds
     else:

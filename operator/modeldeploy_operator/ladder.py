@@ -220,7 +220,7 @@ class Tick(Report):
         st.canary_started_at = fmt_time(self.now)
         st.current_step = st.step_started_at = None
         st.canary_weight, st.failed_checks = 0, 0
-        st.promote_requested = st.prometheus_unavailable_since = None
+        st.promote_requested = st.prometheus_unavailable_since = st.failed_check_at = None
         st.conditions = set_condition(
             st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
         )
@@ -234,7 +234,7 @@ class Tick(Report):
         st = self.st
         st.canary_revision = st.canary_version = st.canary_started_at = None
         st.current_step = st.step_started_at = st.failed_checks = None
-        st.promote_requested = st.prometheus_unavailable_since = None
+        st.promote_requested = st.prometheus_unavailable_since = st.failed_check_at = None
         st.canary_weight = 0
 
     def enter_step(self, i: int) -> None:
@@ -288,7 +288,10 @@ class Tick(Report):
         elif st.prometheus_unavailable_since is not None:
             st.prometheus_unavailable_since = None
             self.event(r.PROMETHEUS_AVAILABLE, "Prometheus answers again; analysis continues")
+        if rec.verdict == "Passed":
+            st.failed_check_at = None
         if rec.verdict == "Failed":
+            st.failed_check_at = fmt_time(self.now)
             st.failed_checks = (st.failed_checks or 0) + 1
             self.event(
                 r.ANALYSIS_FAILED,

@@ -397,3 +397,19 @@ def test_an_invalid_spec_is_reported_once_and_touches_nothing() -> None:
     d2 = invalid_spec(d1.status, msg, meta=Meta("iris", "ml", "uid-1", 5), now=sim.now)
     assert d2.events == []
     assert d2.status.stable_revision == sim.status.stable_revision
+
+
+def test_an_inconclusive_confirmation_keeps_confirming_fast_over_a_growing_window() -> None:
+    sim = deployed(analysis={"intervalSeconds": 10, "minRequests": 50, "failureLimit": 1})
+    v2 = sim.set_version("2")
+    answers = iter([BAD, LOW, BAD])
+
+    def sequence(plan):  # type: ignore[no-untyped-def]
+        return next(answers)(plan)
+
+    sim.prom[v2] = sequence
+    sim.run(60, until=lambda s: s.phase() == r.PHASE_ROLLED_BACK)
+    assert sim.phase() == r.PHASE_ROLLED_BACK
+    # first check over the step's 10 s; then every two scrapes over the data since the failure
+    assert [p.window_seconds for p in sim.plans] == [10, 4, 8]
+    assert sim.status.failed_check_at is None and sim.status.failed_checks is None
