@@ -206,3 +206,16 @@ def _alive(pid: int) -> bool:
     # a zombie is dead too
     stat = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
     return bool(stat) and not stat.startswith("Z")
+
+
+def test_api_server_refuses_loopback_endpointslices(cluster: Cluster, namespace: str) -> None:
+    """Why the EndpointSlice controller is off and the gateway resolves Services from ready pods:
+    no EndpointSlice can hold a 127.x address (should this ever change, turn the controller back on)."""
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "loopback", "labels": {"kubernetes.io/service-name": "x"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.1.2"], "conditions": {"ready": True}}],
+    }  # fmt: skip
+    with pytest.raises(ClusterError, match=r"may not be in the loopback range"):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(slice_))
