@@ -89,7 +89,7 @@ def config(sd_url: str) -> dict[str, Any]:
     ]  # fmt: skip
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
-                   "scrape_timeout": "1s"},
+                   "scrape_timeout": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
                 "job_name": "modeldeploy-pods",
