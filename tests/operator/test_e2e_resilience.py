@@ -13,7 +13,7 @@ from tests.operator import e2e_helpers as h
 from tests.operator.conftest import E2E
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-NAMESPACES = ("outage", "restart", "digest")
+NAMESPACES = ("outage", "restart", "digest", "manual")
 NAME = "iris"
 STEPS = [{"setWeight": 20}, {"pause": {"seconds": 8}}, {"setWeight": 50}, {"pause": {"seconds": 8}}]
 
@@ -127,3 +127,28 @@ def test_an_artifact_with_a_wrong_digest_is_rolled_back_at_the_progress_deadline
     assert [w for _, w in watch.changes] == [0], watch.changes  # it never carried traffic
     with capsys.disabled():
         print(f"\n[e2e] wrong digest: rolled back {time.time() - started:.0f}s after the change: {degraded['message']}")
+
+
+def test_an_indefinite_pause_waits_for_the_promote_annotation_which_is_consumed(e2e: E2E) -> None:
+    env, ns = e2e, e2e.namespaces["manual"]
+    steps = [{"setWeight": 30}, {"pause": {}}]
+    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url, steps=steps)
+    traffic = h.Traffic(env.gateway_url, host, NAME, rate=20, bad_share=0.0).start()
+    try:
+        h.apply(env.kubeconfig, ns, h.model_deployment(NAME, env.models["v2"], env.store.url, "2", route=NAME,
+                                                       steps=steps))  # fmt: skip
+        paused = h.wait_for_phase(env.kubeconfig, ns, NAME, "Paused", timeout=90)
+        assert paused["status"]["canaryWeight"] == 30
+        assert condition(paused["status"], "Progressing")["reason"] == "StepPaused"
+        time.sleep(8)  # analysis keeps running; nothing advances by itself
+        assert status(env, ns)["phase"] == "Paused"
+        h.kubectl(env.kubeconfig, "annotate", "mdep", NAME, "-n", ns, "modeldeploy.io/promote=now")
+        final = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=90,
+                                 also=lambda o: o["status"].get("stableVersion") == "2")  # fmt: skip
+    finally:
+        traffic.stop()
+    assert "modeldeploy.io/promote" not in (final["metadata"].get("annotations") or {})
+    assert final["status"]["history"][-1] == {**final["status"]["history"][-1], "outcome": "Promoted",
+                                              "reason": "by annotation"}  # fmt: skip
+    assert "PromoteRequested" in h.reasons(env.kubeconfig, ns)
+    assert set(traffic.counts()) == {200}
