@@ -154,7 +154,10 @@ class Kubelet:
                     continue
                 try:
                     await self._start_pod(pod)
-                except (ValueError, ApiError, RuntimeError) as e:
+                except ApiError as e:  # a ConfigMap or Secret not there yet: try again next poll
+                    why = f"cannot build the environment: {e}"
+                    await self._patch_status(pod, podrun.unsupported_status(pod, why, "CreateContainerConfigError"))
+                except (ValueError, RuntimeError) as e:
                     self.unsupported.add(uid)
                     await self._patch_status(pod, podrun.unsupported_status(pod, f"cannot start: {e}"))
         for uid in list(self.pods):

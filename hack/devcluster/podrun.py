@@ -236,18 +236,19 @@ def server_executable() -> str:
     return str(Path(sys.prefix) / "bin" / SERVER_COMMAND)
 
 
-def unsupported_status(pod: Obj, reason: str) -> Obj:
+def unsupported_status(pod: Obj, reason: str, code: str = "UnsupportedByProcessKubelet") -> Obj:
+    """A Pending status that says why the process kubelet does not (or not yet) run the pod."""
     t0 = now_iso()
     return {
         "phase": "Pending",
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": t0},
-            {"type": "Ready", "status": "False", "lastTransitionTime": t0, "reason": "UnsupportedByProcessKubelet",
+            {"type": "Ready", "status": "False", "lastTransitionTime": t0, "reason": code,
              "message": reason},
         ],
         "containerStatuses": [
             {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
-             "started": False, "state": {"waiting": {"reason": "UnsupportedByProcessKubelet", "message": reason}}}
+             "started": False, "state": {"waiting": {"reason": code, "message": reason}}}
             for c in pod["spec"].get("containers") or []
         ],
     }  # fmt: skip

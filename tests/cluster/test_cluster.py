@@ -219,3 +219,34 @@ def test_api_server_refuses_loopback_endpointslices(cluster: Cluster, namespace:
     }  # fmt: skip
     with pytest.raises(ClusterError, match=r"may not be in the loopback range"):
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(slice_))
+
+
+def test_env_from_configmap_and_downward_api(cluster: Cluster, namespace: str, model: dict[str, str]) -> None:
+    """A pod whose ConfigMap does not exist yet waits (CreateContainerConfigError), then starts with it."""
+    dep = server_deployment("porosity", model, replicas=1, revision="rev7")
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    env[:] = [e for e in env if e["name"] not in ("MODELDEPLOY_MODEL_VERSION", "MODELDEPLOY_MODEL_REVISION")]
+    env += [
+        {"name": "MODELDEPLOY_MODEL_VERSION",
+         "valueFrom": {"configMapKeyRef": {"name": "model-settings", "key": "version"}}},
+        {"name": "MODELDEPLOY_MODEL_REVISION",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['modeldeploy.io/revision']"}}},
+    ]  # fmt: skip
+    apply(cluster, namespace, dep, service("porosity", {"modeldeploy.io/name": "porosity"}))
+
+    def waiting_reason() -> str | None:
+        items = pods(cluster, namespace, "modeldeploy.io/name=porosity")
+        cs = (items[0]["status"].get("containerStatuses") or [{}])[0] if items else {}
+        reason: str | None = cs.get("state", {}).get("waiting", {}).get("reason")
+        return reason
+
+    assert Cluster.wait_for(waiting_reason, 30, what="a waiting reason") == "CreateContainerConfigError"
+    cluster.kubectl("create", "configmap", "model-settings", "-n", namespace, "--from-literal=version=42")
+    ready_pods(cluster, namespace, "modeldeploy.io/name=porosity", 1)
+    with httpx.Client(base_url=cluster.gateway_url, timeout=10) as gw:
+        meta = Cluster.wait_for(lambda: (r := gw.get("/v2/models/porosity", headers={"Host": f"porosity.{namespace}"}))
+                                .status_code == 200 and r.json(), 10, what="model metadata")  # fmt: skip
+    assert meta["versions"] == ["42"]
+    res = Cluster.wait_for(lambda: cluster.prometheus_query(f'modeldeploy_model_info{{namespace="{namespace}"}}'), 30,
+                           what="model_info scraped")  # fmt: skip
+    assert res[0]["metric"]["revision"] == "rev7" and res[0]["metric"]["version"] == "42"
