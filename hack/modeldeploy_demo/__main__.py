@@ -50,10 +50,15 @@ def cluster() -> Cluster:
         return c
 
 
-def fresh_namespace(kubeconfig: Path) -> None:
+def fresh_namespace(kubeconfig: Path, state: Path) -> None:
+    """Stop the previous demo's operator, release its kopf finalizers, delete and recreate the namespace."""
+    stop_pid_file(state / "operator.pid", "modeldeploy-operator")
     if k.kubectl(kubeconfig, "get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name").strip():
         say(f"==> deleting the previous demo's namespace {NAMESPACE}")
-        k.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s")
+        for obj in k.kubectl(kubeconfig, "get", "mdep", "-n", NAMESPACE, "-o", "name").split():
+            # no operator runs for this namespace now: its finalizer would hold the deletion forever
+            k.kubectl(kubeconfig, "patch", "-n", NAMESPACE, obj, "--type=merge", "-p", k.NO_FINALIZERS)
+        k.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s", timeout=150)
     k.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
 
 
@@ -83,16 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = c.kubeconfig
     say("==> installing the CRD; a fresh namespace " + NAMESPACE)
     k.install_crds(kubeconfig, REPO / "crds")
-    fresh_namespace(kubeconfig)
     state = REPO / ".cache" / "demo"
     state.mkdir(parents=True, exist_ok=True)
+    fresh_namespace(kubeconfig, state)
     say("==> training wine classifiers (scikit-learn's load_wine) and publishing them with their sha256")
     models = train_models(state / "models")
     store = serve_detached(state / "models", state / "store.pid", state / "store.log")
     for key in ("v1", "v2", "bad"):
         say(f"    {models[key].uri(store)}  sha256 {models[key].sha256[:16]}...")
     log = c.log_dir / "operator.log"
-    stop_pid_file(state / "operator.pid", "modeldeploy-operator")
     op = Operator(kubeconfig, c.prometheus_url, log, namespace=NAMESPACE, tick=1.0,
                   scale_down_delay=SCALE_DOWN_DELAY, detach=True, pid_file=state / "operator.pid").start()  # fmt: skip
     say(f"==> operator running (pid {op.pid}, log {log}, metrics http://127.0.0.1:{op.metrics_port}/metrics)")

@@ -32,6 +32,7 @@ from modeldeploy_demo.workload import BIN, INPUTS, Model, wait_for
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
 Obj = dict[str, Any]
+NO_FINALIZERS = json.dumps({"metadata": {"finalizers": None}})
 DEFAULT_STEPS: list[Obj] = [{"setWeight": 20}, {"pause": {"seconds": 5}}, {"setWeight": 50}, {"pause": {"seconds": 5}}]
 DEFAULT_ANALYSIS: Obj = {"intervalSeconds": 5, "minRequests": 20, "failureLimit": 0, "maxErrorRate": 0.02,
                          "maxLatencyP99Seconds": 0.5}  # fmt: skip
