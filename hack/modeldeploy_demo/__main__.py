@@ -62,9 +62,10 @@ def fresh_namespace(kubeconfig: Path, state: Path) -> None:
     k.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
 
 
-def follow(kube: k.Kube, watch: k.Watch, traffic: Traffic, until: str, version: str, timeout: float) -> dict[str, Any]:
-    """Print a live line per rollout change until phase `until` (Healthy at `version`, or RolledBack)."""
-    started, printed = time.time(), 0
+def follow(kube: k.Kube, watch: k.Watch, traffic: Traffic, started: float, until: str, version: str,
+           timeout: float) -> dict[str, Any]:  # fmt: skip
+    """Print a live line per rollout change (times since `started`) until phase `until` at `version`."""
+    printed = 0
     deadline = started + timeout
     while time.time() < deadline:
         for t, st in watch.statuses[printed:]:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.time()
         traffic.phase = "v2 canary"
         k.apply(kubeconfig, NAMESPACE, mdep("v2", "2"))
-        follow(kube, watch, traffic, "Healthy", "2", 240)
+        follow(kube, watch, traffic, t2, "Healthy", "2", 240)
         promoted = time.time()
         say(f"    promoted {promoted - t2:.1f}s after the change; old revision scales down in {SCALE_DOWN_DELAY}s")
         traffic.phase = "v2 promoted"
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         t3 = time.time()
         traffic.phase = "v3 canary"
         k.apply(kubeconfig, NAMESPACE, mdep("bad", "3"))
-        final = follow(kube, watch, traffic, "RolledBack", "3", 180)
+        final = follow(kube, watch, traffic, t3, "RolledBack", "3", 180)
         rolled = time.time()
         traffic.phase = "after rollback"
         time.sleep(5)
