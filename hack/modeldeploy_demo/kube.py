@@ -221,3 +221,26 @@ def served(prometheus_url: str, namespace: str, model: str, revision: str, lookb
     result = prometheus_query(prometheus_url, q)
     value = float(result[0]["value"][1]) if result else 0.0
     return 0.0 if math.isnan(value) else value
+
+
+# kubectl-based one-shot reads (the names tests/operator/e2e_helpers.py uses), for scripts without a Kube
+def get_mdep(kubeconfig: Path, namespace: str, name: str) -> Obj:
+    return dict(json.loads(kubectl(kubeconfig, "get", "mdep", name, "-n", namespace, "-o", "json")))
+
+
+def route_weights(kubeconfig: Path, namespace: str, name: str) -> dict[str, int]:
+    route = json.loads(kubectl(kubeconfig, "get", "httproute", name, "-n", namespace, "-o", "json"))
+    return {ref["name"]: ref.get("weight", 1) for rule in route["spec"]["rules"] for ref in rule["backendRefs"]}
+
+
+def wait_for_phase(kubeconfig: Path, namespace: str, name: str, phase: str, timeout: float,
+                   also: Callable[[Obj], bool] = lambda _: True) -> Obj:  # fmt: skip
+    """Like Kube.wait_for_phase, through kubectl; returns the whole object."""
+    kube = Kube(kubeconfig)
+    kube.wait_for_phase(namespace, name, phase, timeout, also=lambda st: also({"status": st}))
+    return get_mdep(kubeconfig, namespace, name)
+
+
+def events(kubeconfig: Path, namespace: str) -> list[Obj]:
+    out = json.loads(kubectl(kubeconfig, "get", "events", "-n", namespace, "-o", "json"))
+    return sorted(out["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
