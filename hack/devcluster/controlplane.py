@@ -98,7 +98,7 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
         self.kubeconfig.chmod(0o600)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
         self.write_kubeconfig()
         etcd_url, peer_url = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{self.etcd_peer_port}"
         self._spawn("etcd", [
@@ -180,7 +180,7 @@ class ControlPlane:
 
     def apply_gateway_crds(self) -> None:
         self.kubectl("apply", "--server-side", "-f", str(self.bin / "gateway-api-crds.yaml"))
-        self.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", "crd", "--all")
+        self.kubectl("wait", "--for", "condition=Established", "--timeout", "120s", "crd", "--all")
 
     def stop(self) -> None:
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):

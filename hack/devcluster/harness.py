@@ -138,7 +138,7 @@ class Harness:
         await asyncio.to_thread(self.cp.apply_gateway_crds)
         self._mark("gateway_crds")
 
-    async def _wait_all_ready(self, timeout: float = 60.0) -> None:
+    async def _wait_all_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.cp.check_alive()
@@ -151,7 +151,7 @@ class Harness:
             except (ApiError, httpx.HTTPError):
                 pass
             await asyncio.sleep(0.2)
-        raise TimeoutError("controller manager, scheduler or node not ready within 60s")
+        raise TimeoutError(f"controller manager, scheduler or node not ready within {timeout:.0f}s")
 
     def _write_env(self) -> None:
         env = self.env()
