@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "run", "prometheus-stop", "prometheus-start"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state folder (default .cache/cluster)")
     parser.add_argument("--parent-pid", type=int, default=None, help="run: stop when this parent exits")
-    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     state: Path = args.state.resolve()
     try:

@@ -64,7 +64,7 @@ class Cluster:
 
     # --- life cycle --------------------------------------------------------------------------
     @classmethod
-    def start(cls, state_dir: Path = DEFAULT_STATE, timeout: float = 180.0, detach: bool = False) -> Cluster:
+    def start(cls, state_dir: Path = DEFAULT_STATE, timeout: float = 300.0, detach: bool = False) -> Cluster:
         """Start a cluster whose files live in state_dir; it dies with this process unless detach."""
         state_dir = state_dir.resolve()
         if (state_dir / "harness.pid").exists() and _alive(int((state_dir / "harness.pid").read_text() or 0)):
@@ -158,7 +158,7 @@ class Cluster:
         self._control("/prometheus/start")
 
     def _control(self, path: str) -> None:
-        code, body = procs.http_post(self.control_url + path, 60.0)
+        code, body = procs.http_post(self.control_url + path, 90.0)
         if code != 200:
             raise ClusterError(f"{path}: HTTP {code}: {body[:300]!r}")
 

@@ -111,7 +111,7 @@ class Prometheus:
         self.log = state / "logs" / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
         self.proc = procs.spawn(
