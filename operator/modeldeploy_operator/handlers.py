@@ -41,8 +41,13 @@ def api_client() -> client.ApiClient:
 
 
 def status_patch(status: ModelDeploymentStatus) -> dict[str, Any]:
-    """Every field, None included: a merge patch deletes the fields that became empty."""
-    return status.model_dump(by_alias=True, mode="json")
+    """Every top-level field, None included (a merge patch deletes the fields that became empty);
+    no None inside lists and objects (the API server drops them, and kopf would report the
+    difference as an inconsistent patch)."""
+    out = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for name, field in ModelDeploymentStatus.model_fields.items():
+        out.setdefault(field.alias or name, None)
+    return out
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:

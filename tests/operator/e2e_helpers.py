@@ -223,7 +223,7 @@ class Operator:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([str(BIN / "modeldeploy-operator")], env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT)  # fmt: skip
-        wait_for(self.healthy, 30, "the operator's /healthz")
+        wait_for(self.healthy, 120, "the operator's /healthz")  # imports alone take 15 s+ on a loaded machine
         return self
 
     def healthy(self) -> bool:

@@ -116,3 +116,19 @@ def test_route_weights_are_patched_only_on_our_backend_refs_and_only_when_they_d
     assert body["spec"]["rules"][1]["matches"] == route["spec"]["rules"][1]["matches"]
     kube.set_weights("ml", weights, route)  # already there: no second patch
     assert len(api.patches) == 1
+
+
+def test_status_patch_deletes_emptied_fields_and_sends_no_nested_nulls() -> None:
+    from modeldeploy_operator.api import ModelDeploymentStatus
+    from modeldeploy_operator.handlers import status_patch
+
+    st = ModelDeploymentStatus.model_validate(
+        {"phase": "Healthy", "stableRevision": "abc",
+         "lastAnalysis": {"time": "t", "revision": "abc", "verdict": "Error",
+                          "checks": [{"name": "requests", "query": "q", "verdict": "Error"}]}}
+    )  # fmt: skip
+    patch = status_patch(st)
+    assert patch["phase"] == "Healthy" and patch["canaryRevision"] is None and patch["failedCheckAt"] is None
+    assert patch["lastAnalysis"]["checks"] == [{"name": "requests", "query": "q", "threshold": "", "verdict": "Error",
+                                                "message": ""}]  # fmt: skip
+    assert "step" not in patch["lastAnalysis"]
