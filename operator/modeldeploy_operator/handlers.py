@@ -74,6 +74,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         GROUP, VERSION, PLURAL, interval=settings.tick_seconds, initial_delay=0, registry=registry, id="reconcile"
     )
     def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        if body.metadata.deletion_timestamp:  # being deleted: its children go with it (garbage collection)
+            return
         started = time.monotonic()
         meta = Meta(
             body.metadata.name or "",
