@@ -130,6 +130,7 @@ def test_a_new_revision_supersedes_the_running_canary_and_leaves_stable_untouche
     say(f"supersede: v2 canary superseded by v3 at weight 20, stable pods unchanged, v3 promoted; weights {weights}")
     # the superseded canary's pods must not keep running (and serving nothing) forever
     try:
-        wait_for(lambda: e2e.kube.replicas(ns, NAME).get(v2) == 0, 15, f"the superseded canary {v2} scaled to 0")
+        wait_for(lambda: e2e.kube.replicas(ns, NAME).get(v2, 0) == 0 and not pods(e2e, ns, v2), 30,
+                 f"the superseded canary {v2} scaled to 0 or deleted, its pods gone")  # fmt: skip
     except TimeoutError as err:
         raise AssertionError(f"{err}; Deployment replicas by revision: {e2e.kube.replicas(ns, NAME)}") from None
