@@ -130,7 +130,7 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
             for obj in k.kubectl(kubeconfig, "get", "mdep", "-n", ns, "-o", "name").split():
                 # no operator watches this namespace any more: its kopf finalizer would hold the deletion
                 k.kubectl(kubeconfig, "patch", "-n", ns, obj, "--type=merge", "-p", k.NO_FINALIZERS)
-            k.kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false")
+            k.kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false", "--ignore-not-found")
 
 
 @pytest.fixture

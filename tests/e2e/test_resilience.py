@@ -5,7 +5,9 @@
 - the operator SIGKILLed in each phase of one rollout (canary waiting for ready, mid-steps,
   during analysis, after promotion before the old revision's scale-down): each new process
   resumes from status alone; the rollout ends promoted once, with no step replayed and no
-  failed request.
+  failed request;
+- the namespace of a ModelDeployment deleted while the operator runs goes away (the operator's
+  kopf finalizer is released; nothing is re-created in a terminating namespace).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from modeldeploy_demo.workload import wait_for
 from tests.e2e.conftest import E2E, NAME, SCALE_DOWN_DELAY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-NAMESPACES = ("prometheus", "restart")
+NAMESPACES = ("prometheus", "restart", "delete")
 Say = Callable[[str], None]
 
 
@@ -104,3 +106,22 @@ def test_the_operator_killed_in_every_phase_resumes_from_status(e2e: E2E, say: S
     assert traffic.stats(since=started).failed == 0, traffic.counts(since=started)
     say(f"operator SIGKILLed {len(kills)} times: {'; '.join(kills)}; promoted once, weights "
         f"{watch.weights_since(started)}, 0 failed requests")  # fmt: skip
+
+
+def test_a_namespace_deleted_under_the_running_operator_goes_away(e2e: E2E, say: Say) -> None:
+    ns = e2e.namespaces["delete"]
+    k.apply(e2e.kubeconfig, ns, e2e.mdep("v1", "1"))
+    e2e.kube.wait_for_phase(ns, NAME, "Healthy", 120)
+    started = time.time()
+    k.kubectl(e2e.kubeconfig, "delete", "namespace", ns, "--wait=false")
+
+    def gone() -> bool:
+        return not k.kubectl(e2e.kubeconfig, "get", "namespace", ns, "--ignore-not-found", "-o", "name").strip()
+
+    try:
+        wait_for(gone, 60, f"namespace {ns} deleted")
+    except TimeoutError as err:
+        left = k.kubectl(e2e.kubeconfig, "get", "mdep", "-n", ns, "-o",
+                         "jsonpath={.items[*].metadata.finalizers}")  # fmt: skip
+        raise AssertionError(f"{err}; ModelDeployment finalizers left: {left}") from None
+    say(f"namespace deleted under the operator: gone in {time.time() - started:.1f}s")
