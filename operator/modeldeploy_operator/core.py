@@ -46,8 +46,9 @@ def plan_analysis(
 
     Every intervalSeconds while the canary carries weight, over the window since the step started
     (at most one interval, at least two scrapes); as soon as a step's own wait is over when it
-    waits for a judgement; and two scrapes after a Failed check, over only the data since that
-    check: `failureLimit` then asks for independent confirmations of a breach without making a bad
+    waits for a judgement; two scrapes after an Inconclusive check (judge as soon as there is
+    enough data); and two scrapes after a Failed check, over only the data since that check:
+    `failureLimit` then asks for independent confirmations of a breach without making a bad
     canary serve users for (failureLimit + 1) whole intervals.
     """
     st = status
@@ -64,6 +65,9 @@ def plan_analysis(
         if st.failed_check_at is not None:
             # confirm a failure quickly, over new data only: the window starts at the failed check
             due, span = since_last >= floor, seconds_since(st.failed_check_at, now)
+        elif st.last_analysis.verdict == "Inconclusive":
+            # not enough data yet: look again as soon as there can be more (the window grows)
+            due = since_last >= floor
         else:
             due = since_last >= a.interval_seconds
     else:

@@ -301,7 +301,7 @@ class Tick(Report):
             if st.failed_checks > a.failure_limit:
                 self.rollback(r.ANALYSIS_FAILED, rec.message, r.OUTCOME_ROLLED_BACK)
                 return True
-        elif rec.verdict != (previous.verdict if previous else None) or rec.verdict == "Inconclusive":
+        elif rec.verdict != (previous.verdict if previous else None):  # a quiet canary: one Event, not one per check
             reason = r.ANALYSIS_PASSED if rec.verdict == "Passed" else r.ANALYSIS_INCONCLUSIVE
             if rec.verdict != "Error":
                 self.event(reason, rec.message)

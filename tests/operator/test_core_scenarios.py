@@ -122,6 +122,9 @@ def test_inconclusive_on_low_traffic_holds_and_never_fails() -> None:
     assert "only 12 canary requests over 5s (< minRequests 50)" in sim.status.last_analysis.message
     assert cond(sim, r.PROGRESSING) == ("True", r.WAITING_FOR_ANALYSIS)
     assert r.ANALYSIS_FAILED not in sim.reasons() and r.ROLLED_BACK not in sim.reasons()
+    assert sim.reasons().count(r.ANALYSIS_INCONCLUSIVE) == 1  # one Event for the quiet spell, not one per check
+    # it keeps looking every two scrapes, over the step's window capped at the interval
+    assert {p.window_seconds for p in sim.plans[-5:]} == {5} and 25 <= len(sim.plans) <= 31
     sim.prom[v2] = profile()  # traffic arrives: it continues
     sim.run(60, until=lambda s: s.status.stable_revision == v2)
     assert sim.status.stable_revision == v2
