@@ -168,8 +168,11 @@ def stop(server: Server) -> None:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    match = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    if match is None:
+        return float("nan")
+    value, unit = match.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}[unit]
 
 
 def wrk(server: Server, duration: int, work: Path) -> dict[str, float]:
@@ -182,8 +185,9 @@ def wrk(server: Server, duration: int, work: Path) -> dict[str, float]:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        # the "Latency Distribution" lines (anchored: "87.50%" in the thread stats must not match)
+        "p50": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        "p99": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
     }
 
