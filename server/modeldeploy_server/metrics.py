@@ -31,6 +31,10 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+# Request series created at 0 when the server starts (see Metrics.__init__).
+PRECREATED_CODES = (200, 400, 404, 413, 422, 500, 503)
+
+
 class Metrics:
     """The server's metric families with the model's label values bound once."""
 
@@ -61,7 +65,11 @@ class Metrics:
         self._duration_child = self._duration.labels(*self.base)
         self._predictions_child = self._predictions.labels(*self.base)
         self._request_children: dict[int, Counter] = {}
-        self._request_child(200)
+        # Export every status an infer request commonly ends in at 0 from the start: the operator's
+        # `increase(...{code=~"5.."}[W])` cannot count the errors that would otherwise create a series
+        # (Prometheus has no earlier sample to subtract from), so a canary's first 5xx would go unseen.
+        for code in PRECREATED_CODES:
+            self._request_child(code)
         for reason in REASONS:
             self._rejections.labels(*self.base, reason)
 

@@ -109,12 +109,6 @@ def test_an_artifact_with_a_wrong_digest_is_rolled_back_at_the_progress_deadline
     say(f"wrong digest: rolled back {took:.1f}s after the change (deadline {deadline}s): {st['message']}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="server bug (open at 15:00): modeldeploy_server/metrics.py pre-creates only the code=200 request series; "
-    "code=500 is born with the first error, which increase() in the operator's error-rate query cannot see",
-)
 def test_the_first_5xx_of_a_canary_count_because_its_series_exists_before_them(e2e: E2E) -> None:
     """The analysis' `sum(increase(modeldeploy_requests_total{...,code=~"5.."}[W]))` cannot see the
     errors that create a series (Prometheus has no earlier sample to subtract them from). Seen in

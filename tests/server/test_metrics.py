@@ -56,6 +56,22 @@ def test_names_types_and_labels_are_the_contract(served: Served) -> None:
     assert info.value == 1 and info.labels["format"] == "joblib" and len(info.labels["sha256"]) == 64
 
 
+def test_error_series_exist_at_zero_before_any_error(
+    artifacts: dict[str, Artifact], serve: Any, cache_dir: Path
+) -> None:
+    """A fresh server exports code="500" (and the other common codes) at 0: the operator's
+    increase(...{code=~"5.."}[W]) can only count errors that land on a series that already existed."""
+    fresh = serve(artifacts["pipe"].settings(cache_dir))
+    samples = {
+        s.labels["code"]: (s.labels["outcome"], s.value)
+        for s in _families(fresh.client.get("/metrics").text)["modeldeploy_requests"].samples
+        if s.name == "modeldeploy_requests_total"
+    }
+    assert samples["500"] == ("error", 0.0) and samples["503"] == ("error", 0.0), samples
+    assert samples["422"] == ("rejected", 0.0) and samples["200"] == ("success", 0.0), samples
+    assert set(samples) == {str(c) for c in metrics.PRECREATED_CODES}
+
+
 def test_operator_queries_select_the_servers_series(served: Served) -> None:
     analysis = pytest.importorskip("modeldeploy_operator.analysis")
     text = served.client.get("/metrics").text
