@@ -23,7 +23,7 @@ from modeldeploy_operator import GROUP, PLURAL, VERSION
 from modeldeploy_operator import metrics as m
 from modeldeploy_operator.api import ModelDeploymentStatus, SpecError, parse_spec
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
-from modeldeploy_operator.kube import Kube
+from modeldeploy_operator.kube import Kube, namespace_going
 from modeldeploy_operator.model import Decision, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import STATUS_UNREADABLE
@@ -122,6 +122,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             if decision.apply_children:
                 kube.apply(decision, meta, seen)
         except ApiException as err:
+            if namespace_going(err):
+                if kube.release(meta):
+                    log.info("%s/%s: namespace is being deleted; released the finalizer", meta.namespace, meta.name)
+                return
             m.RECONCILE_ERRORS.labels(error=f"apply-{err.status}", **labels).inc()
             raise kopf.TemporaryError(
                 f"applying children failed: {err.status} {err.reason}", delay=operator_settings.tick_seconds

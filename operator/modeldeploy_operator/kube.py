@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from modeldeploy_operator import GROUP, PLURAL, VERSION
 from modeldeploy_operator.children import LABEL_NAME, LABEL_REVISION
 from modeldeploy_operator.model import Decision, Meta, PodState, RevisionState, RouteState, RouteWeights
 
@@ -24,6 +25,14 @@ FIELD_MANAGER = "modeldeploy-operator"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+def namespace_going(err: ApiException) -> bool:
+    """The API server's answer to a write into a namespace that is being deleted (403 "unable to
+    create new content in namespace X because it is being terminated") or is already gone (404)."""
+    body = str(err.body or "")
+    return (err.status == 403 and "being terminated" in body) or (err.status == 404 and '"kind":"namespaces"' in body)
 
 
 def _json(response: Any) -> Any:
@@ -144,6 +153,30 @@ class Kube:
             except ApiException as err:
                 if err.status != 404:
                     raise
+
+    def release(self, meta: Meta) -> bool:
+        """Drop kopf's finalizer from a ModelDeployment whose namespace is being deleted; True if dropped.
+
+        A namespaced kopf stops watching a namespace once it terminates, so it never sees the object's
+        deletion and would hold its finalizer (and the namespace) forever. Nothing is left to clean up:
+        the children are owned and garbage-collected. resourceVersion makes a concurrent change win.
+        """
+        try:
+            got = self.custom.get_namespaced_custom_object(GROUP, VERSION, meta.namespace, PLURAL, meta.name)
+            obj = cast(dict[str, Any], got)
+            finalizers = obj["metadata"].get("finalizers") or []
+            if KOPF_FINALIZER not in finalizers:
+                return False
+            kept = [f for f in finalizers if f != KOPF_FINALIZER]
+            body = {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}}
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta.namespace, PLURAL, meta.name, body, _content_type=MERGE, _preload_content=False
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
     def set_weights(self, namespace: str, w: RouteWeights, route: dict[str, Any]) -> None:
         rules = route.get("spec", {}).get("rules", [])

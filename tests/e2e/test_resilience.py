@@ -108,12 +108,6 @@ def test_the_operator_killed_in_every_phase_resumes_from_status(e2e: E2E, say: S
         f"{watch.weights_since(started)}, 0 failed requests")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="operator bug (open at 15:00): after the namespace is deleted the reconcile timer keeps failing with "
-    "'applying children failed: 403 Forbidden' every tick and kopf's finalizer is never released",
-)
 def test_a_namespace_deleted_under_the_running_operator_goes_away(e2e: E2E, say: Say) -> None:
     ns = e2e.namespaces["delete"]
     k.apply(e2e.kubeconfig, ns, e2e.mdep("v1", "1"))
