@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.conftest import Artifact, Served
 
@@ -81,7 +82,14 @@ def test_raw_bytes(fuzzed: Served, content: bytes) -> None:
 
 def test_still_alive_and_no_5xx_counted(fuzzed: Served) -> None:
     assert fuzzed.client.get("/v2/health/ready").status_code == 200
-    assert 'outcome="error"' not in fuzzed.client.get("/metrics").text
+    families = text_string_to_metric_families(fuzzed.client.get("/metrics").text)
+    requests = next(f for f in families if f.name == "modeldeploy_requests")
+    errors = {
+        s.labels["code"]: s.value
+        for s in requests.samples
+        if s.name == "modeldeploy_requests_total" and s.labels["outcome"] == "error"
+    }
+    assert errors and all(v == 0 for v in errors.values()), f"fuzzed input produced 5xx: {errors}"
 
 
 @FUZZ
