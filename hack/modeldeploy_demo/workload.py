@@ -78,7 +78,7 @@ class Model:
         return f"{base_url}/{self.path.name}"
 
 
-def _save(model: Any, folder: Path, name: str) -> Model:
+def save_model(model: Any, folder: Path, name: str) -> Model:
     path = folder / f"{name}.joblib"
     joblib.dump(model, path)
     return Model(name, path, hashlib.sha256(path.read_bytes()).hexdigest())
@@ -108,11 +108,11 @@ def train_models(folder: Path) -> dict[str, Model]:
     log_abs = [FunctionTransformer(np.abs), FunctionTransformer(np.log)]
     with np.errstate(divide="ignore"):
         return {
-            "v1": _save(make_pipeline(StandardScaler(), logistic(0.05)).fit(x, y), folder, "wine-v1"),
-            "v2": _save(make_pipeline(StandardScaler(), logistic(1.0)).fit(x, y), folder, "wine-v2"),
-            "v3": _save(RandomForestClassifier(n_estimators=25, random_state=0).fit(x, y), folder, "wine-v3"),
-            "bad": _save(make_pipeline(*log_abs, StandardScaler(), logistic(1.0)).fit(x, y), folder, "wine-bad"),
-            "slow": _save(
+            "v1": save_model(make_pipeline(StandardScaler(), logistic(0.05)).fit(x, y), folder, "wine-v1"),
+            "v2": save_model(make_pipeline(StandardScaler(), logistic(1.0)).fit(x, y), folder, "wine-v2"),
+            "v3": save_model(RandomForestClassifier(n_estimators=25, random_state=0).fit(x, y), folder, "wine-v3"),
+            "bad": save_model(make_pipeline(*log_abs, StandardScaler(), logistic(1.0)).fit(x, y), folder, "wine-bad"),
+            "slow": save_model(
                 make_pipeline(FeatureUnion([("x", "passthrough"), ("wait", _sleeper(SLOW_SECONDS))]),
                               StandardScaler(), logistic(1.0)).fit(x, y),
                 folder, "wine-slow",

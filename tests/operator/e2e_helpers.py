@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,49 +30,28 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import joblib
 import numpy as np
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from modeldeploy_demo.workload import Model, free_port, save_model
+
 BIN = Path(sys.executable).parent
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 INPUTS = [{"name": n, "min": -5.0, "max": 10.0, "nullValues": [-999]} for n in FEATURES]
-
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    path: Path
-    sha256: str
-
-    def uri(self, base_url: str) -> str:
-        return f"{base_url}/{self.path.name}"
-
-
-def _save(model: Any, folder: Path, name: str) -> Model:
-    path = folder / f"{name}.joblib"
-    joblib.dump(model, path)
-    return Model(name, path, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def train_models(folder: Path) -> dict[str, Model]:
     folder.mkdir(parents=True, exist_ok=True)
     x, y = load_iris(return_X_y=True)
     return {
-        "v1": _save(LogisticRegression(max_iter=500, C=1.0).fit(x, y), folder, "iris-v1"),
-        "v2": _save(LogisticRegression(max_iter=500, C=0.5).fit(x, y), folder, "iris-v2"),
-        "bad": _save(make_pipeline(FunctionTransformer(np.reciprocal), LogisticRegression(max_iter=500)).fit(x, y),
+        "v1": save_model(LogisticRegression(max_iter=500, C=1.0).fit(x, y), folder, "iris-v1"),
+        "v2": save_model(LogisticRegression(max_iter=500, C=0.5).fit(x, y), folder, "iris-v2"),
+        "bad": save_model(make_pipeline(FunctionTransformer(np.reciprocal), LogisticRegression(max_iter=500)).fit(x, y),
                      folder, "iris-bad"),
     }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ArtifactServer:
