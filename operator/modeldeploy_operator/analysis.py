@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from modeldeploy_operator.api import AnalysisRecord, AnalysisSpec, CheckRecord
 
@@ -112,153 +112,65 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
     q = {query.name: query.promql for query in p.queries}
     w = p.window_seconds
     checks: list[CheckRecord] = []
+
+    def record(name: str, key: str, verdict: Verdict, **fields: Any) -> None:
+        checks.append(CheckRecord(name=name, query=q[key], window_seconds=w, verdict=verdict, **fields))
+
+    def query_failed(name: str, key: str, res: QueryResult) -> None:
+        record(name, key, "Error", message=f"Prometheus query failed: {res.error}")
+
     req = results.get(REQUESTS, QueryResult(error="not run"))
     n = req.value if req.value is not None and not math.isnan(req.value) else 0.0
     if req.error is not None:
-        checks.append(
-            CheckRecord(
-                name=REQUESTS,
-                query=q[REQUESTS],
-                window_seconds=w,
-                verdict="Error",
-                message=f"Prometheus query failed: {req.error}",
-            )
-        )
+        query_failed(REQUESTS, REQUESTS, req)
     elif n < spec.min_requests:
-        checks.append(
-            CheckRecord(
-                name=REQUESTS,
-                query=q[REQUESTS],
-                window_seconds=w,
-                samples=n,
-                value=n,
-                threshold=f">= {spec.min_requests}",
-                verdict="Inconclusive",
-                message=f"only {_count(n)} canary requests over {w}s (< minRequests {spec.min_requests})",
-            )
-        )
+        msg = f"only {_count(n)} canary requests over {w}s (< minRequests {spec.min_requests})"
+        record(REQUESTS, REQUESTS, "Inconclusive", samples=n, value=n, threshold=f">= {spec.min_requests}", message=msg)
     else:
-        checks.append(
-            CheckRecord(
-                name=REQUESTS,
-                query=q[REQUESTS],
-                window_seconds=w,
-                samples=n,
-                value=n,
-                threshold=f">= {spec.min_requests}",
-                verdict="Passed",
-            )
-        )
+        record(REQUESTS, REQUESTS, "Passed", samples=n, value=n, threshold=f">= {spec.min_requests}")
     enough = req.error is None and n >= spec.min_requests and n > 0
     err = results.get(ERRORS, QueryResult(error="not run"))
     if err.error is not None:
-        checks.append(
-            CheckRecord(
-                name=ERROR_RATE,
-                query=q[ERRORS],
-                window_seconds=w,
-                verdict="Error",
-                message=f"Prometheus query failed: {err.error}",
-            )
-        )
+        query_failed(ERROR_RATE, ERRORS, err)
     elif enough:
         errors = err.value if err.value is not None and not math.isnan(err.value) else 0.0  # no 5xx series: 0
         rate = errors / n
         bad = rate > spec.max_error_rate
         msg = f"canary error rate {_pct(rate)} {'>' if bad else '<='} {_pct(spec.max_error_rate)} over {w}s, n={n:.0f}"
-        checks.append(
-            CheckRecord(
-                name=ERROR_RATE,
-                query=q[ERRORS],
-                window_seconds=w,
-                samples=n,
-                value=rate,
-                threshold=f"<= {spec.max_error_rate:g}",
-                verdict="Failed" if bad else "Passed",
-                message=msg,
-            )
+        threshold = f"<= {spec.max_error_rate:g}"
+        record(
+            ERROR_RATE, ERRORS, "Failed" if bad else "Passed", samples=n, value=rate, threshold=threshold, message=msg
         )
     if spec.max_latency_p99_seconds is not None:
         lat = results.get(LATENCY_P99, QueryResult(error="not run"))
         limit = spec.max_latency_p99_seconds
         if lat.error is not None:
-            checks.append(
-                CheckRecord(
-                    name=LATENCY_P99,
-                    query=q[LATENCY_P99],
-                    window_seconds=w,
-                    verdict="Error",
-                    message=f"Prometheus query failed: {lat.error}",
-                )
-            )
+            query_failed(LATENCY_P99, LATENCY_P99, lat)
         elif enough and lat.value is not None and not math.isnan(lat.value):
             bad = lat.value > limit
             msg = f"canary p99 latency {lat.value:.3g}s {'>' if bad else '<='} {limit:g}s over {w}s, n={n:.0f}"
-            checks.append(
-                CheckRecord(
-                    name=LATENCY_P99,
-                    query=q[LATENCY_P99],
-                    window_seconds=w,
-                    samples=n,
-                    value=lat.value,
-                    threshold=f"<= {limit:g}",
-                    verdict="Failed" if bad else "Passed",
-                    message=msg,
-                )
+            verdict: Verdict = "Failed" if bad else "Passed"
+            record(
+                LATENCY_P99, LATENCY_P99, verdict, samples=n, value=lat.value, threshold=f"<= {limit:g}", message=msg
             )
         elif enough:
-            checks.append(
-                CheckRecord(
-                    name=LATENCY_P99,
-                    query=q[LATENCY_P99],
-                    window_seconds=w,
-                    samples=n,
-                    threshold=f"<= {limit:g}",
-                    verdict="Inconclusive",
-                    message="no latency histogram data for the canary",
-                )
-            )
+            msg = "no latency histogram data for the canary"
+            record(LATENCY_P99, LATENCY_P99, "Inconclusive", samples=n, threshold=f"<= {limit:g}", message=msg)
     for metric in spec.metrics:
         res = results.get(metric.name, QueryResult(error="not run"))
         bounds = _bounds(metric.min, metric.max)
         if res.error is not None:
-            checks.append(
-                CheckRecord(
-                    name=metric.name,
-                    query=q[metric.name],
-                    window_seconds=w,
-                    verdict="Error",
-                    message=f"Prometheus query failed: {res.error}",
-                )
-            )
+            query_failed(metric.name, metric.name, res)
         elif res.value is None or math.isnan(res.value):
-            checks.append(
-                CheckRecord(
-                    name=metric.name,
-                    query=q[metric.name],
-                    window_seconds=w,
-                    samples=n,
-                    threshold=bounds,
-                    verdict="Inconclusive",
-                    message=f"{metric.name}: no data",
-                )
+            record(
+                metric.name, metric.name, "Inconclusive", samples=n, threshold=bounds, message=f"{metric.name}: no data"
             )
         else:
             v = res.value
             bad = (metric.min is not None and v < metric.min) or (metric.max is not None and v > metric.max)
             msg = f"{metric.name} {v:.4g} {'outside' if bad else 'within'} [{bounds}] over {w}s"
-            checks.append(
-                CheckRecord(
-                    name=metric.name,
-                    query=q[metric.name],
-                    window_seconds=w,
-                    samples=n,
-                    value=v,
-                    threshold=bounds,
-                    verdict="Failed" if bad else "Passed",
-                    message=msg,
-                )
-            )
+            verdict = "Failed" if bad else "Passed"
+            record(metric.name, metric.name, verdict, samples=n, value=v, threshold=bounds, message=msg)
     return AnalysisRecord(
         time=now,
         revision=p.revision,
