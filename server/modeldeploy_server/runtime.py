@@ -1,7 +1,7 @@
 """The model runtime: deserialize a verified artifact, check it against the contract, self-check.
 
-Owned here: format dispatch (joblib/pickle only with a digest, skops with an explicit trusted-type
-list, ONNX via onnxruntime), sklearn's InconsistentVersionWarning as a refusal, the reference
+Owned here: format dispatch (joblib/pickle only with a digest, skops only within the trust policy of
+`trust`, ONNX via onnxruntime), sklearn's InconsistentVersionWarning as a refusal, the reference
 `predict` (the artifact's own method), the choice of a verified fast path (`fastpath`), and the
 self-check on the reference row that gates readiness. Called by `app` (serving) and `score`.
 """
@@ -27,11 +27,10 @@ from modeldeploy_server.errors import LoadRefused
 from modeldeploy_server.fastpath import choose, onnx_runtime
 from modeldeploy_server.fetch import fetch_verified
 from modeldeploy_server.settings import InputSpec, Settings
+from modeldeploy_server.trust import check_trees, skops_trusted
 
 log = logging.getLogger("modeldeploy_server.runtime")
 Predict = Callable[[Matrix], npt.NDArray[Any]]
-# Types a skops artifact may contain besides the ones listed in MODELDEPLOY_TRUSTED_TYPES.
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.")
 
 
 @dataclass
@@ -59,16 +58,8 @@ class Runtime:
         self.compiled = True
 
 
-def _unpickle(path: Path, fmt: str, settings: Settings) -> Any:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InconsistentVersionWarning)
-        if fmt == "joblib":
-            import joblib
-
-            model = joblib.load(path)
-        else:
-            with path.open("rb") as handle:
-                model = pickle.load(handle)  # noqa: S301 - digest verified before this line
+def _refuse_version_mismatch(caught: list[warnings.WarningMessage], settings: Settings) -> None:
+    """sklearn's InconsistentVersionWarning, recorded while loading, is a refusal unless overridden."""
     for warning in caught:
         if isinstance(warning.message, InconsistentVersionWarning):
             w = warning.message
@@ -79,30 +70,33 @@ def _unpickle(path: Path, fmt: str, settings: Settings) -> Any:
             if not settings.allow_version_mismatch:
                 raise LoadRefused(line + "; refusing to load (MODELDEPLOY_ALLOW_VERSION_MISMATCH=true overrides)")
             log.warning("%s; loading anyway because MODELDEPLOY_ALLOW_VERSION_MISMATCH=true", line)
+
+
+def _unpickle(path: Path, fmt: str, settings: Settings) -> Any:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        if fmt == "joblib":
+            import joblib
+
+            model = joblib.load(path)
+        else:
+            with path.open("rb") as handle:
+                model = pickle.load(handle)  # noqa: S301 - digest verified before this line
+    _refuse_version_mismatch(caught, settings)
     return model
 
 
 def _load_skops(path: Path, settings: Settings) -> Any:
+    """Load a skops file whose every type passed the trust policy (`trust`), once, then check its trees."""
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(file=path)
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES) and t not in settings.trusted_types]
-    if refused:
-        raise LoadRefused(
-            f"skops artifact {settings.model_uri} contains untrusted types {refused}; "
-            "list them in MODELDEPLOY_TRUSTED_TYPES only if you trust their code"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InconsistentVersionWarning)
-        try:
-            return sio.load(path, trusted=untrusted)
-        except InconsistentVersionWarning as w:
-            if not settings.allow_version_mismatch:
-                raise LoadRefused(
-                    f"model artifact {settings.model_uri} was saved with scikit-learn {w.original_sklearn_version}"
-                    f" but this server runs {w.current_sklearn_version}; refusing to load"
-                ) from None
-    return sio.load(path, trusted=untrusted)
+    trusted = skops_trusted(path, settings.model_uri, settings.trusted_types)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        model = sio.load(path, trusted=trusted)
+    _refuse_version_mismatch(caught, settings)
+    check_trees(model, settings.model_uri)
+    return model
 
 
 def _sklearn_predict(model: Any, method: str, settings: Settings) -> Predict:
