@@ -383,6 +383,15 @@ class HistoryEntry(_Model):
 HISTORY_LIMIT = 10
 
 
+class ControlRequest(BaseModel):
+    """A control annotation the operator has acted on, with the value it had (so it acts once)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    annotation: str
+    value: str
+
+
 class ModelDeploymentStatus(_Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -412,6 +421,13 @@ class ModelDeploymentStatus(_Model):
     )
     prometheus_unavailable_since: str | None = Field(
         default=None, description="Start of the current streak of failed Prometheus queries (hold, not fail)."
+    )
+    canary_unready_since: str | None = Field(
+        default=None, description="The canary lost the ready pods its weight needs at this time (weight held at 0)."
+    )
+    control_requests: list[ControlRequest] = Field(
+        default_factory=list,
+        description="Control annotations already acted on, with their values: a value is acted on once.",
     )
     conditions: list[Condition] = Field(default_factory=list)
     last_analysis: AnalysisRecord | None = None

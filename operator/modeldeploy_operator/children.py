@@ -87,6 +87,8 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
         "command": ["modeldeploy-server"],
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "env": server_env(name, spec, revision),
+        # the server's one refusal line (exit code 2) reaches the pod's status, and so the operator
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
             "periodSeconds": 2,

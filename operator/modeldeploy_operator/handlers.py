@@ -1,17 +1,34 @@
-"""The kopf shell: one timer per ModelDeployment runs observe -> `core.decide` -> apply every tick.
+"""The kopf shell: one timer per ModelDeployment runs `reconcile_once` every tick.
 
-Registered by `__main__` (`register(registry, settings)`) so the tick period comes from settings.
-No create/update handlers: the timer is level-based and sees every change within one tick.
-Clients live in `memo`; nothing here sleeps; API errors become kopf.TemporaryError (retried next
-tick) and are counted; Prometheus errors never raise (the core holds the rollout on them).
+`register(registry, settings)` (called by `__main__`) declares the timer and the startup, login
+and delete handlers; `reconcile_once` is a module-level function that tests drive with fake
+clients. Each tick it reads the object fresh from the API server (never kopf's cached body,
+which can be older than our own last write), observes the children, asks Prometheus when a
+check is due, calls `core.decide`, and then, in this order:
+
+1. writes only the changed status fields, with the resourceVersion it decided from: a 409 means
+   someone wrote since, nothing of this decision is applied, and the next tick decides again;
+2. posts the decision's Events and counts its outcomes (only a written decision is posted, so
+   each is posted once);
+3. clears the consumed control annotations, again with a resourceVersion (status already records
+   each value it acted on, so an annotation that stays is never applied twice);
+4. applies the children (a failure is retried by the next tick, which decides from the status
+   already written: a rollback stays a rollback, H2).
+
+kopf is given nothing to patch, so no kopf write can fail and stop an object's timer; every
+outcome returns normally and the timer keeps ticking. `/healthz` names an object whose ticks stop
+completing (`metrics.Health`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
@@ -24,12 +41,16 @@ from modeldeploy_operator import metrics as m
 from modeldeploy_operator.api import ModelDeploymentStatus, SpecError, parse_spec
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.kube import Kube, namespace_going
-from modeldeploy_operator.model import Decision, Meta, Observed
+from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import STATUS_UNREADABLE
 from modeldeploy_operator.settings import OperatorSettings
 
 log = logging.getLogger("modeldeploy.operator")
+
+# Outcomes of one tick (returned by reconcile_once; the ones in COMPLETE count as a completed tick).
+WRITTEN, UNCHANGED, CONFLICT, GONE, DELETING = "written", "unchanged", "conflict", "gone", "deleting"
+COMPLETE = (WRITTEN, UNCHANGED, CONFLICT, GONE, DELETING)
 
 
 def api_client() -> client.ApiClient:
@@ -40,18 +61,140 @@ def api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
-def status_patch(status: ModelDeploymentStatus) -> dict[str, Any]:
-    """Every top-level field, None included (a merge patch deletes the fields that became empty);
-    no None inside lists and objects (the API server drops them, and kopf would report the
-    difference as an inconsistent patch)."""
-    out = status.model_dump(by_alias=True, mode="json", exclude_none=True)
-    for name, field in ModelDeploymentStatus.model_fields.items():
-        out.setdefault(field.alias or name, None)
-    return out
+def post_event(obj: dict[str, Any], e: Event) -> None:
+    """Post a Kubernetes Event about `obj` through kopf's poster (batched, retried)."""
+    kopf.event(kopf.Body(cast(kopf.RawBody, obj)), type=e.type, reason=e.reason, message=e.message[:1024])
+
+
+@dataclass
+class Shell:
+    """What one tick needs from the outside world (tests pass fakes with the same methods)."""
+
+    kube: Kube
+    prom: Prometheus
+    config: Config
+    post: Callable[[dict[str, Any], Event], None] = post_event
+
+
+def status_changes(old: dict[str, Any], new: ModelDeploymentStatus) -> dict[str, Any]:
+    """The top-level status fields that differ, as a merge patch: changed values whole (lists are
+    replaced), emptied fields as None (deleted); no None inside lists and objects (the API server
+    drops them)."""
+    out = new.model_dump(by_alias=True, mode="json", exclude_none=True)
+    changed: dict[str, Any] = {k: v for k, v in out.items() if old.get(k) != v and not (v == [] and k not in old)}
+    known = {field.alias or name for name, field in ModelDeploymentStatus.model_fields.items()}
+    for key in old:
+        if key not in out and key in known and old[key] is not None:
+            changed[key] = None
+    return changed
+
+
+def reconcile_once(shell: Shell, namespace: str, name: str, now: datetime | None = None) -> str:
+    """One tick for one ModelDeployment; returns what happened (never raises an ApiException)."""
+    labels = {"namespace": namespace, "name": name}
+    try:
+        outcome = _tick(shell, namespace, name, now or datetime.now(UTC), labels)
+    except ApiException as err:
+        m.RECONCILE_ERRORS.labels(error=f"api-{err.status}", **labels).inc()
+        outcome = f"error: {err.status} {err.reason}"
+    if outcome == GONE:
+        m.HEALTH.forget(namespace, name)
+    elif outcome in COMPLETE:
+        m.HEALTH.tick(namespace, name)
+    else:
+        m.HEALTH.failed(namespace, name, outcome)
+        log.warning("%s/%s: tick failed: %s", namespace, name, outcome)
+    return outcome
+
+
+def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[str, str]) -> str:
+    started = time.monotonic()
+    obj = shell.kube.get(namespace, name)
+    if obj is None:
+        return GONE
+    md = obj.get("metadata") or {}
+    if md.get("deletionTimestamp"):  # being deleted: its children go with it (garbage collection)
+        return DELETING
+    meta = Meta(name, namespace, md.get("uid") or "", md.get("generation"))
+    rv = str(md.get("resourceVersion") or "")
+    raw_status = dict(obj.get("status") or {})
+    try:
+        status = ModelDeploymentStatus.model_validate(raw_status)
+    except ValidationError as err:
+        # Starting over would deploy the desired revision straight to stable, skipping its
+        # canary: refuse to act until a human looks (kubectl edit --subresource=status).
+        m.RECONCILE_ERRORS.labels(error="status-unreadable", **labels).inc()
+        shell.post(obj, Event("Warning", STATUS_UNREADABLE, f"status unreadable, not acting: {err}"))
+        return "error: status unreadable"
+    try:
+        spec = parse_spec(dict(obj.get("spec") or {}))
+    except SpecError as err:
+        return _commit(shell, obj, meta, rv, raw_status, invalid_spec(status, str(err), meta=meta, now=now), labels)
+    routing = spec.rollout.traffic_routing
+    route = routing.gateway_api.http_route if routing is not None and routing.gateway_api is not None else None
+    seen = shell.kube.observe(meta, route)
+    plan = plan_analysis(spec, status, now, meta=meta, config=shell.config)
+    results = (plan, shell.prom.run(plan, now)) if plan is not None else None
+    observed = Observed(
+        revisions=seen.revisions, annotations=dict(md.get("annotations") or {}), route=seen.route, analysis=results
+    )
+    decision = decide(spec, status, observed, now, meta=meta, config=shell.config)
+    outcome = _commit(shell, obj, meta, rv, raw_status, decision, labels)
+    if outcome not in (WRITTEN, UNCHANGED) or not decision.apply_children:
+        return outcome
+    try:
+        shell.kube.apply(decision, meta, seen)
+    except ApiException as err:
+        if namespace_going(err):
+            if shell.kube.release(meta):
+                log.info("%s/%s: namespace is being deleted; released the finalizer", namespace, name)
+            return GONE
+        m.RECONCILE_ERRORS.labels(error=f"apply-{err.status}", **labels).inc()
+        return f"error: applying children failed: {err.status} {err.reason}"
+    m.TICK_SECONDS.observe(time.monotonic() - started)
+    m.LAST_TICK.set(time.time())
+    return outcome
+
+
+def _commit(
+    shell: Shell,
+    obj: dict[str, Any],
+    meta: Meta,
+    rv: str,
+    old: dict[str, Any],
+    d: Decision,
+    labels: dict[str, str],
+) -> str:
+    """Write the decision's status (checked), then post its Events and clear its annotations."""
+    changed = status_changes(old, d.status)
+    if changed:
+        try:
+            rv = shell.kube.write_status(meta, rv, changed)
+        except ApiException as err:
+            if err.status == 409:  # someone wrote since we read: decide again next tick
+                m.RECONCILE_ERRORS.labels(error="conflict", **labels).inc()
+                return CONFLICT
+            raise
+    for e in d.events:
+        shell.post(obj, e)
+        log.info("%s/%s %s: %s", meta.namespace, meta.name, e.reason, e.message)
+    for outcome in d.outcomes:
+        m.ROLLOUTS.labels(outcome=outcome, **labels).inc()
+    if d.analysis is not None:
+        m.ANALYSES.labels(verdict=d.analysis.verdict, **labels).inc()
+    m.CANARY_WEIGHT.labels(**labels).set(d.status.canary_weight or 0)
+    if d.clear_annotations:
+        try:
+            shell.kube.clear_annotations(meta, rv, d.clear_annotations)
+        except ApiException as err:
+            # status already records the values acted on: the next tick clears them without acting
+            log.info("%s/%s: clearing %s failed (%s)", meta.namespace, meta.name, d.clear_annotations, err.status)
+    return WRITTEN if changed else UNCHANGED
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     core_config = settings.core_config()
+    tick = settings.tick_seconds
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -63,97 +206,29 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # our Events carry specific reasons: no log line becomes a generic "Logging" Event
         settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
-        memo.kube = Kube(api_client())
-        memo.prom = Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds)
-        m.HEALTH.stale_after = max(30.0, 10 * operator_settings.tick_seconds)
+        memo.shell = Shell(
+            Kube(api_client(), operator_settings.api_timeout_seconds),
+            Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds),
+            core_config,
+        )
+        m.HEALTH.stale_after = max(30.0, operator_settings.stale_ticks * tick)
         m.HEALTH.started = True
 
     operator_settings = settings
 
     @kopf.timer(
-        GROUP, VERSION, PLURAL, interval=settings.tick_seconds, initial_delay=0, registry=registry, id="reconcile"
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=tick,
+        # spread the first ticks over one period: a restart must not fire every object at once
+        initial_delay=lambda **_: random.uniform(0, tick),
+        registry=registry,
+        id="reconcile",
     )
-    def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        if body.metadata.deletion_timestamp:  # being deleted: its children go with it (garbage collection)
-            return
-        started = time.monotonic()
-        meta = Meta(
-            body.metadata.name or "",
-            body.metadata.namespace or "",
-            body.metadata.uid or "",
-            body.metadata.get("generation"),
-        )
-        labels = {"namespace": meta.namespace, "name": meta.name}
-        m.HEALTH.tick(meta.namespace, meta.name)  # the loop is alive, whatever this tick's outcome
-        now = datetime.now(UTC)
-        try:
-            status = ModelDeploymentStatus.model_validate(dict(body.get("status") or {}))
-        except ValidationError as err:
-            # Starting over would deploy the desired revision straight to stable, skipping its
-            # canary: refuse to act until a human looks (kubectl edit --subresource=status).
-            m.RECONCILE_ERRORS.labels(error="status-unreadable", **labels).inc()
-            kopf.event(
-                body, type="Warning", reason=STATUS_UNREADABLE, message=f"status unreadable, not acting: {err}"[:1024]
-            )
-            raise kopf.TemporaryError(f"status unreadable: {err}", delay=60) from err
-        try:
-            spec = parse_spec(dict(body.get("spec") or {}))
-        except SpecError as err:
-            finish(body, patch, invalid_spec(status, str(err), meta=meta, now=now), labels)
-            return
-        routing = spec.rollout.traffic_routing
-        route = routing.gateway_api.http_route if routing is not None and routing.gateway_api is not None else None
-        kube: Kube = memo.kube
-        prom: Prometheus = memo.prom
-        try:
-            seen = kube.observe(meta, route)
-        except ApiException as err:
-            m.RECONCILE_ERRORS.labels(error=f"observe-{err.status}", **labels).inc()
-            raise kopf.TemporaryError(
-                f"reading children failed: {err.status} {err.reason}", delay=operator_settings.tick_seconds
-            ) from err
-        plan = plan_analysis(spec, status, now, meta=meta, config=core_config)
-        results = (plan, prom.run(plan, now)) if plan is not None else None
-        observed = Observed(
-            revisions=seen.revisions, annotations=dict(body.metadata.annotations), route=seen.route, analysis=results
-        )
-        decision = decide(spec, status, observed, now, meta=meta, config=core_config)
-        try:
-            if decision.apply_children:
-                kube.apply(decision, meta, seen)
-        except ApiException as err:
-            if namespace_going(err):
-                if kube.release(meta):
-                    log.info("%s/%s: namespace is being deleted; released the finalizer", meta.namespace, meta.name)
-                return
-            m.RECONCILE_ERRORS.labels(error=f"apply-{err.status}", **labels).inc()
-            raise kopf.TemporaryError(
-                f"applying children failed: {err.status} {err.reason}", delay=operator_settings.tick_seconds
-            ) from err
-        finish(body, patch, decision, labels)
-        m.TICK_SECONDS.observe(time.monotonic() - started)
-        m.LAST_TICK.set(time.time())
+    def reconcile(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+        reconcile_once(memo.shell, namespace or "", name)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
-    def forget(body: kopf.Body, **_: Any) -> None:
-        labels = {"namespace": body.metadata.namespace or "", "name": body.metadata.name or ""}
-        m.HEALTH.objects.discard((labels["namespace"], labels["name"]))
-        try:
-            m.CANARY_WEIGHT.remove(labels["namespace"], labels["name"])
-        except KeyError:
-            pass
-
-
-def finish(body: kopf.Body, patch: kopf.Patch, d: Decision, labels: dict[str, str]) -> None:
-    """Write status, clear consumed annotations, post Events, record metrics."""
-    patch.status.update(status_patch(d.status))
-    for key in d.clear_annotations:
-        patch.metadata.annotations[key] = None
-    for e in d.events:
-        kopf.event(body, type=e.type, reason=e.reason, message=e.message[:1024])
-        log.info("%s/%s %s: %s", labels["namespace"], labels["name"], e.reason, e.message)
-    for outcome in d.outcomes:
-        m.ROLLOUTS.labels(outcome=outcome, **labels).inc()
-    if d.analysis is not None:
-        m.ANALYSES.labels(verdict=d.analysis.verdict, **labels).inc()
-    m.CANARY_WEIGHT.labels(**labels).set(d.status.canary_weight or 0)
+    def forget(name: str, namespace: str | None, **_: Any) -> None:
+        m.HEALTH.forget(namespace or "", name)

@@ -1,11 +1,15 @@
-"""Kubernetes I/O for one ModelDeployment: observe its children, apply what `core.decide` wants.
+"""Kubernetes I/O for one ModelDeployment: read it fresh, observe its children, write its status,
+apply what `core.decide` wants.
 
-Called by `handlers` every tick. Reads come back as plain dicts (raw JSON, camelCase, as
-`kubectl get -o json` shows them); writes are server-side apply for the objects the operator
-owns (idempotent: applying the same manifest twice changes nothing), a merge patch of the
-Deployment's scale for revisions whose template is no longer in the spec, and a merge patch
-with resourceVersion (optimistic concurrency) for the weights of the user's HTTPRoute.
-ApiException propagates to the caller, which turns it into kopf.TemporaryError.
+Called by `handlers.reconcile_once` every tick. Reads come back as plain dicts (raw JSON,
+camelCase, as `kubectl get -o json` shows them). Writes: the status and the clearing of consumed
+control annotations are merge patches carrying the resourceVersion the tick decided from
+(optimistic concurrency: a concurrent writer makes them fail with 409, and the next tick decides
+again from a fresh read); server-side apply for the objects the operator owns (idempotent); a
+merge patch of the Deployment's scale for revisions whose template is no longer in the spec; a
+merge patch with resourceVersion for the weights of the user's HTTPRoute. Every call has a
+timeout and every response is read to the end (the connection goes back to the pool).
+ApiException propagates to the caller.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ def _json(response: Any) -> Any:
     return json.loads(response.data)
 
 
+def _drain(response: Any) -> None:
+    """Read an unwanted response to its end so urllib3 reuses the connection (no new TLS handshake)."""
+    getattr(response, "data", None)
+
+
 @dataclass
 class Observation:
     revisions: dict[str, RevisionState] = field(default_factory=dict)
@@ -62,29 +71,83 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         waiting_reason=waiting.get("reason"),
         waiting_message=(waiting.get("message") or "")[:300] or None,
         terminated_reason=term.get("reason"),
-        terminated_message=(term.get("message") or "")[:300] or None,
+        terminated_message=_last_line(term.get("message") or "") or None,
         exit_code=term.get("exitCode"),
         phase=status.get("phase"),
     )
 
 
+def _last_line(message: str) -> str:
+    """The line that says why a container ended: the server's `refused:` line when the message is
+    the tail of its log (terminationMessagePolicy FallbackToLogsOnError), else the last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    refused = [line for line in lines if "refused:" in line]
+    return (refused or lines or [""])[-1][:300]
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0) -> None:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.t = timeout_seconds
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ModelDeployment as the API server has it now (None when it is gone)."""
+        try:
+            return cast(
+                dict[str, Any],
+                _json(
+                    self.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self.t
+                    )
+                ),
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def write_status(self, meta: Meta, resource_version: str, changed: dict[str, Any]) -> str:
+        """Merge-patch the changed status fields, only if the object is still at `resource_version`
+        (409 otherwise); returns the new resourceVersion."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": changed}
+        got = _json(
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta.namespace, PLURAL, meta.name, body,
+                _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
+            )
+        )  # fmt: skip
+        return str(got["metadata"]["resourceVersion"])
+
+    def clear_annotations(self, meta: Meta, resource_version: str, keys: list[str]) -> str:
+        """Remove consumed control annotations, only if nothing changed since our status write."""
+        body = {"metadata": {"resourceVersion": resource_version, "annotations": dict.fromkeys(keys)}}
+        got = _json(
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta.namespace, PLURAL, meta.name, body,
+                _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
+            )
+        )  # fmt: skip
+        return str(got["metadata"]["resourceVersion"])
 
     def observe(self, meta: Meta, http_route: str | None) -> Observation:
         out = Observation()
         selector = f"{LABEL_NAME}={meta.name}"
         deps = _json(
-            self.apps.list_namespaced_deployment(meta.namespace, label_selector=selector, _preload_content=False)
+            self.apps.list_namespaced_deployment(
+                meta.namespace, label_selector=selector, _preload_content=False, _request_timeout=self.t
+            )
         )
         for dep in deps.get("items", []):
             owners = dep["metadata"].get("ownerReferences") or []
             if any(o.get("uid") == meta.uid for o in owners):
                 out.owned_deployments[dep["metadata"]["name"]] = int(dep["spec"].get("replicas") or 0)
-        pods = _json(self.core.list_namespaced_pod(meta.namespace, label_selector=selector, _preload_content=False))
+        pods = _json(
+            self.core.list_namespaced_pod(
+                meta.namespace, label_selector=selector, _preload_content=False, _request_timeout=self.t
+            )
+        )
         by_rev: dict[str, list[PodState]] = {}
         for pod in pods.get("items", []):
             rev = (pod["metadata"].get("labels") or {}).get(LABEL_REVISION)
@@ -96,8 +159,9 @@ class Kube:
             try:
                 out.route_body = _json(
                     self.custom.get_namespaced_custom_object(
-                        *GATEWAY[:2], meta.namespace, GATEWAY[2], http_route, _preload_content=False
-                    )
+                        *GATEWAY[:2], meta.namespace, GATEWAY[2], http_route,
+                        _preload_content=False, _request_timeout=self.t,
+                    )  # fmt: skip
                 )
             except ApiException as err:
                 if err.status != 404:
@@ -122,34 +186,35 @@ class Kube:
         for dep in decision.deployments:
             name = dep["metadata"]["name"]
             wanted.add(name)
-            self.apps.patch_namespaced_deployment(
-                name,
-                meta.namespace,
-                dep,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY,
-                _preload_content=False,
-            )
+            _drain(
+                self.apps.patch_namespaced_deployment(
+                    name, meta.namespace, dep, field_manager=FIELD_MANAGER, force=True,
+                    _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
+                )
+            )  # fmt: skip
         for name, replicas in decision.scales.items():
             wanted.add(name)
             if name in seen.owned_deployments and seen.owned_deployments[name] != replicas:
-                self.apps.patch_namespaced_deployment_scale(
-                    name, meta.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE, _preload_content=False
-                )
+                _drain(
+                    self.apps.patch_namespaced_deployment_scale(
+                        name, meta.namespace, {"spec": {"replicas": replicas}},
+                        _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
+                    )
+                )  # fmt: skip
         for svc in decision.services:
-            self.core.patch_namespaced_service(
-                svc["metadata"]["name"],
-                meta.namespace,
-                svc,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY,
-                _preload_content=False,
-            )
+            _drain(
+                self.core.patch_namespaced_service(
+                    svc["metadata"]["name"], meta.namespace, svc, field_manager=FIELD_MANAGER, force=True,
+                    _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
+                )
+            )  # fmt: skip
         for name in seen.owned_deployments.keys() - wanted:
             try:
-                self.apps.delete_namespaced_deployment(name, meta.namespace, _preload_content=False)
+                _drain(
+                    self.apps.delete_namespaced_deployment(
+                        name, meta.namespace, _preload_content=False, _request_timeout=self.t
+                    )
+                )
             except ApiException as err:
                 if err.status != 404:
                     raise
@@ -162,16 +227,21 @@ class Kube:
         the children are owned and garbage-collected. resourceVersion makes a concurrent change win.
         """
         try:
-            got = self.custom.get_namespaced_custom_object(GROUP, VERSION, meta.namespace, PLURAL, meta.name)
+            got = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, meta.namespace, PLURAL, meta.name, _request_timeout=self.t
+            )
             obj = cast(dict[str, Any], got)
             finalizers = obj["metadata"].get("finalizers") or []
             if KOPF_FINALIZER not in finalizers:
                 return False
             kept = [f for f in finalizers if f != KOPF_FINALIZER]
             body = {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}}
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, meta.namespace, PLURAL, meta.name, body, _content_type=MERGE, _preload_content=False
-            )
+            _drain(
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, meta.namespace, PLURAL, meta.name, body,
+                    _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
+                )
+            )  # fmt: skip
         except ApiException as err:
             if err.status == 404:
                 return False
@@ -189,6 +259,9 @@ class Kube:
                     changed = True
         if changed:
             body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]}, "spec": {"rules": rules}}
-            self.custom.patch_namespaced_custom_object(
-                *GATEWAY[:2], namespace, GATEWAY[2], w.http_route, body, _content_type=MERGE, _preload_content=False
-            )
+            _drain(
+                self.custom.patch_namespaced_custom_object(
+                    *GATEWAY[:2], namespace, GATEWAY[2], w.http_route, body,
+                    _content_type=MERGE, _preload_content=False, _request_timeout=getattr(self, "t", 10.0),
+                )
+            )  # fmt: skip

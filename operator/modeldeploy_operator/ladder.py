@@ -12,7 +12,13 @@ from datetime import datetime
 
 from modeldeploy_operator import reasons as r
 from modeldeploy_operator.analysis import evaluate
-from modeldeploy_operator.api import HISTORY_LIMIT, HistoryEntry, ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy_operator.api import (
+    HISTORY_LIMIT,
+    ControlRequest,
+    HistoryEntry,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+)
 from modeldeploy_operator.conditions import get_condition, set_condition
 from modeldeploy_operator.model import (
     Config,
@@ -62,6 +68,18 @@ def routed(spec: ModelDeploymentSpec) -> bool:
     return routing is not None and routing.gateway_api is not None
 
 
+def step_weight(spec: ModelDeploymentSpec, i: int) -> int:
+    """The weight the canary carries while at step i: the last setWeight before it (0 if none)."""
+    return next((s.set_weight for s in reversed(spec.rollout.steps[:i]) if s.set_weight is not None), 0)
+
+
+IGNORED_BECAUSE = {
+    r.ANNOTATION_PROMOTE: "no canary is running",
+    r.ANNOTATION_ABORT: "no canary is running",
+    r.ANNOTATION_RETRY: "no revision is rolled back",
+}
+
+
 def canary_size(spec: ModelDeploymentSpec, weight: int) -> tuple[int, int]:
     """(canary pods, effective canary weight) for a requested weight: router or replica ratio."""
     if routed(spec):
@@ -90,6 +108,8 @@ class Tick(Report):
         self.canary_replicas = 0
         self.progress: tuple[str, str] = (r.ROLLOUT_COMPLETE, "")
         self.limit = spec.rollout.progress_deadline_seconds
+        self.requests: set[str] = set()  # control annotations not acted on before (new values)
+        self.acted: set[str] = set()
 
     # ----------------------------------------------------------------- helpers
     def event(self, reason: str, message: str, warning: bool = False) -> None:
@@ -121,15 +141,39 @@ class Tick(Report):
     def run(self) -> Decision:
         st = self.st
         ann = self.obs.annotations
-        self.d.clear_annotations = [a for a in r.CONTROL_ANNOTATIONS if a in ann]
-        if r.ANNOTATION_RETRY in ann and st.failed_revision is not None:
+        # A request is acted on once: its value is recorded in status in the same (checked) write
+        # that records what it did, and the annotation is cleared only after that write.
+        present = {a: ann[a] for a in r.CONTROL_ANNOTATIONS if a in ann}
+        handled = {c.annotation: c.value for c in st.control_requests}
+        self.requests = {a for a, v in present.items() if handled.get(a) != v}
+        st.control_requests = [ControlRequest(annotation=a, value=v) for a, v in present.items()]
+        self.d.clear_annotations = list(present)
+        if r.ANNOTATION_RETRY in self.requests and st.failed_revision is not None:
+            self.acted.add(r.ANNOTATION_RETRY)
             self.event(r.RETRY_REQUESTED, f"retrying revision {st.failed_revision} (version {st.failed_version})")
+            st.failed_revision = st.failed_version = None
+        if (
+            st.failed_revision is not None
+            and st.observed_generation is not None
+            and self.meta.generation is not None
+            and self.meta.generation != st.observed_generation
+        ):
+            # A new spec generation is a new request (as in Argo Rollouts): a rolled-back revision it
+            # asks for again is started again. An unchanged spec (a GitOps re-sync) never retries it.
+            if self.rev == st.failed_revision:
+                self.event(
+                    r.RETRY_REQUESTED,
+                    f"spec generation {self.meta.generation} asks again for rolled-back revision "
+                    f"{st.failed_revision} (version {st.failed_version}): starting its canary again",
+                )
             st.failed_revision = st.failed_version = None
         if st.stable_revision is None or self.first_deploy_pending():
             self.first_deploy()
         else:
             self.canary()
         self.scale_down_old()
+        for a in sorted(self.requests - self.acted):
+            self.event(r.REQUEST_IGNORED, f"{a} ignored: {IGNORED_BECAUSE[a]}")
         return self.finish()
 
     def first_deploy(self) -> None:
@@ -160,13 +204,21 @@ class Tick(Report):
         why = self.state(self.rev).problems()
         msg = f"waiting for {self.spec.replicas} ready pods of revision {self.rev}, {ready} ready: {why}"
         self.hold(r.STABLE_DEPLOYING, msg)
-        if waited > self.limit:
-            text = f"revision {self.rev} not ready after {waited:.0f}s (progressDeadlineSeconds {self.limit}): {why}"
+        refused = self.state(self.rev).refusal()
+        if refused is not None or waited > self.limit:
+            if refused is not None:  # final for this revision: no point waiting for the deadline
+                reason, text = r.ARTIFACT_REFUSED, f"revision {self.rev} refused by its server: {refused}"
+            else:
+                reason = r.PROGRESS_DEADLINE_EXCEEDED
+                text = (
+                    f"revision {self.rev} not ready after {waited:.0f}s "
+                    f"(progressDeadlineSeconds {self.limit}): {why}"
+                )
             degraded = get_condition(st.conditions, r.DEGRADED)
-            if degraded is None or degraded.status != "True":
-                self.event(r.PROGRESS_DEADLINE_EXCEEDED, text, warning=True)
+            if degraded is None or degraded.status != "True" or degraded.reason != reason:
+                self.event(reason, text, warning=True)
             st.conditions = set_condition(
-                st.conditions, r.DEGRADED, "True", r.PROGRESS_DEADLINE_EXCEEDED, text, self.meta.generation, self.now
+                st.conditions, r.DEGRADED, "True", reason, text, self.meta.generation, self.now
             )
 
     def canary(self) -> None:
@@ -195,15 +247,18 @@ class Tick(Report):
             self.start_canary()
         if st.canary_revision is None:
             return
-        if r.ANNOTATION_ABORT in self.obs.annotations:
+        if r.ANNOTATION_ABORT in self.requests:
+            self.acted.add(r.ANNOTATION_ABORT)
             self.rollback(r.ABORTED, f"aborted by annotation {r.ANNOTATION_ABORT}", r.OUTCOME_ABORTED)
             return
-        if r.ANNOTATION_PROMOTE in self.obs.annotations and not st.promote_requested:
-            st.promote_requested = True
-            self.event(r.PROMOTE_REQUESTED, f"promotion of canary {st.canary_revision} requested by annotation")
-            if st.current_step is not None:
-                self.enter_step(len(self.spec.rollout.steps))
-        if self.judge():
+        if r.ANNOTATION_PROMOTE in self.requests:
+            self.acted.add(r.ANNOTATION_PROMOTE)
+            if not st.promote_requested:
+                st.promote_requested = True
+                self.event(r.PROMOTE_REQUESTED, f"promotion of canary {st.canary_revision} requested by annotation")
+                if st.current_step is not None:
+                    self.enter_step(len(self.spec.rollout.steps))
+        if self.judge() or self.refused():
             return
         if st.current_step is None:
             if not self.wait_ready(canary_size(self.spec, 0), since=st.canary_started_at):
@@ -221,6 +276,7 @@ class Tick(Report):
         st.current_step = st.step_started_at = None
         st.canary_weight, st.failed_checks = 0, 0
         st.promote_requested = st.prometheus_unavailable_since = st.failed_check_at = None
+        st.canary_unready_since = None
         st.conditions = set_condition(
             st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
         )
@@ -235,7 +291,7 @@ class Tick(Report):
         st.canary_revision = st.canary_version = st.canary_started_at = None
         st.current_step = st.step_started_at = st.failed_checks = None
         st.promote_requested = st.prometheus_unavailable_since = st.failed_check_at = None
-        st.canary_weight = 0
+        st.canary_weight, st.canary_unready_since = 0, None
 
     def enter_step(self, i: int) -> None:
         self.st.current_step = i
@@ -263,6 +319,82 @@ class Tick(Report):
         else:
             self.hold(r.CANARY_WAITING_FOR_READY, f"{msg}; {state.problems()}" if state.pods else msg)
         return False
+
+    def refused(self) -> bool:
+        """A canary pod terminated with the server's refusal (exit code 2): roll back now, with its line."""
+        st = self.st
+        line = self.state(st.canary_revision).refusal()
+        if line is None:
+            return False
+        text = f"canary {st.canary_revision} (version {st.canary_version}) refused by its server: {line}"
+        self.rollback(r.ARTIFACT_REFUSED, text, r.OUTCOME_ROLLED_BACK)
+        return True
+
+    def carrying(self, i: int) -> bool:
+        """Does the canary still have the ready pods the weight of step i needs? Checked every tick.
+
+        Routed: when it does not, its weight goes to 0 at once (the gateway would send that share to
+        a Service without endpoints) and comes back when the pods do, with the step's clock
+        restarted so the weight is judged again; rolled back when they are not back within
+        progressDeadlineSeconds. Replica ratio: unready pods leave the endpoints by themselves,
+        so only the deadline applies.
+        """
+        st = self.st
+        held = step_weight(self.spec, i)
+        if held <= 0:
+            return True
+        need = canary_size(self.spec, held)[0]
+        self.canary_replicas = max(self.canary_replicas, need)
+        state = self.state(st.canary_revision)
+        if state.ready_replicas >= need:
+            if st.canary_unready_since is not None:
+                st.canary_unready_since = None
+                old, st.canary_weight = st.canary_weight, canary_size(self.spec, held)[1]
+                st.step_started_at = fmt_time(self.now)
+                self.event(
+                    r.WEIGHT_CHANGED,
+                    f"canary {st.canary_revision} has {state.ready_replicas} ready pods again: "
+                    f"weight {old}% -> {st.canary_weight}%, {self.step_text(i)} starts over",
+                )
+            return True
+        if st.canary_unready_since is None:
+            st.canary_unready_since = fmt_time(self.now)
+            old = st.canary_weight
+            if routed(self.spec):
+                st.canary_weight = 0
+            self.event(
+                r.CANARY_UNREADY,
+                f"canary {st.canary_revision} has {state.ready_replicas}/{need} ready pods at weight {old}%: "
+                f"weight -> {st.canary_weight}%; {state.problems()}",
+                warning=True,
+            )
+        lost = seconds_since(st.canary_unready_since, self.now)
+        if lost > self.limit:
+            text = (
+                f"canary {st.canary_revision} (version {st.canary_version}) lost its ready pods {lost:.0f}s ago "
+                f"(progressDeadlineSeconds {self.limit}): {state.problems()}"
+            )
+            self.event(r.PROGRESS_DEADLINE_EXCEEDED, text, warning=True)
+            self.rollback(r.PROGRESS_DEADLINE_EXCEEDED, text, r.OUTCOME_ROLLED_BACK)
+            return False
+        self.hold(
+            r.CANARY_UNREADY,
+            f"canary {st.canary_revision}: {state.ready_replicas}/{need} pods ready at {self.step_text(i)}, "
+            f"weight {st.canary_weight}% until they are back: {state.problems()}",
+        )
+        return False
+
+    def not_judged(self, i: int, waited: float) -> bool:
+        """Waiting for a passing analysis longer than progressDeadlineSeconds: roll back (True)."""
+        if waited <= self.limit:
+            return False
+        text = (
+            f"canary {self.st.canary_revision} (version {self.st.canary_version}) not judged "
+            f"{waited:.0f}s after its wait ended (progressDeadlineSeconds {self.limit}): {self.waiting_text(i)}"
+        )
+        self.event(r.PROGRESS_DEADLINE_EXCEEDED, text, warning=True)
+        self.rollback(r.PROGRESS_DEADLINE_EXCEEDED, text, r.OUTCOME_ROLLED_BACK)
+        return True
 
     def judge(self) -> bool:
         """Act on this tick's analysis, if one ran. True when the canary was rolled back."""
@@ -329,6 +461,8 @@ class Tick(Report):
         for _ in range(len(steps) + 2):
             assert st.current_step is not None
             i = st.current_step
+            if not self.carrying(i):
+                return
             if i >= len(steps):
                 self.promote()
                 return
@@ -362,7 +496,8 @@ class Tick(Report):
                 )
                 return
             if (st.canary_weight or 0) > 0 and not passed_in_step(st):
-                self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(i))
+                if not self.not_judged(i, since - step.pause.seconds):
+                    self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(i))
                 return
             self.enter_step(i + 1)
 
@@ -379,7 +514,8 @@ class Tick(Report):
         st = self.st
         steps = self.spec.rollout.steps
         if gate_waiting(self.spec, st, 0) and (st.canary_weight or 0) > 0 and not passed_in_step(st):
-            self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(len(steps)))
+            if not self.not_judged(len(steps), seconds_since(st.step_started_at, self.now)):
+                self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(len(steps)))
             return
         if not self.wait_ready((self.spec.replicas, 100), since=st.step_started_at):
             return

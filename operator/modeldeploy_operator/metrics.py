@@ -33,25 +33,61 @@ STARTED = time.time()
 
 
 class Health:
-    """Liveness: kopf's startup ran, and while objects exist their ticks keep coming."""
+    """Liveness: kopf's startup ran, and every object's ticks keep completing.
+
+    Per object: the time of its last completed tick (`tick`) and its last failure (`failed`).
+    An object whose last completed tick is older than `stale_after` (its timer died, a call hangs,
+    or every tick fails) makes /healthz fail, naming it and why.
+    """
 
     def __init__(self) -> None:
         self.started = False
-        self.objects: set[tuple[str, str]] = set()
-        self.last_tick = 0.0
+        self.last: dict[tuple[str, str], float] = {}
+        self.errors: dict[tuple[str, str], str] = {}
         self.stale_after = 30.0
+        self.lock = threading.Lock()
 
     def tick(self, namespace: str, name: str) -> None:
-        self.objects.add((namespace, name))
-        self.last_tick = time.time()
+        with self.lock:
+            self.last[(namespace, name)] = time.time()
+            self.errors.pop((namespace, name), None)
+
+    def failed(self, namespace: str, name: str, why: str) -> None:
+        with self.lock:
+            self.last.setdefault((namespace, name), time.time())  # late from its first failed tick
+            self.errors[(namespace, name)] = why
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self.lock:
+            self.last.pop((namespace, name), None)
+            self.errors.pop((namespace, name), None)
+        forget_series(namespace, name)
 
     def problem(self) -> str | None:
         if not self.started:
             return "starting: kopf's startup has not finished"
-        age = time.time() - self.last_tick
-        if self.objects and age > self.stale_after:
-            return f"no reconcile tick for {age:.0f}s while {len(self.objects)} ModelDeployments exist"
-        return None
+        now = time.time()
+        with self.lock:
+            late = sorted((t, key) for key, t in self.last.items() if now - t > self.stale_after)
+            errors = dict(self.errors)
+        if not late:
+            return None
+        shown = []
+        for t, (ns, name) in late[:5]:
+            why = f": {errors[(ns, name)]}" if (ns, name) in errors else ""
+            shown.append(f"{ns}/{name} ({now - t:.0f}s{why})")
+        more = f" and {len(late) - 5} more" if len(late) > 5 else ""
+        return f"no completed reconcile tick for over {self.stale_after:.0f}s: {', '.join(shown)}{more}"
+
+
+def forget_series(namespace: str, name: str) -> None:
+    """Drop every per-object series of a deleted ModelDeployment (no label leak)."""
+    for metric in (ROLLOUTS, CANARY_WEIGHT, ANALYSES, RECONCILE_ERRORS):
+        names = metric._labelnames
+        for values in list(metric._metrics):
+            got = dict(zip(names, values, strict=True))
+            if got.get("namespace") == namespace and got.get("name") == name:
+                metric.remove(*values)
 
 
 HEALTH = Health()

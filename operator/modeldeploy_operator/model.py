@@ -29,6 +29,12 @@ class PodState:
     exit_code: int | None = None
     phase: str | None = None
 
+    def refusal(self) -> str | None:
+        """The server's one line when it refused its artifact (exit code 2), else None."""
+        if self.exit_code != 2:
+            return None
+        return self.terminated_message or f"pod {self.name}: the server refused to start (exit code 2)"
+
     def problem(self) -> str | None:
         """One line on why the pod is not ready, or None when nothing is known."""
         if self.ready:
@@ -56,6 +62,10 @@ class RevisionState:
 
     ready_replicas: int = 0
     pods: tuple[PodState, ...] = ()
+
+    def refusal(self) -> str | None:
+        """The first refusal line any pod of this revision terminated with (final for the revision)."""
+        return next((line for line in (p.refusal() for p in self.pods) if line), None)
 
     def problems(self) -> str:
         lines = [p for p in (pod.problem() for pod in self.pods) if p]

@@ -22,6 +22,10 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(default=8000, ge=0, le=65535, description="/metrics and /healthz.")
     metrics_bind_address: str = Field(default="0.0.0.0", description="Address of the metrics listener.")
     scale_down_delay_seconds: int = Field(default=30, ge=0)
+    api_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of every Kubernetes API call.")
+    stale_ticks: int = Field(
+        default=10, ge=2, description="/healthz fails when an object has not completed a tick for this many periods."
+    )
     scrape_interval_seconds: float = Field(
         default=2.0, gt=0, description="Prometheus' scrape interval; analysis windows span at least two."
     )

@@ -74,11 +74,13 @@ class Sim:
     status: ModelDeploymentStatus = field(default_factory=ModelDeploymentStatus)
     annotations: dict[str, str] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
+    exit_codes: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     prom: dict[str, Callable[[AnalysisPlan], dict[str, QueryResult]]] = field(default_factory=dict)
     desired: dict[str, int] = field(default_factory=dict)
     ready: dict[str, int] = field(default_factory=dict)
     asked_at: dict[str, datetime] = field(default_factory=dict)
     route_found: bool = True
+    clear_fails: bool = False  # the annotation-clearing write fails (the request stays on the object)
     generation: int = 1
     decisions: list[Decision] = field(default_factory=list)
     trace: list[tuple[int, str | None, int | None, int | None]] = field(default_factory=list)
@@ -112,6 +114,12 @@ class Sim:
         self.generation += 1
         return self.revision()
 
+    def kill(self, revision: str, exit_code: int = 137, message: str | None = None) -> None:
+        """Every pod of `revision` dies now and never comes back (OOMKilled, a refusal, a crash loop)."""
+        self.broken.add(revision)
+        self.ready[revision] = 0
+        self.exit_codes[revision] = (exit_code, message)
+
     def observe_revisions(self) -> dict[str, RevisionState]:
         out = {}
         for rev, want in self.desired.items():
@@ -131,8 +139,9 @@ class Sim:
                         restart_count=3,
                         waiting_reason="CrashLoopBackOff",
                         waiting_message="back-off 40s restarting failed container",
-                        exit_code=1,
+                        exit_code=self.exit_codes.get(rev, (1, None))[0],
                         terminated_reason="Error",
+                        terminated_message=self.exit_codes.get(rev, (1, None))[1],
                     )
                     for i in range(want - have)
                 )
@@ -157,8 +166,9 @@ class Sim:
             analysis=results,
         )
         d = decide(spec, self.status, obs, self.now, meta=meta, config=self.config)
-        for key in d.clear_annotations:
-            self.annotations.pop(key, None)
+        if not self.clear_fails:
+            for key in d.clear_annotations:
+                self.annotations.pop(key, None)
         want: dict[str, int] = {}
         for dep in d.deployments:
             want[dep["metadata"]["labels"]["modeldeploy.io/revision"]] = dep["spec"]["replicas"]

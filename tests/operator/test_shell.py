@@ -1,8 +1,9 @@
-"""The shell's small pure parts: settings from env, the health verdict, pod states from raw pods."""
+"""The shell's small pure parts: settings from env, the listener, pod states from raw pods, route weights.
+
+(The health verdict and status writes: `test_reconcile`.)
+"""
 
 from __future__ import annotations
-
-import time
 
 import httpx
 import pytest
@@ -21,17 +22,6 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.core_config().image == "registry.local/md:1" and s.core_config().scale_down_delay_seconds == 30
     monkeypatch.setenv("MODELDEPLOY_OPERATOR_NAMESPACES", "")
     assert OperatorSettings().namespace_list == []
-
-
-def test_health_says_why_it_is_unhealthy() -> None:
-    h = metrics.Health()
-    assert h.problem() == "starting: kopf's startup has not finished"
-    h.started = True
-    assert h.problem() is None  # no objects: nothing to be late for
-    h.tick("ml", "iris")
-    assert h.problem() is None
-    h.last_tick = time.time() - 100
-    assert h.problem() == "no reconcile tick for 100s while 1 ModelDeployments exist"
 
 
 def test_metrics_listener_serves_metrics_and_healthz() -> None:
@@ -116,19 +106,3 @@ def test_route_weights_are_patched_only_on_our_backend_refs_and_only_when_they_d
     assert body["spec"]["rules"][1]["matches"] == route["spec"]["rules"][1]["matches"]
     kube.set_weights("ml", weights, route)  # already there: no second patch
     assert len(api.patches) == 1
-
-
-def test_status_patch_deletes_emptied_fields_and_sends_no_nested_nulls() -> None:
-    from modeldeploy_operator.api import ModelDeploymentStatus
-    from modeldeploy_operator.handlers import status_patch
-
-    st = ModelDeploymentStatus.model_validate(
-        {"phase": "Healthy", "stableRevision": "abc",
-         "lastAnalysis": {"time": "t", "revision": "abc", "verdict": "Error",
-                          "checks": [{"name": "requests", "query": "q", "verdict": "Error"}]}}
-    )  # fmt: skip
-    patch = status_patch(st)
-    assert patch["phase"] == "Healthy" and patch["canaryRevision"] is None and patch["failedCheckAt"] is None
-    assert patch["lastAnalysis"]["checks"] == [{"name": "requests", "query": "q", "threshold": "", "verdict": "Error",
-                                                "message": ""}]  # fmt: skip
-    assert "step" not in patch["lastAnalysis"]
