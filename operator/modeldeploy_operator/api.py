@@ -34,6 +34,7 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
 ModelFormat = Literal["joblib", "pickle", "skops", "onnx"]
 ModelMethod = Literal["predict", "predict_proba"]
+LowTraffic = Literal["extend", "raiseWeight", "hold"]
 Weight = Annotated[int, Field(ge=0, le=100)]
 PositiveSeconds = Annotated[int, Field(gt=0)]
 
@@ -51,6 +52,29 @@ def format_from_uri(uri: str) -> ModelFormat | None:
         if path.endswith(ext):
             return fmt  # type: ignore[return-value]
     return None
+
+
+class ReferenceProfile(_Model):
+    """A training profile, digest-verified like the artifact."""
+
+    uri: str = Field(
+        max_length=2048,
+        json_schema_extra={"pattern": URI_PATTERN},
+        description="Where the profile JSON is: file://, http://, https:// or s3://.",
+    )
+    sha256: str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the profile bytes, 64 lowercase hex digits.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme_supported(cls, uri: str) -> str:
+        return _check_scheme(uri)
+
+
+def _check_scheme(uri: str) -> str:
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in SUPPORTED_SCHEMES or not re.match(URI_PATTERN, uri):
+        raise ValueError(f"uri {uri!r} has scheme {scheme!r}; supported schemes: {', '.join(SUPPORTED_SCHEMES)}")
+    return uri
 
 
 class ModelRef(_Model):
@@ -96,14 +120,16 @@ class ModelRef(_Model):
         min_length=1, max_length=63, description="Human label of the model version: status, history, metrics."
     )
     method: ModelMethod = Field(default="predict", description="predict or predict_proba.")
+    reference: ReferenceProfile | None = Field(
+        default=None,
+        description="Training profile (`modeldeploy profile`): per-feature bins and proportions, the reference "
+        "prediction distribution. Needed by analysis.maxInputDrift.",
+    )
 
     @field_validator("uri")
     @classmethod
     def _scheme_supported(cls, uri: str) -> str:
-        scheme = uri.split("://", 1)[0] if "://" in uri else ""
-        if scheme not in SUPPORTED_SCHEMES or not re.match(URI_PATTERN, uri):
-            raise ValueError(f"uri {uri!r} has scheme {scheme!r}; supported schemes: {', '.join(SUPPORTED_SCHEMES)}")
-        return uri
+        return _check_scheme(uri)
 
     @model_validator(mode="after")
     def _digest_for_unsafe_formats(self) -> ModelRef:
@@ -256,6 +282,46 @@ class AnalysisSpec(_Model):
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
+    # Canary against stable over the same window, judged by the anytime-valid judge (judge.py).
+    # Every threshold is off when absent. A threshold of 0 is refused: "no increase at all" can fail
+    # a canary but never pass one, so the rollout could only end by rollback or a manual promote.
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1,
+        description="Failed or Passed only when the evidence reaches this confidence, however often the "
+        "operator looks (anytime-valid); otherwise Inconclusive.",
+    )
+    max_error_rate_increase: float | None = Field(
+        default=None, gt=0, le=1, description="Largest canary 5xx share minus stable's (same window); absent: off."
+    )
+    max_latency_p99_ratio: float | None = Field(
+        default=None,
+        ge=1,
+        description="Largest canary p99 over stable p99, answered requests only (histogram buckets); absent: off.",
+    )
+    max_refusal_rate_increase: float | None = Field(
+        default=None, gt=0, le=1, description="Largest canary 422 share minus stable's (same window); absent: off."
+    )
+    max_prediction_shift: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Largest total-variation distance between canary and stable prediction distributions "
+        "(classes, or score/value bins): the share of answers that changed kind; absent: off.",
+    )
+    max_input_drift: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Largest per-feature total-variation distance of the canary's inputs from the reference "
+        "profile (spec.model.reference, required); absent: off.",
+    )
+    low_traffic: LowTraffic | None = Field(
+        default=None,
+        description="When a decision needs more time than the step has: extend the step, raiseWeight "
+        "(within maxWeight) or hold; absent: report it in status and Events only.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -301,6 +367,19 @@ class RolloutSpec(_Model):
 
 
 class ModelDeploymentSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.rollout) || !has(self.rollout.analysis)"
+                    " || !has(self.rollout.analysis.maxInputDrift) || has(self.model.reference)",
+                    "message": "rollout.analysis.maxInputDrift needs model.reference (the training profile)",
+                    "fieldPath": ".model.reference",
+                }
+            ]
+        }
+    )
+
     model: ModelRef
     inputs: list[InputSpec] = Field(
         default_factory=list,
@@ -318,6 +397,16 @@ class ModelDeploymentSpec(_Model):
     def _unique_input_names(cls, inputs: list[InputSpec]) -> list[InputSpec]:
         _refuse_duplicates([i.name for i in inputs], "input")
         return inputs
+
+    @model_validator(mode="after")
+    def _drift_needs_reference(self) -> ModelDeploymentSpec:
+        drift = self.rollout.analysis.max_input_drift
+        if drift is not None and self.model.reference is None:
+            raise ValueError(
+                f"rollout.analysis.maxInputDrift ({drift:g}) needs model.reference (the training profile to compare"
+                " with)"
+            )
+        return self
 
 
 def _refuse_duplicates(names: list[str], what: str) -> None:

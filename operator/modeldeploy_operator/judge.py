@@ -34,19 +34,23 @@ twice the data of the conditional test (see bench/README.md). A confidence seque
 sequential-testing package would add a dependency for one closed form; scipy's `betaln` is enough.
 
 **Distributions.** Total-variation distance TV = max over subsets A of p_c(A) - p_s(A) ("the share
-of answers that changed kind"). Its lower bound is the largest lower bound over a family of subsets
-(single classes, and for ordered bins also every prefix "bin <= j", which is how a shift of a
-numeric feature shows), Bonferroni over the family; its upper bound is sum_k max(0, U_k) over the
-upper bounds of each bin's difference, Bonferroni over bins. Input drift is the one-sample version
-against the reference profile's fixed proportions (no stable arm to estimate: cheaper), per feature,
-Bonferroni over features; the largest feature is reported with every feature's figures.
+of answers that changed kind"). Up to 6 classes or bins every subset is tested (Bonferroni over
+them), so both bounds are the largest |difference| bounds over subsets. With more bins the lower
+bound comes from single bins and, for ordered bins, every prefix "bin <= j" (how a shift of a
+numeric feature shows); the upper bound is sum_k max(0, U_k) over each bin's upper bound. Input
+drift is the one-sample version against the reference profile's fixed proportions (no stable arm
+to estimate: cheaper), per feature, Bonferroni over features; the largest feature is reported with
+every feature's figures.
 
 **Latency.** The p99 of each arm is bracketed by histogram bucket edges from simultaneous
-anytime-valid bounds on the CDF at each edge (valid, but only at bucket resolution); the ratio's
-interval is [canary lower edge / stable upper edge, canary upper edge / stable lower edge]. The
-point estimate interpolates inside a bucket like PromQL's histogram_quantile and is descriptive
-only: with buckets 2-2.5x apart a ratio threshold of 1.5 fails only when the canary's p99 is
-clearly a bucket or two above stable's.
+anytime-valid bounds on the tail share above each edge; the ratio's interval is [canary lower edge
+/ stable upper edge, canary upper edge / stable lower edge]. What is anytime-valid: Failed (the
+canary's p99 is above an edge that is more than `maxLatencyP99Ratio` times an edge stable's p99 is
+below) and the interval. What is not: the point estimate (linear interpolation inside a bucket, as
+PromQL's histogram_quantile) is descriptive; and since buckets are 2-2.5x apart no interval can be
+narrower than one bucket, so a ratio threshold below that width could never pass. Passed therefore
+also means "at bucket resolution, the canary's p99 is no higher than the top of stable's p99
+bucket" (both p99 bracketed at the confidence): a slowdown smaller than one bucket goes unseen.
 
 **More data.** While Inconclusive, `more_canary_requests` says how many more canary requests (with
 stable growing in proportion, at the current estimates) a decision would need; None when the
@@ -122,6 +126,15 @@ def log_mixture(k: ArrayLike, n: ArrayLike) -> Array:
     return np.asarray(logsumexp(terms, axis=-1), dtype=np.float64)
 
 
+def log_mixture_pair(kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike) -> Array:
+    """log of the joint marginal of both arms under the shared-scale prior: one mixture component
+    draws both rates from the same Beta (so the scale is paid for once, not once per arm)."""
+    a, b, c, d = (_f(x)[..., None] for x in (kc, nc, ks, ns))
+    one = betaln(_PRIOR_A + a, _PRIOR_B + b - a) + betaln(_PRIOR_A + c, _PRIOR_B + d - c)
+    terms = _PRIOR_LOGW + one - 2 * betaln(_PRIOR_A, _PRIOR_B)
+    return np.asarray(logsumexp(terms, axis=-1), dtype=np.float64)
+
+
 def _loglik(k: Array, n: Array, p: Array) -> Array:
     return np.asarray(xlogy(k, p) + xlog1py(n - k, -p), dtype=np.float64)
 
@@ -160,7 +173,7 @@ def log_evidence_two_sample(
     full = _loglik(kc_, nc_, _mle(kc_, nc_)) + _loglik(ks_, ns_, _mle(ks_, ns_))
     inside = dhat <= d_ if side == "above" else dhat >= d_
     den = np.where(inside, full, _boundary_loglik(kc_, nc_, ks_, ns_, d_))
-    return log_mixture(kc_, nc_) + log_mixture(ks_, ns_) - den
+    return log_mixture_pair(kc_, nc_, ks_, ns_) - den
 
 
 def log_evidence_one_sample(k: ArrayLike, n: ArrayLike, p: ArrayLike, side: Literal["above", "below"]) -> Array:
@@ -236,16 +249,21 @@ def _tv_verdicts(
     share_upper: Callable[[Array, float], Array],
     k: int, ordered: bool, max_tv: float, alpha: float, passing: bool = True,
 ) -> npt.NDArray[np.int8]:  # fmt: skip
-    """Failed when some subset's |share difference| exceeds max_tv (Bonferroni over the family);
-    Passed when the sum of the bins' positive upper bounds is at most max_tv (Bonferroni over bins).
-    `share_evidence(rows, d, side)` is the log e-value per subset row (last axis)."""
+    """Failed when some subset's |share difference| exceeds max_tv; Passed when no subset's can
+    (every subset, up to 6 bins) or the bins' positive upper bounds sum to at most max_tv (more
+    bins). Bonferroni over the one-sided tests. `share_evidence(rows, d, side)`: log e-value per
+    subset row (last axis); `share_upper(rows, a)`: upper bounds per row."""
     family = _subsets(k, ordered)
     thr = math.log(2 * len(family) / alpha)
-    fail = np.any((share_evidence(family, max_tv, "above") >= thr) | (share_evidence(family, -max_tv, "below") >= thr),
-                  axis=-1)  # fmt: skip
+    above, below = share_evidence(family, max_tv, "above"), share_evidence(family, -max_tv, "below")
+    fail = np.any((above >= thr) | (below >= thr), axis=-1)
     if not passing:
         return np.where(fail, FAILED, INCONCLUSIVE).astype(np.int8)
-    ok = np.sum(np.maximum(share_upper(np.eye(k), alpha / k), 0.0), axis=-1) <= max_tv
+    if k <= _ALL_SUBSETS:
+        inner = (share_evidence(family, max_tv, "below") >= thr) & (share_evidence(family, -max_tv, "above") >= thr)
+        ok = np.all(inner, axis=-1)
+    else:
+        ok = np.sum(np.maximum(share_upper(np.eye(k), alpha / k), 0.0), axis=-1) <= max_tv
     return np.where(fail, FAILED, np.where(ok, PASSED, INCONCLUSIVE)).astype(np.int8)
 
 
@@ -301,10 +319,17 @@ def rate_increase(
 # ------------------------------------------------------------------------------------------------
 
 
+_ALL_SUBSETS = 6  # up to this many bins every subset is tested (2^(k-1) - 1 up to complement)
+
+
 def _subsets(k: int, ordered: bool) -> Array:
-    """Rows: indicator vectors of the subsets whose share differences bound TV from below
-    (single bins; for ordered bins also the prefixes "bin <= j"; a complement adds nothing)."""
-    rows = [np.eye(k)[i] for i in range(k)] if k > 2 else [np.eye(k)[0]]
+    """Rows: indicator vectors of the subsets whose share differences bound TV. Up to 6 bins: every
+    subset (TV is the largest of them, so both bounds are tight); more: single bins, and for ordered
+    bins the prefixes "bin <= j" too (how a shifted numeric feature shows). A complement adds nothing."""
+    if k <= _ALL_SUBSETS:
+        masks = [m for m in range(1, 2**k - 1) if m & 1]  # bin 0 in A, A not everything
+        return np.array([[(m >> i) & 1 for i in range(k)] for m in masks], dtype=np.float64)
+    rows = [np.eye(k)[i] for i in range(k)]
     if ordered:
         rows += [np.r_[np.ones(j), np.zeros(k - j)] for j in range(2, k - 1)]
     return np.array(rows, dtype=np.float64)
@@ -312,13 +337,16 @@ def _subsets(k: int, ordered: bool) -> Array:
 
 def _tv_bounds(share_bounds: Callable[[Array, float], tuple[Array, Array]], k: int, ordered: bool,
                alpha: float) -> tuple[float, float]:  # fmt: skip
-    """The interval matching `_tv_verdicts`: lower from the subset family, upper from the bins."""
+    """The interval matching `_tv_verdicts`: TV = max over subsets A of |p_c(A) - p_s(A)|."""
     family = _subsets(k, ordered)
     lo, hi = share_bounds(family, alpha / (2 * len(family)))
     lower = float(np.max(np.maximum(np.maximum(lo, -hi), 0.0)))
-    _, bin_hi = share_bounds(np.eye(k), alpha / k)
-    upper = float(min(1.0, np.sum(np.maximum(bin_hi, 0.0))))
-    return lower, max(upper, lower)
+    if k <= _ALL_SUBSETS:
+        upper = float(np.max(np.maximum(hi, -lo)))
+    else:
+        _, bin_hi = share_bounds(np.eye(k), alpha / k)
+        upper = float(np.sum(np.maximum(bin_hi, 0.0)))
+    return lower, min(1.0, max(upper, lower))
 
 
 def _counts(name: str, values: Sequence[float] | Array) -> Array:
@@ -486,5 +514,7 @@ def latency_ratio(
     est_c, est_s = _quantile(e, c, quantile), _quantile(e, s, quantile)
     estimate = est_c / est_s if est_s > 0 else math.nan
     verdict = _verdict(lower, upper, max_ratio)
+    if verdict == "Inconclusive" and math.isfinite(s_hi) and c_hi <= s_hi:
+        verdict = "Passed"  # at bucket resolution: the canary's p99 is no higher than the top of stable's bucket
     return Decision("latency-p99-ratio", estimate, lower, upper, max_ratio, confidence, float(c[-1]), float(s[-1]),
                     verdict, None)  # fmt: skip
