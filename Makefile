@@ -76,8 +76,20 @@ binaries: ## Build (once, cached outside the repo) kube-apiserver, etcd, helm, G
 	bash hack/install-system-deps.sh
 	bash hack/build-binaries.sh
 
+.PHONY: node-binaries
+node-binaries: ## Real node: build (once, cached) containerd, kubelet, kube-proxy, Prometheus 3, Traefik; apt runc, CNI, buildah.
+	bash hack/install-system-deps.sh node
+	bash hack/build-node-binaries.sh
+
+.PHONY: image
+image: $(INSTALLED) ## Build the image with buildah (no Docker daemon, no network inside); OCI archive in ~/.cache/modeldeploy/image.
+	bash hack/install-system-deps.sh node
+	bash hack/build-image.sh
+	bash hack/build-image.sh pause
+
+# DEVCLUSTER_DATAPLANE=real make cluster-up: the real node (containerd, kubelet, Traefik, Prometheus 3).
 .PHONY: cluster-up
-cluster-up: $(INSTALLED) binaries ## Start the local cluster in the background; env in .cache/cluster/env.
+cluster-up: $(INSTALLED) binaries $(if $(filter real,$(DEVCLUSTER_DATAPLANE)),node-binaries image) ## Start the local cluster in the background; env in .cache/cluster/env.
 	PYTHONPATH=hack $(BIN)/python -m devcluster up
 
 .PHONY: cluster-down

@@ -29,7 +29,9 @@ progress() {
   log "$what: $n packages compiled"
 }
 
-build_kube() {
+# The wrapper module: requires k8s.io/kubernetes and points every staging module at its published
+# tag. hack/build-node-binaries.sh builds kubelet and kube-proxy from it too.
+kube_wrapper() {
   local kv=$KUBERNETES_VERSION stv="v0.${KUBERNETES_VERSION#v1.}" dir="$work/kube-$KUBERNETES_VERSION"
   mkdir -p "$dir"
   local kdir
@@ -47,6 +49,11 @@ build_kube() {
     echo ")"
   } >"$dir/go.mod"
   log "kubernetes $kv: $(grep -c ' => ' "$dir/go.mod") staging modules replaced by their $stv tags"
+}
+
+build_kube() {
+  local kv=$KUBERNETES_VERSION dir="$work/kube-$KUBERNETES_VERSION"
+  kube_wrapper
   local ld="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $p.gitVersion=$kv -X $p.gitMajor=1 -X $p.gitMinor=$(cut -d. -f2 <<<"$kv") -X $p.gitTreeState=clean"
@@ -93,6 +100,10 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" &&
   for b in kube-apiserver etcd kube-controller-manager kube-scheduler; do
     [[ -x "$KUBEBUILDER_ASSETS/$b" ]] && ln -sf "$KUBEBUILDER_ASSETS/$b" "$out/$b"
   done
+fi
+if [[ -n "${KUBE_WRAPPER_ONLY:-}" ]]; then
+  kube_wrapper
+  exit 0
 fi
 build_etcd
 fetch_gateway_crds

@@ -3,8 +3,31 @@
 # Idempotent: does nothing when both are present; runs `apt-get update` only when the package
 # lists are missing or the install fails on a stale list. Must run as root (CI and dev machines).
 # Called by `make binaries` (hence `make test`) and usable by hand.
+#
+# `install-system-deps.sh node`: the real node's packages instead (runc, CNI plugins, nftables,
+# iptables, conntrack; buildah and mmdebstrap for the image; gcc for the pause binary), called by
+# `make node-binaries` and `make image`.
 set -euo pipefail
 log() { printf '[install-system-deps] %s\n' "$*" >&2; }
+
+apt_install() { # packages...: install the missing ones
+  local missing=() p
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+  (( ${#missing[@]} )) || { log "present: $*"; return 0; }
+  if [[ $(id -u) -ne 0 ]]; then log "missing and not root: run 'sudo apt-get install -y ${missing[*]}'"; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null || apt-get update -qq
+  log "apt-get install -y ${missing[*]}"
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+if [[ ${1:-} == node ]]; then
+  apt_install runc containernetworking-plugins nftables iptables conntrack buildah mmdebstrap gcc libc6-dev
+  exit 0
+fi
 
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
   log "prometheus $(prometheus --version 2>&1 | head -1 | awk '{print $3}'): present"

@@ -3,9 +3,13 @@
 The cluster starts only when a test asks for the fixture, once per session, in its own state
 folder `.cache/pytest-cluster/<pid>/` (several sessions may run side by side); it stops, with
 every pod process, at the end of the session. Pod logs stay in that folder's `logs/`.
-Tests marked `bench` are deselected unless `-m` names them.
+Tests marked `bench` or `realnode` are deselected unless `-m` names them.
 With MODELDEPLOY_CLUSTER=attach the session uses the cluster `make cluster-up` started instead
 (and leaves it running).
+
+`real_cluster`: the same with the real node (containerd, kubelet, kube-proxy, Traefik, Prometheus
+3; devcluster.realnode), in `.cache/pytest-realnode/<pid>/`; one per machine at a time. With
+MODELDEPLOY_CLUSTER=attach it uses `DEVCLUSTER_DATAPLANE=real make cluster-up`'s.
 
 Python API (devcluster.Cluster): attributes `kubeconfig` (Path), `env` (dict of the env file:
 KUBECONFIG, PROMETHEUS_URL, GATEWAY_URL, ...), `prometheus_url`, `gateway_url`, `api_server`,
@@ -31,30 +35,41 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Benchmarks (marker `bench`) run only when asked for: `pytest -m bench`."""
-    if "bench" in (config.option.markexpr or ""):
-        return
-    benches = [item for item in items if item.get_closest_marker("bench")]
-    if benches:
-        config.hook.pytest_deselected(items=benches)
-        items[:] = [item for item in items if not item.get_closest_marker("bench")]
+    """Benchmarks (marker `bench`) and real-node tests (`realnode`) run only when asked for:
+    `pytest -m bench`, `pytest -m realnode`."""
+    for marker in ("bench", "realnode"):
+        if marker in (config.option.markexpr or ""):
+            continue
+        skipped = [item for item in items if item.get_closest_marker(marker)]
+        if skipped:
+            config.hook.pytest_deselected(items=skipped)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def _session_cluster(folder: str, dataplane: str) -> Iterator[Cluster]:
     if os.environ.get("MODELDEPLOY_CLUSTER") == "attach":
         yield Cluster.attach()
         return
-    root = REPO / ".cache" / "pytest-cluster"
+    root = REPO / ".cache" / folder
     if root.exists():  # folders of sessions that are over: their pytest process is gone
         for old in root.iterdir():
             if old.name.isdigit() and not Path(f"/proc/{old.name}").exists():
-                stop_by_pid_file(old, timeout=10)  # and any process such a session left behind
+                stop_by_pid_file(old, timeout=60)  # and any process such a session left behind
                 shutil.rmtree(old, ignore_errors=True)
-    c = Cluster.start(root / str(os.getpid()))
+    c = Cluster.start(root / str(os.getpid()), dataplane=dataplane)
     try:
         yield c
     finally:
         c.stop()
-        for sub in ("etcd", "prometheus", "pods"):
+        for sub in ("etcd", "prometheus", "pods", "node"):
             shutil.rmtree(c.state_dir / sub, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    yield from _session_cluster("pytest-cluster", "process")
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[Cluster]:
+    yield from _session_cluster("pytest-realnode", "real")

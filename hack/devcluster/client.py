@@ -64,12 +64,24 @@ class Cluster:
 
     # --- life cycle --------------------------------------------------------------------------
     @classmethod
-    def start(cls, state_dir: Path = DEFAULT_STATE, timeout: float = 300.0, detach: bool = False) -> Cluster:
-        """Start a cluster whose files live in state_dir; it dies with this process unless detach."""
+    def start(cls, state_dir: Path = DEFAULT_STATE, timeout: float = 300.0, detach: bool = False,
+              dataplane: str | None = None) -> Cluster:  # fmt: skip
+        """Start a cluster whose files live in state_dir; it dies with this process unless detach.
+        dataplane: "process" (the process kubelet) or "real" (devcluster.realnode); default from
+        the environment variable DEVCLUSTER_DATAPLANE, else "process"."""
+        dataplane = dataplane or os.environ.get("DEVCLUSTER_DATAPLANE") or "process"
+        if dataplane not in ("process", "real"):
+            raise ClusterError(f"DEVCLUSTER_DATAPLANE={dataplane!r}: expected 'process' or 'real'")
         state_dir = state_dir.resolve()
         if (state_dir / "harness.pid").exists() and _alive(int((state_dir / "harness.pid").read_text() or 0)):
             raise ClusterError(f"a cluster is already running in {state_dir} (make cluster-down stops it)")
         controlplane.binaries_dir(build=True)  # builds once when missing (many minutes cold)
+        if dataplane == "real":
+            from devcluster import realnode
+
+            realnode.build_node_binaries(build=True)  # containerd, kubelet, Prometheus 3, Traefik
+            realnode.build_image()  # the project's image (cached by content)
+            realnode.build_image("pause")
         (state_dir / "logs").mkdir(parents=True, exist_ok=True)
         for stale in ("env", "ready", "status.json"):
             (state_dir / stale).unlink(missing_ok=True)
@@ -77,6 +89,7 @@ class Cluster:
         if not detach:
             argv += ["--parent-pid", str(os.getpid())]
         env = dict(os.environ)
+        env["DEVCLUSTER_DATAPLANE"] = dataplane
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "hack"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         log = open(state_dir / "logs" / "harness.log", "ab")  # noqa: SIM115 - the child's stdout
         try:
@@ -174,7 +187,10 @@ class Cluster:
         return result
 
     def pod_log(self, namespace: str, pod: str) -> str:
-        """stdout+stderr of a pod's server process (all restarts), as the process kubelet wrote it."""
+        """stdout+stderr of a pod's server process (all restarts), as the process kubelet wrote it;
+        on the real node, `kubectl logs` of the pod's current container."""
+        if self.env.get("DEVCLUSTER_DATAPLANE") == "real":
+            return self.kubectl("logs", "-n", namespace, pod, "--all-containers", check=False)
         path = self.log_dir / f"{namespace}_{pod}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 

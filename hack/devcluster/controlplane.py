@@ -2,12 +2,15 @@
 
 Owns: locating the cached binaries (hack/versions.env key, KUBEBUILDER_ASSETS), their flags,
 ports on 127.0.0.1, the admin kubeconfig, waiting for /readyz, applying the Gateway API CRDs.
-Called by harness (start/stop).
+Called by harness and realnode (start/stop).
 
-The EndpointSlice and Endpoints controllers are disabled: the API server's validation refuses
-loopback addresses in EndpointSlices ("may not be in the loopback range (127.0.0.0/8, ::1/128)"),
-and every pod that really runs here has a 127.x address. The harness resolves Services to ready
-pod addresses itself (devcluster.endpoints), exactly by the controller's rules.
+With the process kubelet (harness) the EndpointSlice and Endpoints controllers are disabled: the
+API server's validation refuses loopback addresses in EndpointSlices ("may not be in the loopback
+range (127.0.0.0/8, ::1/128)"), and every pod that runs there has a 127.x address; the harness
+resolves Services to ready pod addresses itself (devcluster.endpoints). With the real node
+(`node` set: devcluster.realnode) the API server listens on the node address in 198.18.0.0/15,
+Services get 198.19.0.0/16 addresses, every controller runs, and the API server reaches the
+kubelet with a client certificate.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import yaml
 from devcluster import pki, procs
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICE_CIDR = "10.96.0.0/12"  # data only: nothing ever connects to a ClusterIP
+# the process kubelet: data only (nothing ever connects to a ClusterIP), inside the test range anyway
+SERVICE_CIDR = "198.19.0.0/16"
 DISABLED_CONTROLLERS = ["-endpointslice", "-endpoint", "-endpointslicemirroring"]
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "gateway-api-crds.yaml")
 
@@ -71,15 +75,18 @@ class ControlPlane:
     kcm_port: int = field(default_factory=procs.free_port)
     sched_port: int = field(default_factory=procs.free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # the real node: (node name, node IP, Service CIDR, `kubernetes` Service IP); None: process kubelet
+    node: tuple[str, str, str, str] | None = None
 
     def __post_init__(self) -> None:
-        self.pki = pki.generate(self.state / "pki")
+        self.pki = pki.generate(self.state / "pki", (self.node[0], self.node[1], self.node[3]) if self.node else None)
         self.kubeconfig = self.state / "kubeconfig"
         self.logs = self.state / "logs"
+        self.bind_address = self.node[1] if self.node else "127.0.0.1"
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.bind_address}:{self.api_port}"
 
     def write_kubeconfig(self) -> None:
         cfg = {
@@ -107,19 +114,36 @@ class ControlPlane:
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"devcluster={peer_url}", "--unsafe-no-fsync", "--log-level", "warn",
         ])  # fmt: skip
+        self._spawn("kube-apiserver", self.apiserver_argv(etcd_url))
+        self.wait_ready(timeout)
+        self._start_controllers()
+
+    def apiserver_argv(self, etcd_url: str) -> list[str]:
         p = self.pki
-        self._spawn("kube-apiserver", [
+        if self.node:
+            kubelet_client = p.certs["apiserver-kubelet-client"]
+            mode = [
+                "--service-cluster-ip-range", self.node[2], "--authorization-mode", "Node,RBAC",
+                "--enable-admission-plugins", "NodeRestriction",
+                "--kubelet-client-certificate", str(kubelet_client[0]), "--kubelet-client-key", str(kubelet_client[1]),
+                "--kubelet-certificate-authority", str(p.ca_cert), "--kubelet-preferred-address-types", "InternalIP",
+            ]  # fmt: skip
+        else:
+            mode = ["--service-cluster-ip-range", SERVICE_CIDR, "--authorization-mode", "RBAC",
+                    "--endpoint-reconciler-type", "none"]  # fmt: skip
+        return [
             str(self.bin / "kube-apiserver"), "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(self.api_port),
+            "--bind-address", self.bind_address, "--advertise-address", self.bind_address,
+            "--secure-port", str(self.api_port),
             "--tls-cert-file", str(p.server_cert), "--tls-private-key-file", str(p.server_key),
-            "--client-ca-file", str(p.ca_cert), "--token-auth-file", str(p.token_file),
-            "--authorization-mode", "RBAC", "--service-cluster-ip-range", SERVICE_CIDR,
+            "--client-ca-file", str(p.ca_cert), "--token-auth-file", str(p.token_file), *mode,
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
             "--service-account-key-file", str(p.sa_key), "--service-account-signing-key-file", str(p.sa_key),
-            "--allow-privileged=true", "--endpoint-reconciler-type", "none",
-            "--cert-dir", str(self.state / "certs-apiserver"), "--v", "1",
-        ])  # fmt: skip
-        self.wait_ready(timeout)
+            "--allow-privileged=true", "--cert-dir", str(self.state / "certs-apiserver"), "--v", "1",
+        ]  # fmt: skip
+
+    def _start_controllers(self) -> None:
+        p = self.pki
         common = [
             "--kubeconfig", str(self.kubeconfig), "--authentication-kubeconfig", str(self.kubeconfig),
             "--authorization-kubeconfig", str(self.kubeconfig), "--leader-elect=false", "--bind-address", "127.0.0.1",
@@ -127,7 +151,9 @@ class ControlPlane:
         self._spawn("kube-controller-manager", [
             str(self.bin / "kube-controller-manager"), *common, "--secure-port", str(self.kcm_port),
             "--cert-dir", str(self.state / "certs-kcm"), "--service-account-private-key-file", str(p.sa_key),
-            "--root-ca-file", str(p.ca_cert), "--controllers", ",".join(["*", *DISABLED_CONTROLLERS]),
+            "--root-ca-file", str(p.ca_cert),
+            "--controllers", "*" if self.node else ",".join(["*", *DISABLED_CONTROLLERS]),
+            *(["--service-cluster-ip-range", self.node[2]] if self.node else []),
             "--concurrent-deployment-syncs", "10", "--concurrent-replicaset-syncs", "10",
         ])  # fmt: skip
         self._spawn("kube-scheduler", [
@@ -169,10 +195,10 @@ class ControlPlane:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
                 raise RuntimeError(f"{name} exited with code {proc.returncode}: " + " | ".join(tail))
 
-    def kubectl(self, *args: str, timeout: float = 120) -> str:
+    def kubectl(self, *args: str, timeout: float = 120, input_text: str | None = None) -> str:
         proc = subprocess.run(
             [str(kubectl_path()), "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True, text=True, timeout=timeout, input=input_text,
         )  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")

@@ -77,7 +77,7 @@ class Harness:
         signal.signal(signal.SIGTERM, self._on_signal_sync)
         signal.signal(signal.SIGINT, self._on_signal_sync)
         self.cp = controlplane.ControlPlane(self.state, controlplane.binaries_dir(build=False))
-        self.prom = Prometheus(self.state, f"http://127.0.0.1:{self.control_port}/sd/pods")
+        self.prom = Prometheus(self.state, prometheus.config(f"http://127.0.0.1:{self.control_port}/sd/pods"))
         try:
             self.cp.start()
             self._mark("apiserver_readyz")

@@ -1,14 +1,17 @@
 """Certificates and credentials of the local cluster, generated with the openssl CLI.
 
-Owns: a CA, the API server's serving certificate (SANs for 127.0.0.1/localhost), the
-service-account signing key, the admin token file (system:masters). Called by controlplane.
+Owns: a CA, the API server's serving certificate (SANs for 127.0.0.1/localhost, plus the node and
+`kubernetes` Service addresses on the real node), the service-account signing key, the token
+file (admin in system:masters; on the real node also the kubelet as system:node:<name> and
+kube-proxy), and for the real node the kubelet's serving certificate and the API server's client
+certificate towards the kubelet. Called by controlplane.
 """
 
 from __future__ import annotations
 
 import secrets
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -23,6 +26,9 @@ class Pki:
     sa_pub: Path
     token_file: Path
     admin_token: str
+    # the real node only (empty otherwise): token by user name, extra certificate files by name
+    tokens: dict[str, str] = field(default_factory=dict)
+    certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
 
 
 def _openssl(*args: str) -> None:
@@ -31,7 +37,25 @@ def _openssl(*args: str) -> None:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {proc.stderr.strip()}")
 
 
-def generate(directory: Path) -> Pki:
+def _sign(d: Path, ca: tuple[Path, Path], name: str, subject: str, usage: str, san: str = "") -> tuple[Path, Path]:
+    """A key and a certificate signed by the CA: (cert, key)."""
+    key, csr, cert, ext = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.crt", d / f"{name}.ext"
+    _openssl("genrsa", "-out", str(key), "2048")
+    _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    ext.write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
+    )
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+        "-days", "30", "-sha256", "-extfile", str(ext), "-out", str(cert),
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
+
+
+def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
+    """node = (node name, node IP, `kubernetes` Service IP) for the real node, None otherwise."""
     d = directory
     d.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = d / "ca.key", d / "ca.crt"
@@ -41,26 +65,34 @@ def generate(directory: Path) -> Pki:
         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         "-out", str(ca_cert),
     )  # fmt: skip
-    srv_key, srv_csr, srv_cert = d / "apiserver.key", d / "apiserver.csr", d / "apiserver.crt"
-    _openssl("genrsa", "-out", str(srv_key), "2048")
-    _openssl("req", "-new", "-key", str(srv_key), "-subj", "/CN=kube-apiserver", "-out", str(srv_csr))
-    ext = d / "apiserver.ext"
-    ext.write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", str(srv_csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-days", "30", "-sha256", "-extfile", str(ext), "-out", str(srv_cert),
+    ca = (ca_cert, ca_key)
+    ips = "IP:127.0.0.1" + (f",IP:{node[1]},IP:{node[2]}" if node else "")
+    srv_cert, srv_key = _sign(
+        d, ca, "apiserver", "/CN=kube-apiserver", "serverAuth",
+        f"{ips},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
     )  # fmt: skip
     sa_key, sa_pub = d / "sa.key", d / "sa.pub"
     _openssl("genrsa", "-out", str(sa_key), "2048")
     _openssl("rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))
     token = secrets.token_hex(24)
+    lines = [f'{token},admin,admin-uid,"system:masters"']
+    tokens: dict[str, str] = {}
+    certs: dict[str, tuple[Path, Path]] = {}
+    if node:
+        name, ip, _ = node
+        for user, groups in ((f"system:node:{name}", "system:nodes"), ("system:kube-proxy", "")):
+            tokens[user] = secrets.token_hex(24)
+            line = f"{tokens[user]},{user},{user}-uid"
+            lines.append(f'{line},"{groups}"' if groups else line)
+        certs["kubelet-serving"] = _sign(
+            d, ca, "kubelet-serving", f"/O=system:nodes/CN=system:node:{name}", "serverAuth", f"IP:{ip},DNS:{name}"
+        )
+        certs["apiserver-kubelet-client"] = _sign(
+            d, ca, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth"
+        )
     token_file = d / "tokens.csv"
-    token_file.write_text(f'{token},admin,admin-uid,"system:masters"\n')
+    token_file.write_text("\n".join(lines) + "\n")
     for secret in (ca_key, srv_key, sa_key, token_file):
         secret.chmod(0o600)
-    return Pki(d, ca_cert, ca_key, srv_cert, srv_key, sa_key, sa_pub, token_file, token)
+    return Pki(d, ca_cert, ca_key, srv_cert, srv_key, sa_key, sa_pub, token_file, token, tokens, certs)

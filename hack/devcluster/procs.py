@@ -1,13 +1,14 @@
 """Child processes of the harness: each in its own process group, killed with the harness.
 
 Owns: spawning (new session + parent-death signal so nothing outlives the harness), stopping a
-process group with SIGTERM then SIGKILL, free loopback ports. Called by controlplane, prometheus
-and kubelet.
+process group with SIGTERM then SIGKILL, free loopback ports, the local-address rule. Called by
+controlplane, prometheus, kubelet and realnode.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import signal
 import socket
@@ -114,13 +115,29 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.1, what: s
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+LOCAL_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
+
+
+def is_local_address(host: str) -> bool:
+    """Loopback, or the range the real node creates on this machine (198.18.0.0/15): the only
+    addresses the harness, its tools and the tests may connect to."""
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(addr in net for net in LOCAL_NETWORKS)
+
+
 def http_get(
     url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None, **ssl_args: Any
 ) -> tuple[int, bytes]:
-    """GET a loopback URL without any proxy; (status, body), HTTP errors included as statuses."""
+    """GET a local URL (see is_local_address) without any proxy; (status, body), HTTP errors
+    included as statuses."""
     host = urllib.parse.urlsplit(url).hostname or ""
-    if not (host == "localhost" or host.startswith("127.")):
-        raise ValueError(f"refusing to connect to non-loopback host {host!r}")
+    if not is_local_address(host):
+        raise ValueError(f"refusing to connect to host {host!r}: neither loopback nor 198.18.0.0/15")
     req = urllib.request.Request(url, headers=dict(headers or {}))
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
     if ssl_args:

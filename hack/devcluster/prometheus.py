@@ -1,7 +1,9 @@
-"""Prometheus (Debian's /usr/bin/prometheus) scraping the cluster's server pods.
+"""Prometheus scraping the cluster's server pods.
 
 Owns: the config, a fresh TSDB per cluster, start/stop on a fixed 127.0.0.1 port (tests stop and
-restart it), and `sd_targets`, the discovery document. Called by harness.
+restart it), and `sd_targets`, the discovery document. Called by harness (Debian's
+/usr/bin/prometheus) and realnode (Prometheus 3 built by hack/build-node-binaries.sh, with
+kubernetes_sd_configs role pod: the next paragraph does not apply there).
 
 Debian's 2.42 build has no kubernetes_sd_configs ("field kubernetes_sd_configs not found in type
 config.ScrapeConfig": the packagers leave client-go out), so the harness plays Kubernetes service
@@ -70,44 +72,79 @@ def sd_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return groups
 
 
-def config(sd_url: str) -> dict[str, Any]:
-    relabel = [
+# IPv4 addresses of pods: 127.x with the process kubelet, the pod range 198.18.0.0/16 on the real node
+LOOPBACK_IP = "127\\.\\d+\\.\\d+\\.\\d+"
+POD_RANGE_IP = "198\\.18\\.\\d+\\.\\d+"
+
+
+def relabel(ip_regex: str) -> list[dict[str, Any]]:
+    """The relabelling of a user's Prometheus for annotated pods, restricted to pod addresses
+    matching ip_regex (nothing else is ever scraped)."""
+    return [
         {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "true",
          "action": "keep"},
-        {"source_labels": ["__meta_kubernetes_pod_ip"], "regex": "127\\.\\d+\\.\\d+\\.\\d+", "action": "keep"},
+        {"source_labels": ["__meta_kubernetes_pod_ip"], "regex": ip_regex, "action": "keep"},
         {"source_labels": ["__meta_kubernetes_pod_ip", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-         "regex": "(127\\.\\d+\\.\\d+\\.\\d+);(\\d+)", "replacement": "$1:$2", "target_label": "__address__"},
+         "regex": f"({ip_regex});(\\d+)", "replacement": "$1:$2", "target_label": "__address__"},
         {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "regex": "(.+)",
          "target_label": "__metrics_path__"},
-        # defence in depth: whatever happened above, only loopback addresses survive
-        {"source_labels": ["__address__"], "regex": "127\\.\\d+\\.\\d+\\.\\d+:\\d+", "action": "keep"},
+        # defence in depth: whatever happened above, only pod addresses in the allowed range survive
+        {"source_labels": ["__address__"], "regex": f"{ip_regex}:\\d+", "action": "keep"},
         {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
         {"source_labels": ["__meta_kubernetes_pod_label_modeldeploy_io_name"], "target_label": "modeldeploy_name"},
         {"source_labels": ["__meta_kubernetes_pod_label_modeldeploy_io_revision"],
          "target_label": "modeldeploy_revision"},
     ]  # fmt: skip
+
+
+def _global() -> dict[str, Any]:
+    return {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
+            "scrape_timeout": SCRAPE_INTERVAL}  # fmt: skip
+
+
+def config(sd_url: str) -> dict[str, Any]:
+    """Process kubelet: pods come from the harness's http_sd document."""
     return {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
-                   "scrape_timeout": SCRAPE_INTERVAL},
+        "global": _global(),
         "scrape_configs": [
             {
                 "job_name": "modeldeploy-pods",
                 "http_sd_configs": [{"url": sd_url, "refresh_interval": "1s"}],
-                "relabel_configs": relabel,
+                "relabel_configs": relabel(LOOPBACK_IP),
+            }
+        ],
+    }
+
+
+def kubernetes_config(api_server: str, ca_file: Path, token_file: Path) -> dict[str, Any]:
+    """Real node (Prometheus 3): kubernetes_sd_configs role pod against the local API server."""
+    return {
+        "global": _global(),
+        "scrape_configs": [
+            {
+                "job_name": "modeldeploy-pods",
+                "kubernetes_sd_configs": [{
+                    "role": "pod", "api_server": api_server,
+                    "authorization": {"credentials_file": str(token_file)}, "tls_config": {"ca_file": str(ca_file)},
+                }],
+                "relabel_configs": relabel(POD_RANGE_IP),
             }
         ],
     }  # fmt: skip
 
 
 class Prometheus:
-    def __init__(self, state: Path, sd_url: str) -> None:
+    def __init__(self, state: Path, cfg: dict[str, Any], binary: str | None = None,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.dir = state / "prometheus"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_file = self.dir / "prometheus.yml"
-        self.config_file.write_text(yaml.safe_dump(config(sd_url), sort_keys=False))
+        self.config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.binary = binary
+        self.env = env
         self.log = state / "logs" / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -116,11 +153,13 @@ class Prometheus:
             return
         self.proc = procs.spawn(
             [
-                find_binary(), f"--config.file={self.config_file}", f"--storage.tsdb.path={self.dir / 'data'}",
+                self.binary or find_binary(), f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d", "--log.level=warn",
             ],
             self.log,
+            env=self.env,
             cwd=self.dir,
         )  # fmt: skip
         procs.wait_until(self._ready, timeout, 0.2, f"prometheus ready on {self.url} (log {self.log})")

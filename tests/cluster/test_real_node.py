@@ -1,0 +1,189 @@
+"""The real node (DEVCLUSTER_DATAPLANE=real): containerd, kubelet, kube-proxy, Traefik, Prometheus 3.
+
+Opt-in (marker `realnode`, deselected unless `pytest -m realnode`): it needs the node binaries
+(`make node-binaries`, ~25 min cold) and the image (`make image`). One session at a time per
+machine. What it proves: a server pod from the project's image runs as uid 10001 with a read-only
+root filesystem in a `restricted` Pod Security namespace, fetches its model from the model store
+Service, answers through its ClusterIP and through the real Gateway (Traefik) by the HTTPRoute's
+weights, and Prometheus finds it through kubernetes_sd_configs; `kubectl logs`/`exec` work; every
+component is configured and listening on loopback or 198.18.0.0/15 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devcluster import Cluster, network
+from tests.cluster.kube import ROW, ready_pods, server_deployment, service, train_model
+from tests.cluster.test_node_addresses import addresses, offending
+
+pytestmark = pytest.mark.realnode
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@pytest.fixture(scope="module")
+def store_model(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The test model, copied into MODEL_STORE_DIR; its URI is the model store Service's URL."""
+    m = train_model(tmp_path_factory.mktemp("model"))
+    src = Path(m["uri"].removeprefix("file://"))
+    dest = Path(real_cluster.env["MODEL_STORE_DIR"]) / "porosity.joblib"
+    shutil.copyfile(src, dest)
+    dest.chmod(0o644)
+    return {"uri": f"{real_cluster.env['MODEL_STORE_URL']}/porosity.joblib", "sha256": m["sha256"]}
+
+
+@pytest.fixture
+def ns(real_cluster: Cluster) -> Any:
+    name = f"rn-{os.urandom(4).hex()}"
+    real_cluster.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": name, "labels": RESTRICTED}}))  # fmt: skip
+    yield name
+    real_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def restricted_deployment(cluster: Cluster, name: str, model: dict[str, str], revision: str) -> dict[str, Any]:
+    """tests/cluster/kube.py's server Deployment from the built image, as the `restricted` level
+    requires: non-root uid 10001, no privilege escalation, no capabilities, RuntimeDefault seccomp,
+    read-only root filesystem (the server's download cache on an emptyDir at /tmp)."""
+    d = server_deployment(name, model, replicas=1, revision=revision)
+    spec = d["spec"]["template"]["spec"]
+    spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                               "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    spec["automountServiceAccountToken"] = False
+    spec["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    (c,) = spec["containers"]
+    for e in c["env"]:  # the revision answers with its own model version (GET /v2/models/<name>)
+        if e["name"] == "MODELDEPLOY_MODEL_VERSION":
+            e["value"] = revision
+    c["image"], c["imagePullPolicy"] = cluster.env["IMAGE"], "Never"
+    c["securityContext"] = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+    c["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+    return d
+
+
+def apply(cluster: Cluster, ns: str, *objs: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def test_node_is_real_and_ready(real_cluster: Cluster) -> None:
+    node = json.loads(real_cluster.kubectl("get", "node", real_cluster.node_name, "-o", "json"))
+    info = node["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"] == "containerd://2.4.2"
+    assert info["kubeletVersion"] == "v1.36.3" and info["kubeProxyVersion"] in ("", "v1.36.3")
+    assert {"type": "InternalIP", "address": network.NODE_IP} in node["status"]["addresses"]
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True"
+
+
+def test_configs_and_listening_sockets_are_local(real_cluster: Cluster) -> None:
+    state = real_cluster.state_dir
+    configs = [
+        p
+        for p in state.rglob("*")
+        if p.is_file()
+        and not {"logs", "data", "root"} & set(p.parts)
+        and (p.suffix in (".yaml", ".yml", ".toml", ".conflist", ".ext") or p.name in ("kubeconfig", "env"))
+    ]
+    texts = {str(p): p.read_text(errors="replace") for p in configs}
+    bad = {k: offending(v) for k, v in texts.items() if offending(v)}
+    assert bad == {}
+    assert any(addresses(t) for t in texts.values())
+    # every TCP socket in LISTEN on this machine that a cluster component owns
+    pids = real_cluster.status()["pids"]
+    inodes: dict[str, str] = {}
+    for name, pid in pids.items():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = name
+    listening: list[tuple[str, str]] = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:  # LISTEN
+            hexip = f[1].split(":")[0]
+            ip = ".".join(str(int(hexip[i : i + 2], 16)) for i in (6, 4, 2, 0))
+            listening.append((inodes[f[9]], ip))
+    assert {name for name, _ in listening} >= {"kube-apiserver", "etcd", "kubelet", "traefik", "prometheus"}
+    assert [(n, ip) for n, ip in listening if offending(ip) or ip == "0.0.0.0"] == []
+
+
+def test_restricted_server_pod_behind_service_gateway_and_prometheus(real_cluster: Cluster, ns: str,
+                                                                     store_model: dict[str, str]) -> None:  # fmt: skip
+    c = real_cluster
+    host = f"porosity.{ns}.example.test"
+    t0 = time.monotonic()
+    apply(
+        c,
+        ns,
+        restricted_deployment(c, "porosity", store_model, "stable"),
+        restricted_deployment(c, "porosity", store_model, "canary"),
+        service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
+        service("porosity-canary", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "canary"}),
+    )
+    pods = ready_pods(c, ns, "modeldeploy.io/name=porosity", 2, timeout=180)
+    print(f"\ntwo server pods apply -> Ready: {time.monotonic() - t0:.1f}s")
+    ips = {p["metadata"]["labels"]["modeldeploy.io/revision"]: p["status"]["podIP"] for p in pods}
+    assert all(network.in_range(ip) for ip in ips.values())
+    # the container runs as 10001 with a read-only root filesystem
+    pod = pods[0]["metadata"]["name"]
+    assert c.kubectl("exec", "-n", ns, pod, "--", "id", "-u").strip() == "10001"
+    denied = c.kubectl("exec", "-n", ns, pod, "--", "touch", "/opt/x", check=False)
+    assert "Read-only file system" in denied
+    assert c.kubectl("logs", "-n", ns, pod).strip(), "kubectl logs reaches the kubelet"
+    body = {"instances": [ROW]}
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        direct = http.post(f"http://{ips['stable']}:8080/v1/models/porosity:predict", json=body)
+        assert direct.status_code == 200, direct.text
+        cluster_ip = c.kubectl("get", "svc", "-n", ns, "porosity-stable", "-o", "jsonpath={.spec.clusterIP}")
+        assert network.in_range(cluster_ip)
+        via_service = http.post(f"http://{cluster_ip}/v1/models/porosity:predict", json=body)
+        assert via_service.json()["predictions"] == direct.json()["predictions"]
+
+        def route(stable: int, canary: int) -> dict[str, Any]:
+            return {
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "porosity"},
+                "spec": {"parentRefs": [{"name": c.env["GATEWAY_NAME"], "namespace": c.env["GATEWAY_NAMESPACE"]}],
+                         "hostnames": [host], "rules": [{"backendRefs": [
+                             {"name": "porosity-stable", "port": 80, "weight": stable},
+                             {"name": "porosity-canary", "port": 80, "weight": canary}]}]},
+            }  # fmt: skip
+
+        def revisions(n: int) -> Counter[str]:
+            hits: Counter[str] = Counter()
+            for _ in range(n):
+                r = http.get(f"{c.gateway_url}/v2/models/porosity", headers={"Host": host})
+                assert r.status_code == 200, r.text
+                hits[",".join(r.json()["versions"])] += 1
+            return hits
+
+        apply(c, ns, route(100, 0))
+        Cluster.wait_for(lambda: http.get(f"{c.gateway_url}/v2/models/porosity", headers={"Host": host})
+                         .status_code == 200, 30, what="route programmed")  # fmt: skip
+        assert revisions(20) == Counter({"stable": 20})
+        predicted = http.post(f"{c.gateway_url}/v1/models/porosity:predict", json=body, headers={"Host": host})
+        assert predicted.json()["predictions"] == direct.json()["predictions"]
+        apply(c, ns, route(0, 100))
+        Cluster.wait_for(lambda: revisions(5) == Counter({"canary": 5}), 30, what="weights moved to the canary")
+        assert revisions(20) == Counter({"canary": 20})
+        apply(c, ns, route(50, 50))
+        Cluster.wait_for(lambda: len(revisions(20)) == 2, 30, what="both revisions served")
+    # Prometheus 3 found both pods through kubernetes_sd_configs (role pod) and scrapes them
+    up = Cluster.wait_for(lambda: len(c.prometheus_query(f'up{{namespace="{ns}"}} == 1')) == 2 or None, 60,
+                          what="both pods scraped")  # fmt: skip
+    assert up
