@@ -156,7 +156,7 @@ class Node:
 
         def ready() -> bool:
             self.check_alive()
-            return self.sock.exists() and "containerd" in self.ctr("version", check=False)
+            return self.sock.exists() and "Server:" in self.ctr("version", check=False)
 
         procs.wait_until(ready, timeout, 0.1, "containerd socket")
         self._clear_stale_containers()

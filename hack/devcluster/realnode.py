@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
@@ -105,6 +106,7 @@ class RealNode:
         self.control_port = procs.free_port()
         self._stop = threading.Event()
         self._starting = True
+        self.worker = ThreadPoolExecutor(max_workers=1)
         self.cp: controlplane.ControlPlane | None = None
         self.node: node.Node | None = None
         self.traefik: traefik.Traefik | None = None
@@ -314,11 +316,13 @@ class RealNode:
 
             def do_POST(self) -> None:  # noqa: N802
                 assert harness.prom
+                # on the one long-lived worker: a child dies with the thread that started it
+                # (parent-death signal), and request threads end with the request
                 if self.path == "/prometheus/stop":
-                    harness.prom.stop()
+                    harness.worker.submit(harness.prom.stop).result()
                     return self._reply(200, {"prometheus_running": False})
                 if self.path == "/prometheus/start":
-                    harness.prom.start()
+                    harness.worker.submit(harness.prom.start).result()
                     return self._reply(200, {"prometheus_running": True})
                 self._reply(404, {"error": "not found"})
 

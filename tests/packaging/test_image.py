@@ -1,10 +1,11 @@
 """The container image recipe: hadolint, and the Dockerfile's install steps run for real.
 
-There is no container engine on these machines, so the image is never built here. Instead
 hack/image-install.sh (the one script the Dockerfile's builder stage RUNs) installs the project's
 wheel into a fresh virtual environment, and both entrypoints are started from it the way the
 image starts them: `modeldeploy-server` (the image's CMD, with the image's ENV) serves a real
-joblib model, `modeldeploy-operator --help` runs.
+joblib model, `modeldeploy-operator --help` runs. The image itself is built by `make image`
+(buildah, no Docker daemon); the test of that build is marked `realnode` (opt-in, with the real
+node that runs the image: tests/cluster/test_real_node.py).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def test_dockerfile_shape() -> None:
     by_stage = stages()
     assert list(by_stage) == ["builder", "runtime"]
     bases = {name: lines[0].split()[1] for name, lines in by_stage.items()}
-    # a pinned patch version of a slim Python 3.11 base, the same in both stages
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", bases["runtime"]), bases
-    assert bases["builder"] == bases["runtime"]
+    # one base for both stages, a build argument whose default is a pinned slim Python 3.11
+    assert bases == {"builder": "${BASE_IMAGE}", "runtime": "${BASE_IMAGE}"}, bases
+    default = re.search(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert default and re.fullmatch(r"python:3\.11\.\d+-slim-\w+", default.group(1)), default
     runtime = by_stage["runtime"]
     assert f"COPY --from=builder {VENV_IN_IMAGE} {VENV_IN_IMAGE}" in runtime
     assert "USER 10001:10001" in runtime
@@ -43,7 +45,13 @@ def test_dockerfile_shape() -> None:
     text = " ".join(runtime)
     for compiler_hint in ("apt-get", "gcc", "build-essential", "pip install"):
         assert compiler_hint not in text, f"runtime stage installs something: {compiler_hint}"
-    assert f"RUN sh hack/image-install.sh {VENV_IN_IMAGE} /src" in by_stage["builder"]
+    builder = by_stage["builder"]
+    install = [line for line in builder if line.endswith(f"sh hack/image-install.sh {VENV_IN_IMAGE} /src")]
+    assert len(install) == 1 and install[0].startswith("RUN "), builder
+    # with a wheelhouse (make image), pip and uv never reach an index: the build needs no network
+    assert 'export UV_OFFLINE=1 UV_NO_INDEX=1 UV_FIND_LINKS="$WHEELHOUSE"' in install[0]
+    pip = [line for line in builder if "pip install uv==" in line]
+    assert len(pip) == 1 and 'export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELHOUSE"' in pip[0], pip
 
 
 def test_dockerignore_lets_in_what_the_builder_copies() -> None:
@@ -115,3 +123,18 @@ def test_server_entrypoint_serves_a_real_model(image_venv: Path, tmp_path: Path)
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.mark.realnode
+def test_make_image_builds_a_non_root_image_offline() -> None:
+    """hack/build-image.sh (make image): buildah, no network inside the build (a host wheelhouse),
+    on a base made from Debian packages; the result runs as 10001 with the server as its command."""
+    proc = run(["bash", str(ROOT / "hack" / "build-image.sh")], check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert Path(out["ARCHIVE"]).stat().st_size > 50_000_000
+    inspect = json.loads(run(["buildah", "inspect", "--type", "image", out["IMAGE"]]).stdout)
+    config = inspect["OCIv1"]["config"]
+    assert config["User"] == "10001:10001"
+    assert config["Cmd"] == ["modeldeploy-server"]
+    assert "PATH=/opt/modeldeploy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in config["Env"]
