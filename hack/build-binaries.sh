@@ -61,8 +61,8 @@ build_kube() {
   for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
     if [[ -x "$out/$cmd" ]]; then log "$cmd: cached"; continue; fi
     log "$cmd $kv: building (cold: many minutes on 2 cores)"
-    (cd "$dir" && go build -v -trimpath -ldflags "$ld" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" 2>&1) | progress "$cmd"
-    mv "$out/$cmd.tmp" "$out/$cmd"
+    (cd "$dir" && go build -v -trimpath -ldflags "$ld" -o "$out/$cmd.tmp.$$" "k8s.io/kubernetes/cmd/$cmd" 2>&1) | progress "$cmd"
+    mv -f "$out/$cmd.tmp.$$" "$out/$cmd"  # a private name: two clones may build at once
   done
 }
 
@@ -72,8 +72,8 @@ build_etcd() {
   mkdir -p "$dir"
   printf 'module modeldeploy.local/etcdwrap\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$dir/go.mod"
   log "etcd $ETCD_VERSION: building"
-  (cd "$dir" && go build -v -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" go.etcd.io/etcd/server/v3 2>&1) | progress etcd
-  mv "$out/etcd.tmp" "$out/etcd"
+  (cd "$dir" && go build -v -trimpath -ldflags "-s -w" -o "$out/etcd.tmp.$$" go.etcd.io/etcd/server/v3 2>&1) | progress etcd
+  mv -f "$out/etcd.tmp.$$" "$out/etcd"
 }
 
 build_helm() {
@@ -90,8 +90,8 @@ fetch_gateway_crds() {
   [[ -f "$out/gateway-api-crds.yaml" ]] && { log "gateway-api CRDs: cached"; return; }
   local gdir
   gdir=$(cd "$work" && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  for f in "$gdir"/config/crd/standard/*.yaml; do printf -- '---\n'; cat "$f"; done >"$out/gateway-api-crds.yaml.tmp"
-  mv "$out/gateway-api-crds.yaml.tmp" "$out/gateway-api-crds.yaml"
+  for f in "$gdir"/config/crd/standard/*.yaml; do printf -- '---\n'; cat "$f"; done >"$out/gateway-api-crds.yaml.tmp.$$"
+  mv -f "$out/gateway-api-crds.yaml.tmp.$$" "$out/gateway-api-crds.yaml"
   log "gateway-api $GATEWAY_API_VERSION CRDs: $(grep -c '^kind: CustomResourceDefinition' "$out/gateway-api-crds.yaml") CRDs"
 }
 

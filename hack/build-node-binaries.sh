@@ -74,8 +74,8 @@ build_kube_node() {
   for cmd in kubelet kube-proxy; do
     [[ -x "$out/$cmd" ]] && continue
     log "$cmd $kv: building"
-    (cd "$dir" && GOFLAGS=-mod=mod nice_go build -v -trimpath -ldflags "$ld" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" 2>&1) | progress "$cmd"
-    mv "$out/$cmd.tmp" "$out/$cmd"
+    (cd "$dir" && GOFLAGS=-mod=mod nice_go build -v -trimpath -ldflags "$ld" -o "$out/$cmd.tmp.$$" "k8s.io/kubernetes/cmd/$cmd" 2>&1) | progress "$cmd"
+    mv -f "$out/$cmd.tmp.$$" "$out/$cmd"  # a private name: two clones may build at once
   done
   echo "kube $out"
 }
@@ -112,8 +112,8 @@ build_traefik() {
   log "traefik $TRAEFIK_VERSION: building (cold: ~9 min on 2 cores)"
   local m=github.com/traefik/traefik/v3/pkg/version
   (cd "$src" && GOFLAGS=-mod=mod nice_go build -v -trimpath \
-      -ldflags "-s -w -X $m.Version=$TRAEFIK_VERSION -X $m.Codename=modproxy" -o "$out/traefik.tmp" ./cmd/traefik 2>&1) | progress traefik
-  mv "$out/traefik.tmp" "$out/traefik"
+      -ldflags "-s -w -X $m.Version=$TRAEFIK_VERSION -X $m.Codename=modproxy" -o "$out/traefik.tmp.$$" ./cmd/traefik 2>&1) | progress traefik
+  mv -f "$out/traefik.tmp.$$" "$out/traefik"
   echo "traefik $out"
 }
 
