@@ -1,9 +1,24 @@
-"""Candidate fast paths for an sklearn model, each a (name, exact, build) triple.
+"""Exact fast paths for an sklearn model, each a (name, build) pair; every one is bit-identical by construction.
 
-Owned here: how each candidate computes predictions. `exact=True` candidates replay the very
-floating-point operations of the artifact's method without its per-call overhead (validation,
-joblib dispatch), so `fastpath.choose` demands bit-identical output from them; the ONNX candidate
-(`exact=False`) is held to classes-identical and the stated tolerance. Called by `fastpath.choose`.
+Owned here: how each candidate computes predictions. A candidate replays the very floating-point
+operations of the artifact's own method, in the same order, without its per-call overhead
+(validation, joblib dispatch, pipeline bookkeeping):
+
+- `exact-forest`: a bare RandomForest/ExtraTrees classifier or regressor. sklearn casts the rows to
+  float32, sums each tree's leaf values into a float64 array in tree order, then divides by the
+  number of trees (predict: argmax over that). So does this path, calling each tree's own
+  `tree_.predict`. (With `n_jobs` > 1 sklearn itself sums in thread order, so its own last bit
+  varies from call to call; this path gives the tree-order sum, one of sklearn's own answers.)
+- `exact-linear`: a bare LogisticRegression/RidgeClassifier/LinearRegression/Ridge with float64
+  coefficients: `x @ coef_.T + intercept_`, the same BLAS call as sklearn's decision function.
+- `exact-pipeline`: a Pipeline of dense float64 StandardScalers (or passthrough) in front of one
+  of the above: `x - mean_`, then `/ scale_` (sklearn's transform arithmetic), then the final
+  step's exact path on the transformed rows, which is where a tree's float32 cast happens.
+
+Nothing else has a fast path: a compiled graph (ONNX) computes in another precision and order, so
+its answers can differ from the artifact's (the audit found 2% of classes flipped for
+Pipeline(StandardScaler, RandomForest)); such models are served by their own method.
+Called by `fastpath.choose`.
 """
 
 from __future__ import annotations
@@ -16,7 +31,9 @@ import numpy.typing as npt
 
 from modeldeploy_server.contract import Matrix
 
-Build = Callable[[], Callable[[Matrix], npt.NDArray[Any]]]
+Predict = Callable[[Matrix], npt.NDArray[Any]]
+Build = Callable[[], Predict]
+Vector = npt.NDArray[np.float64]
 
 
 def _forest(model: Any, method: str) -> Build | None:
@@ -47,7 +64,9 @@ def _forest(model: Any, method: str) -> Build | None:
 
         if method == "predict_proba":
             return lambda: proba
-        return lambda: lambda x: classes.take(np.argmax(proba(x), axis=1), axis=0)
+        if method == "predict":
+            return lambda: lambda x: classes.take(np.argmax(proba(x), axis=1), axis=0)
+        return None
     if method != "predict":
         return None
 
@@ -92,76 +111,59 @@ def _linear(model: Any, method: str) -> Build | None:
     return None
 
 
-def _round_thresholds_down(onx: Any, model: Any) -> None:
-    """Make ONNX's float32 split thresholds decide exactly like sklearn's float64 ones on float32 inputs.
+def _scalers(steps: list[tuple[str, Any]]) -> list[tuple[Vector | None, Vector | None]]:
+    """(mean, scale) of each dense float64 StandardScaler step; ValueError for any other step."""
+    from sklearn.preprocessing import StandardScaler
 
-    sklearn compares float32(x) <= t (t a float64 midpoint); skl2onnx stores float32(t), which can round
-    up, flipping the decision for x == float32(t). Replacing each rounded-up threshold by the float32
-    just below it makes `x <= t32` and `x <= t` agree for every float32 x.
-    """
-    from modeldeploy_server.verify import _trees
-
-    trees = _trees(model)
-    if not trees:
-        return
-    for node in onx.graph.node:
-        if not node.op_type.startswith("TreeEnsemble"):
+    out = []
+    for name, step in steps:
+        if step is None or (isinstance(step, str) and step == "passthrough"):
             continue
-        attrs = {a.name: a for a in node.attribute}
-        values = np.array(attrs["nodes_values"].floats, dtype=np.float32)
-        rows = zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, attrs["nodes_featureids"].ints,
-                   attrs["nodes_modes"].strings, strict=True)  # fmt: skip
-        for k, (tree_id, node_id, feature, mode) in enumerate(rows):
-            if mode == b"LEAF":
-                continue
-            tree = trees[tree_id]
-            if mode != b"BRANCH_LEQ" or tree.feature[node_id] != feature:
-                raise ValueError(f"ONNX node {k} does not match tree {tree_id} node {node_id}")
-            threshold = float(tree.threshold[node_id])
-            below = np.float32(threshold)
-            if float(below) > threshold:
-                below = np.nextafter(below, np.float32(-np.inf))
-            values[k] = below
-        del attrs["nodes_values"].floats[:]
-        attrs["nodes_values"].floats.extend(values.tolist())
+        if type(step) is not StandardScaler:
+            raise ValueError(f"step {name!r} is {type(step).__name__}")
+        mean = step.mean_ if step.with_mean else None
+        scale = step.scale_ if step.with_std else None
+        for values in (mean, scale):
+            if values is not None and (not isinstance(values, np.ndarray) or values.dtype != np.float64):
+                raise ValueError(f"step {name!r} does not hold float64 statistics")
+        out.append((mean, scale))
+    return out
 
 
-def _onnx(model: Any, method: str, width: int) -> Build:
-    def build() -> Callable[[Matrix], npt.NDArray[Any]]:
-        from skl2onnx import convert_sklearn
-        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
-        from sklearn.base import is_classifier
+def _pipeline(model: Any, method: str) -> Build | None:
+    from sklearn.pipeline import Pipeline
 
-        from modeldeploy_server.fastpath import _onnx_predict, _session
-        from modeldeploy_server.verify import _trees
+    if type(model) is not Pipeline or not model.steps:
+        return None
+    try:
+        scalers = _scalers(list(model.steps[:-1]))
+    except ValueError:
+        return None
+    final = model.steps[-1][1]
+    inner = _forest(final, method) or _linear(final, method)
+    if inner is None:
+        return None
 
-        # trees: float32 input, as sklearn's trees see it; anything else: double first
-        types = (FloatTensorType,) if _trees(model) else (DoubleTensorType, FloatTensorType)
-        last: Exception | None = None
-        for tensor_type in types:
-            try:
-                final = model.steps[-1][1] if hasattr(model, "steps") else model
-                options = {id(final): {"zipmap": False}} if is_classifier(final) else None
-                onx = convert_sklearn(model, initial_types=[("input", tensor_type([None, width]))],
-                                      options=options)  # fmt: skip
-                _round_thresholds_down(onx, model)
-                session = _session(onx.SerializeToString())
-                predict = _onnx_predict(session, method)
-                predict(np.zeros((1, width), dtype=np.float64))
-                return predict
-            except Exception as exc:  # skl2onnx/onnxruntime raise many types; try the next input type
-                last = exc
-        assert last is not None
-        raise last
+    def build() -> Predict:
+        last = inner()
+
+        def predict(x: Matrix) -> npt.NDArray[Any]:
+            xt = np.array(x, dtype=np.float64)  # StandardScaler.transform works on a float64 copy
+            for mean, scale in scalers:
+                if mean is not None:
+                    xt -= mean
+                if scale is not None:
+                    xt /= scale
+            return last(xt)
+
+        return predict
 
     return build
 
 
-def candidates(model: Any, method: str) -> Iterator[tuple[str, bool, Build]]:
-    width = int(getattr(model, "n_features_in_", 0))
-    for name, maker in (("exact-forest", _forest), ("exact-linear", _linear)):
+def candidates(model: Any, method: str) -> Iterator[tuple[str, Build]]:
+    """Every exact path that applies to this model and method (at most one today)."""
+    for name, maker in (("exact-forest", _forest), ("exact-linear", _linear), ("exact-pipeline", _pipeline)):
         build = maker(model, method)
         if build is not None:
-            yield name, True, build
-    if width:
-        yield "onnx", False, _onnx(model, method, width)
+            yield name, build

@@ -95,6 +95,11 @@ def _chunks(settings: Settings) -> Iterator[bytes]:
     raise LoadRefused(f"model URI {uri!r} has unsupported scheme {scheme!r}; supported: file, http, https, s3")
 
 
+def discard(path: Path) -> None:
+    """Remove a cached artifact that was verified but cannot be served (it would be re-verified, never used)."""
+    path.unlink(missing_ok=True)
+
+
 def fetch_verified(settings: Settings) -> tuple[Path, str]:
     """Stream the artifact into the cache; return (path, sha256). Refuses on any digest mismatch."""
     if not settings.model_uri:

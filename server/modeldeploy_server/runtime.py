@@ -12,25 +12,25 @@ import logging
 import pickle
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import sklearn
 from sklearn.exceptions import InconsistentVersionWarning
 
-from modeldeploy_server.contract import Contract, Matrix
+from modeldeploy_server import onnx_session
+from modeldeploy_server.candidates import Predict
+from modeldeploy_server.contract import Contract
 from modeldeploy_server.errors import LoadRefused
-from modeldeploy_server.fastpath import choose, onnx_runtime
-from modeldeploy_server.fetch import fetch_verified
+from modeldeploy_server.fastpath import REFERENCE, choose
+from modeldeploy_server.fetch import discard, fetch_verified
 from modeldeploy_server.settings import InputSpec, Settings
 from modeldeploy_server.trust import check_trees, skops_trusted
 
 log = logging.getLogger("modeldeploy_server.runtime")
-Predict = Callable[[Matrix], npt.NDArray[Any]]
+__all__ = ["Predict", "Runtime", "load_runtime", "self_check"]
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Runtime:
     sha256: str
     format: str
     method: str
-    path: str = "sklearn"
+    path: str = REFERENCE
     notes: list[str] = field(default_factory=list)
     classes: list[str] | None = None
     load_seconds: float = 0.0
@@ -51,11 +51,17 @@ class Runtime:
     compiled: bool = False  # the fast-path choice has run
 
     def compile(self, settings: Settings) -> None:
-        """Choose a verified fast path (see `fastpath.choose`); a no-op once done or when switched off."""
+        """Choose the serving path (see `fastpath.choose`); a no-op once done or when switched off."""
         if not self.compiled and self.model is not None and settings.compile == "auto":
-            choose(self, self.model)
+            choice = choose(self.reference, self.model, self.contract, self.method)
+            self.predict, self.path = choice.predict, choice.path
+            self.notes.extend(choice.notes)
             self_check(self)
         self.compiled = True
+
+    def fall_back(self) -> None:
+        """Serve the artifact's own method (after a failed compilation); the choice counts as made."""
+        self.predict, self.path, self.compiled = self.reference, REFERENCE, True
 
 
 def _refuse_version_mismatch(caught: list[warnings.WarningMessage], settings: Settings) -> None:
@@ -126,6 +132,23 @@ def _contract_for(model: Any, specs: list[InputSpec], settings: Settings) -> Con
     return Contract(specs)
 
 
+def _load_onnx(path: Path, settings: Settings, digest: str) -> Runtime:
+    """An ONNX artifact: onnxruntime is both the reference and the serving path."""
+    try:
+        session = onnx_session.session(str(path))
+    except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
+        raise LoadRefused(f"cannot load onnx artifact {settings.model_uri}: {type(exc).__name__}: {exc}") from exc
+    shape = session.get_inputs()[0].shape
+    width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+    specs = list(settings.inputs) or [InputSpec(name=f"x{j}") for j in range(width or 0)]
+    if not specs:
+        raise LoadRefused(f"MODELDEPLOY_INPUTS is empty and {settings.model_uri} does not fix its input width")
+    if width is not None and width != len(specs):
+        raise LoadRefused(f"MODELDEPLOY_INPUTS declares {len(specs)} features but the ONNX model expects {width}")
+    predict = onnx_session.predict_fn(session, settings.model_method)
+    return Runtime(Contract(specs), predict, predict, digest, "onnx", settings.model_method, path="onnx")
+
+
 def self_check(runtime: Runtime) -> None:
     """Predict the reference row (and, with optional features, the row without them); refuse on failure."""
     rows = [runtime.contract.reference_row()]
@@ -140,6 +163,22 @@ def self_check(runtime: Runtime) -> None:
             raise LoadRefused(f"self-check prediction on {x.tolist()} failed: {type(exc).__name__}: {exc}") from exc
         if len(y) != 1:
             raise LoadRefused(f"self-check prediction on {x.tolist()} returned {len(y)} rows instead of 1")
+
+
+def _load_sklearn(path: Path, fmt: str, settings: Settings, digest: str) -> Runtime:
+    try:
+        model = _load_skops(path, settings) if fmt == "skops" else _unpickle(path, fmt, settings)
+    except LoadRefused:
+        raise
+    except Exception as exc:  # any deserialization failure is a refusal with one line
+        raise LoadRefused(f"cannot load {fmt} artifact {settings.model_uri}: {type(exc).__name__}: {exc}") from exc
+    contract = _contract_for(model, list(settings.inputs), settings)
+    reference = _sklearn_predict(model, settings.model_method, settings)
+    runtime = Runtime(contract, reference, reference, digest, fmt, settings.model_method, model=model)
+    if hasattr(model, "classes_"):
+        runtime.classes = [str(c) for c in model.classes_]
+    self_check(runtime)
+    return runtime
 
 
 def load_runtime(settings: Settings, compile_now: bool = True) -> Runtime:
@@ -157,24 +196,14 @@ def load_runtime(settings: Settings, compile_now: bool = True) -> Runtime:
             f"refusing {fmt} artifact {settings.model_uri} without MODELDEPLOY_MODEL_SHA256: it runs code when loaded"
         )
     path, digest = fetch_verified(settings)
-    if fmt == "onnx":
-        runtime = onnx_runtime(path, settings, digest)
-    else:
-        try:
-            model = _load_skops(path, settings) if fmt == "skops" else _unpickle(path, fmt, settings)
-        except LoadRefused:
-            raise
-        except Exception as exc:  # any deserialization failure is a refusal with one line
-            raise LoadRefused(f"cannot load {fmt} artifact {settings.model_uri}: {type(exc).__name__}: {exc}") from exc
-        contract = _contract_for(model, list(settings.inputs), settings)
-        reference = _sklearn_predict(model, settings.model_method, settings)
-        runtime = Runtime(contract, reference, reference, digest, fmt, settings.model_method, model=model)
-        if hasattr(model, "classes_"):
-            runtime.classes = [str(c) for c in model.classes_]
-        self_check(runtime)
+    try:
+        runtime = _load_onnx(path, settings, digest) if fmt == "onnx" else _load_sklearn(path, fmt, settings, digest)
         if compile_now:
             runtime.compile(settings)
-    self_check(runtime)
+        self_check(runtime)
+    except BaseException:
+        discard(path)  # verified bytes that cannot be served must not stay in the cache
+        raise
     runtime.load_seconds = time.perf_counter() - started
     log.info(
         "model loaded",

@@ -2,10 +2,10 @@
 
 Owned here: a deterministic set of rows spread over each feature's declared range (or, where the
 contract has no bounds, over the range the model itself reveals: a tree's split thresholds, a
-scaler's mean +- 4 standard deviations), plus, for tree models, rows placed exactly on split
-thresholds (as float32, the precision trees compare in) and one float32 step either side, where a
-path that rounds thresholds differently would show it. Called by
-`fastpath.choose`.
+scaler's mean +- 4 standard deviations), plus, for tree models (bare, or behind StandardScalers,
+mapped back to input space), rows placed exactly on split thresholds (as float32, the precision
+trees compare in, and as float64) and one step either side, where a path that rounds thresholds
+differently would show it. Called by `fastpath.choose` and the model-zoo equivalence test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ N_RANDOM = 512
 MAX_THRESHOLDS_PER_FEATURE = 2000
 
 
-def _trees(model: Any) -> list[Any]:
+def trees(model: Any) -> list[Any]:
+    """The fitted `Tree` objects of a bare tree model (none for anything else)."""
     if hasattr(model, "tree_"):
         return [model.tree_]
     estimators = getattr(model, "estimators_", None)
@@ -30,13 +31,37 @@ def _trees(model: Any) -> list[Any]:
     return [e.tree_ for e in flat if hasattr(e, "tree_")]
 
 
+def _scaled_trees(model: Any, width: int) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """The trees and the (mean, scale) that maps an input feature to what the trees compare.
+
+    A bare tree model sees its inputs; a Pipeline of StandardScalers in front of trees sees
+    (x - mean) / scale, so its thresholds are mapped back to input space as t * scale + mean.
+    """
+    mean, scale = np.zeros(width), np.ones(width)
+    steps = getattr(model, "steps", None)
+    if not steps:
+        return trees(model), mean, scale
+    for _, step in steps[:-1]:
+        if step is None or isinstance(step, str):
+            continue
+        m, s = getattr(step, "mean_", None), getattr(step, "scale_", None)
+        if type(step).__name__ != "StandardScaler" or m is None or len(m) != width:
+            return [], mean, scale
+        if step.with_mean:
+            mean = mean + scale * np.asarray(m, dtype=np.float64)
+        if step.with_std and s is not None:
+            scale = scale * np.asarray(s, dtype=np.float64)
+    return trees(steps[-1][1]), mean, scale
+
+
 def _thresholds(model: Any, width: int) -> list[np.ndarray]:
-    """Split thresholds per input feature (only for a bare tree model, whose features are the inputs)."""
+    """Split thresholds per input feature, in input space (bare trees, or scalers in front of trees)."""
     per: list[list[float]] = [[] for _ in range(width)]
-    for tree in _trees(model):
+    found, mean, scale = _scaled_trees(model, width)
+    for tree in found:
         for feature, threshold in zip(tree.feature, tree.threshold, strict=True):
             if 0 <= feature < width:
-                per[feature].append(float(threshold))
+                per[feature].append(float(threshold) * scale[feature] + mean[feature])
     return [np.unique(np.array(v, dtype=np.float64)) for v in per]
 
 
@@ -76,7 +101,8 @@ def reference_rows(model: Any, contract: Contract, seed: int = 0) -> Matrix:
         if len(values) > MAX_THRESHOLDS_PER_FEATURE:
             values = rng.choice(values, size=MAX_THRESHOLDS_PER_FEATURE, replace=False)
         at = values.astype(np.float32)
-        for value in (at, np.nextafter(at, np.float32(-np.inf)), np.nextafter(at, np.float32(np.inf))):
+        below, above = np.nextafter(at, np.float32(-np.inf)), np.nextafter(at, np.float32(np.inf))
+        for value in (at, below, above, values, np.nextafter(values, -np.inf), np.nextafter(values, np.inf)):
             block = rng.uniform(lo, hi, size=(len(values), width))
             block[:, j] = value.astype(np.float64)
             rows.append(block)

@@ -1,9 +1,8 @@
 """Happy paths with real sklearn models: the server's answers equal in-process predictions.
 
 Reference path (MODELDEPLOY_COMPILE=off): bit-identical to the artifact's own method on the same
-rows. Exact fast paths (exact-forest, exact-linear): bit-identical too. Compiled path (onnx):
-classes identical, floating outputs within fastpath.RTOL/ATOL (checked at load on verification rows
-and here on held-out rows).
+rows. Exact fast paths (exact-forest, exact-linear, exact-pipeline): bit-identical too, through
+HTTP here and on 120k rows per model family in test_equivalence.py.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import numpy as np
 import orjson
 import pytest
 
-from modeldeploy_server import fastpath
 from modeldeploy_server.runtime import load_runtime
 from tests.server.conftest import Artifact, Served
 
@@ -66,19 +64,13 @@ def test_chosen_fast_path_honours_its_guarantee(
     assert runtime is not None
     expected = _expected(art, art.rows)
     got = _v2(served, art, art.rows)
-    if runtime.path.startswith("exact") or runtime.path == "sklearn":
-        assert np.array_equal(got, expected), runtime.path
-    else:
-        assert runtime.path == "onnx"
-        if expected.dtype.kind in "fc":
-            assert np.allclose(got, expected, rtol=fastpath.RTOL, atol=fastpath.ATOL)
-        else:
-            assert np.array_equal(got, expected)
+    assert runtime.path.startswith("exact") or runtime.path == "sklearn", runtime.path
+    assert np.array_equal(got, expected), runtime.path
 
 
 def test_forest_uses_a_verified_fast_path(artifacts: dict[str, Artifact], cache_dir: Path) -> None:
     runtime = load_runtime(artifacts["forest"].settings(cache_dir))
-    assert runtime.path in ("onnx", "exact-forest"), runtime.notes
+    assert runtime.path == "exact-forest", runtime.notes
     assert any(note.startswith("exact-forest: verified") for note in runtime.notes), runtime.notes
 
 
@@ -88,7 +80,7 @@ def test_a_candidate_that_disagrees_is_rejected(
     from modeldeploy_server import candidates
 
     def wrong(model: Any, method: str) -> Iterator[Any]:
-        yield "bogus", True, lambda: lambda x: np.zeros(len(x), dtype=np.int64)
+        yield "bogus", lambda: lambda x: np.zeros(len(x), dtype=np.int64)
 
     from collections.abc import Iterator
 
@@ -162,6 +154,6 @@ def test_ready_on_the_reference_path_then_switches_to_the_verified_one(
     while not (params := served.client.get("/v2/models/forest").json()["parameters"])["compiled"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert params["serving_path"] in ("onnx", "exact-forest")
+    assert params["serving_path"] == "exact-forest"
     got = _v2(served, art, art.rows)
-    assert np.allclose(got, _expected(art, art.rows), rtol=fastpath.RTOL, atol=fastpath.ATOL)
+    assert np.array_equal(got, _expected(art, art.rows))
