@@ -121,14 +121,15 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
 
     req = results.get(REQUESTS, QueryResult(error="not run"))
     n = req.value if req.value is not None and not math.isnan(req.value) else 0.0
+    least = max(1, spec.min_requests)  # minRequests 0 still needs one request: no data never passes
     if req.error is not None:
         query_failed(REQUESTS, REQUESTS, req)
-    elif n < spec.min_requests:
-        msg = f"only {_count(n)} canary requests over {w}s (< minRequests {spec.min_requests})"
-        record(REQUESTS, REQUESTS, "Inconclusive", samples=n, value=n, threshold=f">= {spec.min_requests}", message=msg)
+    elif n < least:
+        msg = f"only {_count(n)} canary requests over {w}s (< minRequests {least})"
+        record(REQUESTS, REQUESTS, "Inconclusive", samples=n, value=n, threshold=f">= {least}", message=msg)
     else:
-        record(REQUESTS, REQUESTS, "Passed", samples=n, value=n, threshold=f">= {spec.min_requests}")
-    enough = req.error is None and n >= spec.min_requests and n > 0
+        record(REQUESTS, REQUESTS, "Passed", samples=n, value=n, threshold=f">= {least}")
+    enough = req.error is None and n >= least
     err = results.get(ERRORS, QueryResult(error="not run"))
     if err.error is not None:
         query_failed(ERROR_RATE, ERRORS, err)
@@ -161,6 +162,8 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
         bounds = _bounds(metric.min, metric.max)
         if res.error is not None:
             query_failed(metric.name, metric.name, res)
+        elif not enough:  # like the built-ins: never judged on too few requests (the requests check says why)
+            record(metric.name, metric.name, "Inconclusive", samples=n, value=res.value, threshold=bounds)
         elif res.value is None or math.isnan(res.value):
             record(
                 metric.name, metric.name, "Inconclusive", samples=n, threshold=bounds, message=f"{metric.name}: no data"

@@ -31,6 +31,8 @@ EXTENSION_FORMATS = {
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 URI_PATTERN = r"^(file|https?|s3)://.+"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+# The built-in measurements' names: a custom metric with one of them would replace it.
+RESERVED_METRIC_NAMES = ("requests", "errors", "error-rate", "latency-p99")
 
 ModelFormat = Literal["joblib", "pickle", "skops", "onnx"]
 ModelMethod = Literal["predict", "predict_proba"]
@@ -237,6 +239,11 @@ class CustomMetric(_Model):
             "x-kubernetes-validations": [
                 {"rule": "has(self.min) || has(self.max)", "message": "a metric needs min or max"},
                 {
+                    "rule": "!(self.name in " + str(list(RESERVED_METRIC_NAMES)) + ")",
+                    "message": "the name is reserved for a built-in measurement",
+                    "fieldPath": ".name",
+                },
+                {
                     "rule": "!has(self.min) || !has(self.max) || self.min < self.max",
                     "message": "min must be less than max",
                     "fieldPath": ".min",
@@ -253,6 +260,13 @@ class CustomMetric(_Model):
     )
     min: float | None = None
     max: float | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_METRIC_NAMES:
+            raise ValueError(f"{name!r} is reserved for a built-in measurement ({', '.join(RESERVED_METRIC_NAMES)})")
+        return name
 
     @model_validator(mode="after")
     def _bounds(self) -> CustomMetric:

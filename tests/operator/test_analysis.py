@@ -103,3 +103,32 @@ def test_custom_metric_bounds_and_no_data() -> None:
 )  # fmt: skip
 def test_prometheus_answers_become_scalars(data: object, value: float | None, error: str | None) -> None:
     assert scalar(data) == QueryResult(value=value, error=error)
+
+
+# ------------------------------------------------------------------ issue 11, M1-M3
+def _answers(n: float, errors: float = 0, p99: float = 0.1, custom: float | None = 0.0) -> dict[str, QueryResult]:
+    return {"requests": QueryResult(value=n), "errors": QueryResult(value=errors),
+            "latency-p99": QueryResult(value=p99), "refusals": QueryResult(value=custom)}  # fmt: skip
+
+
+def test_min_requests_0_never_passes_a_canary_that_got_no_request() -> None:
+    spec = SPEC.model_copy(update={"min_requests": 0, "metrics": []})
+    rec = evaluate(spec, plan(spec, "ml", "iris", "abc", 1, 10, 12), _answers(0), "t")
+    assert rec.verdict == "Inconclusive" and rec.message == "only 0 canary requests over 12s (< minRequests 1)"
+
+
+def test_custom_metrics_are_not_judged_below_min_requests() -> None:
+    # 2 of 3 requests refused: a success-ratio metric would fail the canary on three requests
+    rec = evaluate(SPEC, plan(SPEC, "ml", "iris", "abc", 1, 10, 12), _answers(3, custom=0.33), "t")
+    assert rec.verdict == "Inconclusive"
+    assert {c.name: c.verdict for c in rec.checks}["refusals"] == "Inconclusive"
+
+
+@pytest.mark.parametrize("name", ["requests", "errors", "error-rate", "latency-p99"])
+def test_custom_metric_names_cannot_replace_the_built_in_measurements(name: str) -> None:
+    from modeldeploy_operator.api import SpecError, parse_spec
+    from tests.operator.sim import spec_dict
+
+    metric = {"name": name, "query": 'sum(increase(x{model="{{name}}"}[{{window}}]))', "min": 100}
+    with pytest.raises(SpecError, match=f"spec.rollout.analysis.metrics\\[0\\].name: .*'{name}' is reserved"):
+        parse_spec(spec_dict(analysis={"metrics": [metric]}))
