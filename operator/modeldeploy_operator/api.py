@@ -560,6 +560,29 @@ class ModelDeployment(_Model):
     status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
 
 
+# metadata.name: the Services `<name>-stable` and `<name>-canary` must be DNS-1035 labels of at most
+# 63 characters, and `<name>` is a label value; 52 leaves room for every child's suffix.
+NAME_MAX = 52
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULE = {
+    "rule": f"self.metadata.name.size() <= {NAME_MAX} && self.metadata.name.matches('{DNS_1035}')",
+    "message": f"metadata.name must be a DNS-1035 label (lower-case letters, digits, '-', starting with a letter) "
+    f"of at most {NAME_MAX} characters: it names the ModelDeployment's Services",
+}
+
+
+def name_problem(name: str) -> str | None:
+    """Why a ModelDeployment of this name cannot have its children, or None (the CRD refuses it too)."""
+    if len(name) > NAME_MAX:
+        return f"metadata.name: {len(name)} characters; at most {NAME_MAX} (it names the Services <name>-canary ...)"
+    if not re.match(DNS_1035, name):
+        return (
+            f"metadata.name: {name!r} must be a DNS-1035 label (lower-case letters, digits and '-', starting with "
+            "a letter): it names the Services <name>-stable and <name>-canary"
+        )
+    return None
+
+
 class SpecError(ValueError):
     """A spec that breaks the API's rules; the message names every offending field."""
 

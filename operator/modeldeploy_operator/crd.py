@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from modeldeploy_operator import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy_operator.api import NAME_RULE, ModelDeploymentSpec, ModelDeploymentStatus
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 HEADER = (
@@ -126,6 +126,7 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A scikit-learn model served by modeldeploy and rolled out by canary.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [NAME_RULE],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -22,11 +22,12 @@ completing (`metrics.Health`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -38,12 +39,12 @@ from pydantic import ValidationError
 
 from modeldeploy_operator import GROUP, PLURAL, VERSION
 from modeldeploy_operator import metrics as m
-from modeldeploy_operator.api import ModelDeploymentStatus, SpecError, parse_spec
+from modeldeploy_operator.api import ModelDeploymentStatus, SpecError, name_problem, parse_spec
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.kube import Kube, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
-from modeldeploy_operator.reasons import STATUS_UNREADABLE
+from modeldeploy_operator.reasons import APPLY_FAILED, STATUS_UNREADABLE
 from modeldeploy_operator.settings import OperatorSettings
 
 log = logging.getLogger("modeldeploy.operator")
@@ -74,6 +75,8 @@ class Shell:
     prom: Prometheus
     config: Config
     post: Callable[[dict[str, Any], Event], None] = post_event
+    # the last child-write error said per object (an Event once per distinct error, not per tick)
+    apply_errors: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def status_changes(old: dict[str, Any], new: ModelDeploymentStatus) -> dict[str, Any]:
@@ -87,6 +90,15 @@ def status_changes(old: dict[str, Any], new: ModelDeploymentStatus) -> dict[str,
         if key not in out and key in known and old[key] is not None:
             changed[key] = None
     return changed
+
+
+def _api_message(err: ApiException) -> str:
+    """The API server's own sentence from an error body (a Status object), else the raw body."""
+    body = str(err.body or "")
+    try:
+        return str(json.loads(body).get("message") or body)[:600]
+    except (ValueError, AttributeError):
+        return body[:600]
 
 
 def reconcile_once(shell: Shell, namespace: str, name: str, now: datetime | None = None) -> str:
@@ -128,6 +140,9 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
         return "error: status unreadable"
     try:
         spec = parse_spec(dict(obj.get("spec") or {}))
+        bad_name = name_problem(name)  # created before the CRD refused such names
+        if bad_name is not None:
+            raise SpecError(bad_name)
     except SpecError as err:
         return _commit(shell, obj, meta, rv, raw_status, invalid_spec(status, str(err), meta=meta, now=now), labels)
     routing = spec.rollout.traffic_routing
@@ -150,7 +165,12 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
                 log.info("%s/%s: namespace is being deleted; released the finalizer", namespace, name)
             return GONE
         m.RECONCILE_ERRORS.labels(error=f"apply-{err.status}", **labels).inc()
-        return f"error: applying children failed: {err.status} {err.reason}"
+        text = f"applying children failed: {err.status} {err.reason}: {_api_message(err)}"
+        if shell.apply_errors.get((namespace, name)) != text:
+            shell.apply_errors[(namespace, name)] = text
+            shell.post(obj, Event("Warning", APPLY_FAILED, text))
+        return f"error: {text}"
+    shell.apply_errors.pop((namespace, name), None)
     m.TICK_SECONDS.observe(time.monotonic() - started)
     m.LAST_TICK.set(time.time())
     return outcome

@@ -142,3 +142,17 @@ def test_health_names_the_objects_whose_ticks_stopped_completing() -> None:
     assert h.problem() is None
     h.forget("ml", "reco")
     assert ("ml", "reco") not in h.last
+
+
+def test_a_child_the_api_server_refuses_is_said_once_as_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 11 M10: a refused child (a 422 for an invalid quantity, another owner's Service) used
+    # to leave an empty status and no Event; status is now written first, and the refusal is said
+    sim, world = paused_canary()
+    op = Operator(world, FakeProm(), monkeypatch)
+    refused = api_error(422, "Unprocessable Entity")
+    refused.body = '{"message":"Deployment.apps \\"iris-abc\\" is invalid: spec.template...: quantities must match"}'
+    world.fail_apply = [refused, refused, refused]
+    for _ in range(4):
+        op.tick()
+    failed = [e for e in world.events if e.reason == r.APPLY_FAILED]
+    assert len(failed) == 1 and "422" in failed[0].message and "quantities must match" in failed[0].message

@@ -167,3 +167,21 @@ def test_spec_model_accepts_snake_case_in_python() -> None:
     spec = ModelDeploymentSpec.model_validate(GOOD)
     spec2 = ModelDeploymentSpec(model=spec.model, replicas=3)
     assert spec2.replicas == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("iris", None), ("iris-v2", None), ("a" * 52, None),
+     ("iris.v2", "metadata.name: 'iris.v2' must be a DNS-1035 label"),
+     ("7iris", "metadata.name: '7iris' must be a DNS-1035 label"),
+     ("a" * 53, "metadata.name: 53 characters; at most 52")],
+)  # fmt: skip
+def test_names_whose_children_cannot_exist_are_refused(name: str, problem: str | None) -> None:
+    # issue 11 M10: <name>-stable and <name>-canary are Service names (DNS-1035, <= 63 characters)
+    from modeldeploy_operator.api import name_problem
+    from modeldeploy_operator.crd import build_crd
+
+    got = name_problem(name)
+    assert (got if got is None else got[: len(problem or "")]) == problem
+    rules = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    assert any("self.metadata.name" in rule["rule"] for rule in rules)
