@@ -167,6 +167,8 @@ class Tick(Report):
                     f"{st.failed_revision} (version {st.failed_version}): starting its canary again",
                 )
             st.failed_revision = st.failed_version = None
+        if st.stable_revision is None and not st.history:
+            self.adopt()
         if st.stable_revision is None or self.first_deploy_pending():
             self.first_deploy()
         else:
@@ -175,6 +177,25 @@ class Tick(Report):
         for a in sorted(self.requests - self.acted):
             self.event(r.REQUEST_IGNORED, f"{a} ignored: {IGNORED_BECAUSE[a]}")
         return self.finish()
+
+    def adopt(self) -> None:
+        """Empty status beside serving pods of another revision (status lost or wiped): that revision
+        is stable (the one with the most ready pods), so the spec's revision gets a canary and the
+        serving one is neither replaced at once nor pruned (M7)."""
+        serving = sorted(
+            ((state.ready_replicas, rev) for rev, state in self.obs.revisions.items() if rev != self.rev),
+            reverse=True,
+        )
+        if not serving or serving[0][0] <= 0:
+            return
+        ready, rev = serving[0]
+        self.st.stable_revision, self.st.stable_version = rev, "unknown"
+        self.event(
+            r.STABLE_ADOPTED,
+            f"status was empty while revision {rev} serves with {ready} ready pods: it is stable; "
+            f"revision {self.rev} (version {self.version}) gets a canary",
+            warning=True,
+        )
 
     def first_deploy(self) -> None:
         st = self.st

@@ -191,3 +191,19 @@ def test_a_request_that_does_nothing_says_so_once() -> None:
     assert r.ANNOTATION_PROMOTE not in sim.annotations
     ignored = [m for (reason, m) in sim.events() if reason == r.REQUEST_IGNORED]
     assert ignored == ["modeldeploy.io/promote ignored: no canary is running"]
+
+
+# ------------------------------------------------------------------ M7: a lost status
+def test_a_lost_status_keeps_the_serving_revision_and_canaries_the_desired_one() -> None:
+    from modeldeploy_operator.api import ModelDeploymentStatus
+
+    sim = deployed()
+    v1 = sim.status.stable_revision
+    v2 = rolled_back(sim)
+    sim.status = ModelDeploymentStatus()  # a restore without status, or `kubectl edit --subresource=status`
+    d = sim.tick()
+    assert sim.status.stable_revision == v1 and sim.desired[v1] == 2  # not pruned, still serving
+    stable_svc = next(s for s in d.services if s["metadata"]["name"] == "iris-stable")
+    assert stable_svc["spec"]["selector"]["modeldeploy.io/revision"] == v1
+    assert sim.status.canary_revision == v2  # the spec's revision gets a canary, not stable
+    assert r.STABLE_ADOPTED in sim.reasons()
