@@ -525,6 +525,12 @@ class ModelDeploymentStatus(_Model):
     prometheus_unavailable_since: str | None = Field(
         default=None, description="Start of the current streak of failed Prometheus queries (hold, not fail)."
     )
+    draining_revision: str | None = Field(
+        default=None,
+        description="A canary that carried weight until just now (rolled back or superseded): kept running, and "
+        "selected by <name>-canary while no new canary is ready, until drainingUntil (in-flight requests).",
+    )
+    draining_until: str | None = None
     canary_unready_since: str | None = Field(
         default=None, description="The canary lost the ready pods its weight needs at this time (weight held at 0)."
     )

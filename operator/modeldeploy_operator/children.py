@@ -46,6 +46,9 @@ def deployment_name(name: str, revision: str) -> str:
     return f"{name}-{revision}"
 
 
+DRAIN_SECONDS = 5  # preStop: the pod keeps serving this long after it leaves the endpoints
+
+
 def pod_labels(name: str, revision: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "modeldeploy-server",
@@ -94,6 +97,8 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
             "periodSeconds": 2,
             "failureThreshold": 2,
         },
+        # keep answering while gateways and kube-proxy still route here after the pod is told to stop
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": "http"},
             "periodSeconds": 10,
@@ -112,7 +117,7 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
                 "prometheus.io/path": "/metrics",
             },
         },
-        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30},
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30 + DRAIN_SECONDS},
     }
 
 

@@ -182,7 +182,7 @@ class Kube:
     def apply(self, decision: Decision, meta: Meta, seen: Observation) -> None:
         if decision.route is not None and seen.route_body is not None and seen.route is not None and seen.route.found:
             self.set_weights(meta.namespace, decision.route, seen.route_body)
-        wanted: set[str] = set()
+        wanted: set[str] = set(decision.keep)
         for dep in decision.deployments:
             name = dep["metadata"]["name"]
             wanted.add(name)

@@ -174,6 +174,10 @@ class Tick(Report):
         else:
             self.canary()
         self.scale_down_old()
+        if st.draining_until is not None and (
+            seconds_since(st.draining_until, self.now) >= 0 or st.draining_revision == st.canary_revision
+        ):
+            st.draining_revision = st.draining_until = None
         for a in sorted(self.requests - self.acted):
             self.event(r.REQUEST_IGNORED, f"{a} ignored: {IGNORED_BECAUSE[a]}")
         return self.finish()
@@ -260,6 +264,7 @@ class Tick(Report):
                     r.CANARY_SUPERSEDED,
                     f"canary {old} (version {old_v}) superseded by revision {self.rev} (version {self.version})",
                 )
+            self.drain()
             self.clear_canary()
         if st.canary_revision is None and self.rev not in (st.stable_revision, st.failed_revision):
             if self.spec.paused:
@@ -306,6 +311,14 @@ class Tick(Report):
             f"canary revision {self.rev} (version {self.version}) started beside stable "
             f"{st.stable_revision} (version {st.stable_version})",
         )
+
+    def drain(self) -> None:
+        """The canary is losing its weight: keep its pods (and <name>-canary on them) for
+        drainSeconds, since gateways apply a weight change seconds after it is written (M5, M6)."""
+        st = self.st
+        if routed(self.spec) and (st.canary_weight or 0) > 0 and st.canary_revision is not None:
+            st.draining_revision = st.canary_revision
+            st.draining_until = later(self.now, self.config.drain_seconds)
 
     def clear_canary(self) -> None:
         st = self.st
@@ -473,6 +486,7 @@ class Tick(Report):
         st.conditions = set_condition(
             st.conditions, r.DEGRADED, "True", reason, message, self.meta.generation, self.now
         )
+        self.drain()
         self.clear_canary()
         self.canary_replicas = 0
 

@@ -99,6 +99,7 @@ class Config:
     image: str = DEFAULT_IMAGE
     scale_down_delay_seconds: int = 30
     scrape_interval_seconds: float = 2.0
+    drain_seconds: int = 10
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,8 @@ class Decision:
     # Other revisions that should still exist: Deployment name -> replicas (scaled, never rebuilt).
     scales: dict[str, int] = field(default_factory=dict)
     services: list[dict[str, Any]] = field(default_factory=list)
+    # Deployments kept exactly as they are (a draining canary): neither scaled nor pruned.
+    keep: list[str] = field(default_factory=list)
     route: RouteWeights | None = None
     events: list[Event] = field(default_factory=list)
     clear_annotations: list[str] = field(default_factory=list)

@@ -132,16 +132,20 @@ class Report:
         want: dict[str, int] = {st.stable_revision: spec.replicas}
         if st.canary_revision is not None:
             want[st.canary_revision] = max(self.canary_replicas, 1)
+        draining = st.draining_revision if st.draining_revision not in want else None
+        if draining is not None:
+            self.d.keep.append(deployment_name(meta.name, draining))
         if st.scale_down_revision is not None and st.scale_down_revision not in want:
             want[st.scale_down_revision] = spec.replicas if st.scale_down_at is not None else 0
-        if st.failed_revision is not None and st.failed_revision not in want:
+        if st.failed_revision is not None and st.failed_revision not in want and st.failed_revision != draining:
             want[st.failed_revision] = 0
         for rev, replicas in want.items():
             if rev == self.rev:  # only the desired revision's template is known: the others are only scaled
                 self.d.deployments.append(deployment(owner, spec, rev, replicas, self.image))
             else:
                 self.d.scales[deployment_name(meta.name, rev)] = replicas
-        self.d.services = services(owner, st.stable_revision, st.canary_revision)
+        ready_canary = st.canary_revision if st.current_step is not None else None
+        self.d.services = services(owner, st.stable_revision, ready_canary or draining or st.canary_revision)
         routing = spec.rollout.traffic_routing
         if routing is not None and routing.gateway_api is not None:
             w = st.canary_weight or 0

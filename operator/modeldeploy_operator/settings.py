@@ -22,6 +22,9 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(default=8000, ge=0, le=65535, description="/metrics and /healthz.")
     metrics_bind_address: str = Field(default="0.0.0.0", description="Address of the metrics listener.")
     scale_down_delay_seconds: int = Field(default=30, ge=0)
+    drain_seconds: int = Field(
+        default=10, ge=0, description="A canary that loses its weight keeps its pods this long (in-flight requests)."
+    )
     api_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of every Kubernetes API call.")
     stale_ticks: int = Field(
         default=10, ge=2, description="/healthz fails when an object has not completed a tick for this many periods."
@@ -39,4 +42,5 @@ class OperatorSettings(BaseSettings):
             image=self.server_image,
             scale_down_delay_seconds=self.scale_down_delay_seconds,
             scrape_interval_seconds=self.scrape_interval_seconds,
+            drain_seconds=self.drain_seconds,
         )

@@ -134,6 +134,8 @@ class FakeCluster:
         want = {dep["metadata"]["labels"]["modeldeploy.io/revision"]: dep["spec"]["replicas"]
                 for dep in decision.deployments}  # fmt: skip
         want.update({name.removeprefix("iris-"): n for name, n in decision.scales.items()})
+        kept = [name.removeprefix("iris-") for name in decision.keep]
+        want.update({rev: self.desired.get(rev, 0) for rev in kept})
         self.desired = want
 
     def release(self, meta: Meta) -> bool:
@@ -149,7 +151,7 @@ class Operator:
         (self.fn,) = [h.fn for h in registry._spawning.get_all_handlers() if h.id == "reconcile"]
         self.world, self.prom = world, prom
         self.memo = kopf.Memo()
-        config = Config(scale_down_delay_seconds=10)
+        config = Config(scale_down_delay_seconds=10, drain_seconds=0)
         self.memo.kube, self.memo.prom = world, prom  # the names of the memo before issue 11
         if hasattr(handlers, "Shell"):
             self.memo.shell = handlers.Shell(world, prom, config, post=lambda obj, e: world.events.append(e))  # type: ignore[arg-type]

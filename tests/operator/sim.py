@@ -174,6 +174,8 @@ class Sim:
             want[dep["metadata"]["labels"]["modeldeploy.io/revision"]] = dep["spec"]["replicas"]
         for name, replicas in d.scales.items():
             want[name.removeprefix("iris-")] = replicas
+        for name in d.keep:
+            want[name.removeprefix("iris-")] = self.desired.get(name.removeprefix("iris-"), 0)
         for rev, n in want.items():
             if n > self.desired.get(rev, 0):
                 self.asked_at[rev] = self.now

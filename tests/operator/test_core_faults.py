@@ -207,3 +207,49 @@ def test_a_lost_status_keeps_the_serving_revision_and_canaries_the_desired_one()
     assert stable_svc["spec"]["selector"]["modeldeploy.io/revision"] == v1
     assert sim.status.canary_revision == v2  # the spec's revision gets a canary, not stable
     assert r.STABLE_ADOPTED in sim.reasons()
+
+
+# ------------------------------------------------------------------ M5, M6: drain before removing
+def canary_selector(d: object) -> str:
+    svc = next(s for s in d.services if s["metadata"]["name"] == "iris-canary")  # type: ignore[attr-defined]
+    return str(svc["spec"]["selector"]["modeldeploy.io/revision"])
+
+
+def test_superseding_a_weighted_canary_drains_it_before_pointing_its_service_elsewhere() -> None:
+    sim = deployed()
+    v2 = sim.set_version("2")
+    sim.run(22)
+    assert sim.status.canary_revision == v2 and sim.status.canary_weight == 50
+    v3 = sim.set_version("3")
+    d = sim.tick()
+    assert d.route is not None and d.route.canary_weight == 0
+    # the gateway may still send 50% to <name>-canary for seconds: it keeps v2's ready pods
+    assert canary_selector(d) == v2 and sim.desired.get(v2, 0) >= 1
+    sim.run(60, until=lambda s: s.status.canary_weight == 10)
+    assert canary_selector(sim.decisions[-1]) == v3
+    sim.run(15)
+    assert v2 not in sim.desired  # gone once drained
+
+
+def test_a_rollback_takes_the_weight_at_once_and_the_pods_after_the_drain_delay() -> None:
+    sim = deployed()
+    v2 = sim.set_version("2")
+    sim.run(22)
+    assert sim.status.canary_weight == 50
+    sim.prom[v2] = profile(requests=812, errors=34)
+    sim.run(30, until=lambda s: s.phase() == r.PHASE_ROLLED_BACK)
+    d = sim.decisions[-1]
+    assert d.route is not None and d.route.canary_weight == 0
+    assert sim.desired[v2] >= 1 and canary_selector(d) == v2  # still answering what is in flight
+    sim.run(11)
+    assert sim.desired[v2] == 0
+
+
+def test_server_pods_drain_before_they_stop() -> None:
+    from modeldeploy_operator.api import parse_spec
+    from modeldeploy_operator.children import pod_template
+
+    pod = pod_template("iris", parse_spec(spec_dict()), "abc", "img")
+    (container,) = pod["spec"]["containers"]
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 35

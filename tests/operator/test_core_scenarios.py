@@ -84,6 +84,7 @@ def test_rollback_after_failure_limit() -> None:
     assert len(fails) == 2
     last = sim.decisions[-1]
     assert last.route is not None and last.route.canary_weight == 0
+    sim.run(10)  # its pods drain for drainSeconds (test_core_faults), then go to 0
     assert sim.desired[v2] == 0
     assert sim.status.failed_revision == v2
     assert cond(sim, r.DEGRADED) == ("True", r.ANALYSIS_FAILED)
@@ -205,7 +206,9 @@ def test_abort() -> None:
     assert sim.status.canary_weight == 10
     sim.annotations[r.ANNOTATION_ABORT] = "1"
     d = sim.tick()
-    assert d.route is not None and d.route.canary_weight == 0 and sim.desired[v2] == 0
+    assert d.route is not None and d.route.canary_weight == 0
+    sim.run(10)  # drained, then scaled to 0
+    assert sim.desired[v2] == 0
     assert sim.phase() == r.PHASE_ABORTED and cond(sim, r.DEGRADED) == ("True", r.ABORTED)
     assert sim.status.history[-1].outcome == "Aborted" and r.ANNOTATION_ABORT not in sim.annotations
     sim.run(10)
@@ -223,7 +226,8 @@ def test_a_new_revision_supersedes_the_canary() -> None:
     assert sim.status.canary_revision == v3 and sim.status.current_step is None
     assert d.route is not None and d.route.canary_weight == 0  # no weight until v3 is ready
     assert sim.status.stable_revision == v1 and sim.desired[v1] == 2
-    assert v2 not in sim.desired  # the superseded canary's Deployment goes away
+    sim.run(10)
+    assert v2 not in sim.desired  # the superseded canary's Deployment goes away once drained
     assert sim.status.history[-1].outcome == "Superseded"
     sim.run(60, until=lambda s: s.status.stable_revision == v3)
     assert sim.weights() == [0, 10, 50, 0, 10, 50, 0]
