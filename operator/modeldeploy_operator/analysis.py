@@ -8,6 +8,9 @@ an `AnalysisRecord` (query, window, sample size, value, threshold, verdict per c
 Rules: fewer than `minRequests` canary requests in the window is Inconclusive (hold, never fail
 on no data); a query that errors is Error (hold; Prometheus outages are not the canary's fault);
 a value beyond its threshold is Failed. Overall verdict: Failed > Error > Inconclusive > Passed.
+`maxCostIncrease` (when set) asks for the canary's mean request time over stable's in the same
+window and multiplies it by the plan's pod price factor (`cost.pod_price_factor`): the canary's
+cost per prediction over stable's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from modeldeploy_operator import cost
 from modeldeploy_operator.api import AnalysisRecord, AnalysisSpec, CheckRecord
 
 REQUESTS_METRIC = "modeldeploy_requests_total"
@@ -44,6 +48,7 @@ class AnalysisPlan:
     weight: int
     window_seconds: int
     queries: tuple[Query, ...]
+    price_factor: float = 1.0  # maxCostIncrease: canary pod price per worker over stable's (`cost`)
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,25 @@ def substitute(query: str, namespace: str, model: str, revision: str, window: in
 
 
 def plan(
-    spec: AnalysisSpec, namespace: str, model: str, revision: str, step: int, weight: int, window: int
+    spec: AnalysisSpec,
+    namespace: str,
+    model: str,
+    revision: str,
+    step: int,
+    weight: int,
+    window: int,
+    stable: str | None = None,
+    price_factor: float = 1.0,
 ) -> AnalysisPlan:
     queries = [Query(k, v) for k, v in builtin_queries(namespace, model, revision, window).items()]
     if spec.max_latency_p99_seconds is None:
         queries = [q for q in queries if q.name != LATENCY_P99]
     queries += [Query(m.name, substitute(m.query, namespace, model, revision, window)) for m in spec.metrics]
-    return AnalysisPlan(revision, step, weight, window, tuple(queries))
+    if spec.max_cost_increase is not None and stable is not None:
+        queries.append(
+            Query(cost.COST_CHECK, cost.seconds_per_request_ratio_query(namespace, model, revision, stable, window))
+        )
+    return AnalysisPlan(revision, step, weight, window, tuple(queries), price_factor)
 
 
 def _count(n: float) -> str:
@@ -174,6 +191,14 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
             msg = f"{metric.name} {v:.4g} {'outside' if bad else 'within'} [{bounds}] over {w}s"
             verdict = "Failed" if bad else "Passed"
             record(metric.name, metric.name, verdict, samples=n, value=v, threshold=bounds, message=msg)
+    if spec.max_cost_increase is not None and cost.COST_CHECK in q:
+        res = results.get(cost.COST_CHECK, QueryResult(error="not run"))
+        cap = f"<= {spec.max_cost_increase:g}"
+        if res.error is not None:
+            query_failed(cost.COST_CHECK, cost.COST_CHECK, res)
+        elif enough:
+            said, ratio, text = cost.cost_check(spec.max_cost_increase, res.value, p.price_factor)
+            record(cost.COST_CHECK, cost.COST_CHECK, said, samples=n, value=ratio, threshold=cap, message=text)
     return AnalysisRecord(
         time=now,
         revision=p.revision,

@@ -336,6 +336,13 @@ class AnalysisSpec(_Model):
         description="When a decision needs more time than the step has: extend the step, raiseWeight "
         "(within maxWeight) or hold; absent: report it in status and Events only.",
     )
+    max_cost_increase: float | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Largest canary cost per prediction over stable's (mean request seconds x pod price per "
+        "worker, same window), for example 1.2; absent: off.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -380,6 +387,31 @@ class RolloutSpec(_Model):
     )
 
 
+class CostSpec(_Model):
+    """Prices for this ModelDeployment's `status.cost`; each one absent uses the operator's setting."""
+
+    cpu_core_hour_usd: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="USD per requested CPU core per hour (your cloud's on-demand vCPU-hour).",
+    )
+    memory_gib_hour_usd: float | None = Field(
+        default=None,
+        alias="memoryGiBHourUsd",
+        ge=0,
+        le=1000,
+        description="USD per requested GiB of memory per hour (on-demand GiB-hour).",
+    )
+    managed_per_1k_usd: float | None = Field(
+        default=None,
+        alias="managedPer1kUsd",
+        ge=0,
+        le=100000,
+        description="USD per 1,000 calls of the managed endpoint compared against.",
+    )
+
+
 class ModelDeploymentSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -405,6 +437,7 @@ class ModelDeploymentSpec(_Model):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     paused: bool = Field(default=False, description="Hold the rollout where it is.")
+    cost: CostSpec | None = Field(default=None, description="Price overrides for status.cost.")
 
     @field_validator("inputs")
     @classmethod
@@ -495,6 +528,39 @@ class ControlRequest(BaseModel):
     value: str
 
 
+class CostStatus(_Model):
+    """What a prediction costs (`modeldeploy_operator.cost` has the formulas; a month is 730 h)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: str | None = Field(default=None, description="When this was computed.")
+    requests_per_day: float | None = Field(
+        default=None, description="Stable's inference requests over requestsWindow, scaled to a day."
+    )
+    requests_window: str | None = Field(default=None, description="The window requestsPerDay was measured over.")
+    replicas: int | None = Field(default=None, description="Stable pods priced.")
+    monthly_usd: float | None = Field(default=None, description="Stable pods' requested CPU and memory x price, 730 h.")
+    per1k_predictions_usd: float | None = Field(
+        default=None, alias="per1kPredictionsUsd", description="monthlyUsd per 1,000 requests at the volume."
+    )
+    managed_monthly_usd: float | None = Field(default=None, description="The same volume at managedPer1kUsd.")
+    crossover_requests_per_day: float | None = Field(
+        default=None, description="Volume at which pods and managed endpoint cost the same."
+    )
+    cheaper: Literal["selfHosted", "managed"] | None = None
+    reason: str | None = Field(default=None, description="One line: why `cheaper`.")
+    canary_per1k_predictions_usd: float | None = Field(
+        default=None,
+        alias="canaryPer1kPredictionsUsd",
+        description="The canary's cost per 1,000 requests beside stable's (by pod time per request).",
+    )
+    peak_rows_per_second: float | None = Field(default=None, description="Highest 1-minute rate over the window.")
+    seconds_per_row: float | None = Field(default=None, description="Measured request time per predicted row.")
+    replicas_for_peak: int | None = Field(default=None, description="Pods the peak needs at 70% busy workers.")
+    pod_hour_usd: float | None = Field(default=None, description="Price of one stable pod for an hour.")
+    workers: int | None = Field(default=None, description="Server workers per stable pod.")
+
+
 class ModelDeploymentStatus(_Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -540,6 +606,7 @@ class ModelDeploymentStatus(_Model):
     )
     conditions: list[Condition] = Field(default_factory=list)
     last_analysis: AnalysisRecord | None = None
+    cost: CostStatus | None = None
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
 
 

@@ -4,14 +4,17 @@
     modeldeploy history NAME [-n NS]                            revisions and their outcomes
     modeldeploy promote|abort|retry NAME [-n NS]                set modeldeploy.io/<verb> (the operator
                                                                 consumes and clears it)
+    modeldeploy cost NAME [-n NS]                               what a prediction costs: pods against a
+                                                                managed endpoint, break-even, replicas
+                                                                the observed peak needs (status.cost)
     modeldeploy undo NAME [-n NS] [--to-version V]              write a previous model back into
                                                                 spec.model (users without GitOps): the
                                                                 stable revision's after a rollback
 
 Exit codes: 0 done / healthy; 1 the rollout failed (RolledBack, Aborted, Degraded, Invalid) or,
-without --watch, is not healthy yet; 2 --watch timed out (argparse usage errors also exit 2);
-3 no such ModelDeployment, or nothing recorded to undo to; 4 no cluster reachable or no
-kubeconfig; 5 any other API error (for example forbidden). Errors are one line on stderr.
+without --watch, is not healthy yet (for `cost`: no status.cost yet); 2 --watch timed out
+(argparse usage errors also exit 2); 3 no such ModelDeployment, or nothing recorded to undo to;
+4 no cluster reachable or no kubeconfig; 5 any other API error (for example forbidden). Errors are one line on stderr.
 
 This module does the Kubernetes I/O (the kubernetes client, KUBECONFIG or ~/.kube/config);
 rendering and the undo decision are pure, in `cli_format`. Entry point of the console scripts
@@ -31,6 +34,7 @@ from modeldeploy_operator.cli_format import (
     CliError,
     history_lines,
     parse_status,
+    render_cost,
     render_status,
     revision_models,
     undo_patch,
@@ -146,6 +150,12 @@ def cmd_history(cluster: Cluster, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cost(cluster: Cluster, args: argparse.Namespace) -> int:
+    obj = cluster.get(args.name)
+    print(render_cost(obj))
+    return EXIT_OK if parse_status(obj).cost is not None else EXIT_FAILED
+
+
 def cmd_annotate(cluster: Cluster, args: argparse.Namespace) -> int:
     cluster.get(args.name)  # a clear "not found" before patching
     cluster.patch(args.name, {"metadata": {"annotations": {ANNOTATIONS[args.command]: _now()}}})
@@ -185,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=600.0, help="seconds --watch waits (default 600)")
     status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     command("history", "List revisions, versions and outcomes, newest first.", cmd_history)
+    command("cost", "What a prediction costs: pods against a managed endpoint, and the peak's replicas.", cmd_cost)
     command("promote", "Skip the remaining steps (or end an indefinite pause) and promote the canary.", cmd_annotate)
     command("abort", "Roll the canary back now; the stable revision keeps serving.", cmd_annotate)
     command("retry", "Try a rolled-back or aborted revision again.", cmd_annotate)

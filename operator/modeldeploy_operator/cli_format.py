@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modeldeploy_operator.api import AnalysisRecord, ModelDeploymentStatus, ModelRef, describe_errors
+from modeldeploy_operator.api import AnalysisRecord, CostStatus, ModelDeploymentStatus, ModelRef, describe_errors
 
 PHASE_HEALTHY = "Healthy"
 # Phases after which a rollout will not become healthy without a new spec or a human.
@@ -238,3 +238,62 @@ def undo_patch(obj: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
         "metadata": {"annotations": {ANNOTATION_PREVIOUS_MODEL: json.dumps(current, sort_keys=True)}},
         "spec": {"model": target},
     }
+
+
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"${x:,.2f}" if x >= 0.995 or x == 0 else f"${x:.4g}"
+
+
+def _per_day(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def render_cost(obj: dict[str, Any]) -> str:
+    """The `modeldeploy cost` view: status.cost as a table, the break-even, and the replicas the
+    observed peak needs (computed by the operator from the measured time per row)."""
+    meta = obj.get("metadata", {})
+    status = parse_status(obj)
+    c = status.cost
+    head = f"{meta.get('name', '?')} in {meta.get('namespace', '?')}"
+    if c is None:
+        return f"{head}: no cost yet (the operator fills status.cost about once a minute once a stable revision serves)"
+    window = f" over the last {c.requests_window}" if c.requests_window else ""
+    lines = [
+        f"Cost of {head}, stable {_rev(status.stable_version, status.stable_revision)}"
+        + (f", computed {c.time}" if c.time else ""),
+        f"Volume:     {_per_day(c.requests_per_day)} requests/day (measured{window})",
+    ]
+    requests = (obj.get("spec", {}).get("serving", {}).get("resources") or {}).get("requests") or {}
+    pods = f"{c.replicas} pods" if c.replicas is not None else "pods"
+    if requests:
+        pods += " requesting " + ", ".join(f"{k} {v}" for k, v in sorted(requests.items())) + " each"
+    monthly_requests = (c.requests_per_day or 0) * 730 / 24
+    managed_1k = (c.managed_monthly_usd or 0) / (monthly_requests / 1000) if monthly_requests > 0 else None
+    rows = [["self-hosted", _usd(c.monthly_usd), _usd(c.per1k_predictions_usd), pods]]
+    rows.append(["managed", _usd(c.managed_monthly_usd), _usd(managed_1k), "per-call endpoint"])
+    if c.canary_per1k_predictions_usd is not None:
+        rows.append(["canary", "-", _usd(c.canary_per1k_predictions_usd), _canary_note(status, c)])
+    lines += table(["SHAPE", "MONTHLY", "PER 1K PREDICTIONS", "WHAT"], rows)
+    lines.append(f"Break-even: {_per_day(c.crossover_requests_per_day)} requests/day")
+    if c.cheaper is not None or c.reason:
+        lines.append(f"Cheaper:    {c.cheaper or '-'}" + (f": {c.reason}" if c.reason else ""))
+    if c.replicas_for_peak is not None:
+        per_row = f"{1000 * c.seconds_per_row:.3g} ms/row" if c.seconds_per_row is not None else "?"
+        running = f" (running {c.replicas})" if c.replicas is not None else ""
+        lines.append(
+            f"Peak:       {c.peak_rows_per_second or 0:.4g} rows/s x {per_row} -> {c.replicas_for_peak} "
+            f"replica{'s' if c.replicas_for_peak != 1 else ''} at 70% busy workers{running}"
+        )
+    else:
+        lines.append("Peak:       not measured yet (no predictions in the window)")
+    lines.append("A month is 730 h; a prediction is one request; prices: operator settings or spec.cost.")
+    return "\n".join(lines)
+
+
+def _canary_note(status: ModelDeploymentStatus, c: CostStatus) -> str:
+    who = _rev(status.canary_version, status.canary_revision)
+    if c.per1k_predictions_usd and c.canary_per1k_predictions_usd is not None:
+        return f"{who}, {c.canary_per1k_predictions_usd / c.per1k_predictions_usd:.2f}x stable per prediction"
+    return who

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from modeldeploy_operator import analysis
+from modeldeploy_operator import analysis, cost
 from modeldeploy_operator import reasons as r
 from modeldeploy_operator.analysis import AnalysisPlan
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus
@@ -75,7 +75,10 @@ def plan_analysis(
     if not due:
         return None
     window = analysis.window_seconds(span, a.interval_seconds, config.scrape_interval_seconds)
-    return analysis.plan(a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window)
+    factor = cost.pod_price_factor(config.prices, spec, st.cost) if a.max_cost_increase is not None else 1.0
+    return analysis.plan(
+        a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window, st.stable_revision, factor
+    )
 
 
 def invalid_spec(status: ModelDeploymentStatus, message: str, *, meta: Meta, now: datetime) -> Decision:

@@ -35,6 +35,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Canary", "type": "string", "jsonPath": ".status.canaryVersion", "priority": 1},
     {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight", "description": "Canary traffic %"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
+    {
+        "name": "USD/1k",
+        "type": "number",
+        "jsonPath": ".status.cost.per1kPredictionsUsd",
+        "description": "What 1,000 predictions cost on the stable pods at the observed volume",
+    },
+    {"name": "Cheaper", "type": "string", "jsonPath": ".status.cost.cheaper", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -39,8 +39,9 @@ from pydantic import ValidationError
 
 from modeldeploy_operator import GROUP, PLURAL, VERSION
 from modeldeploy_operator import metrics as m
-from modeldeploy_operator.api import ModelDeploymentStatus, SpecError, name_problem, parse_spec
+from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus, SpecError, name_problem, parse_spec
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
+from modeldeploy_operator.costwatch import CostWatch
 from modeldeploy_operator.kube import Kube, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
@@ -77,6 +78,7 @@ class Shell:
     post: Callable[[dict[str, Any], Event], None] = post_event
     # the last child-write error said per object (an Event once per distinct error, not per tick)
     apply_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    cost: Callable[[ModelDeploymentSpec, Meta, ModelDeploymentStatus, datetime], None] | None = None  # costwatch
 
 
 def status_changes(old: dict[str, Any], new: ModelDeploymentStatus) -> dict[str, Any]:
@@ -154,6 +156,8 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
         revisions=seen.revisions, annotations=dict(md.get("annotations") or {}), route=seen.route, analysis=results
     )
     decision = decide(spec, status, observed, now, meta=meta, config=shell.config)
+    if shell.cost is not None:  # status.cost, about once a minute; never raises
+        shell.cost(spec, meta, decision.status, now)
     outcome = _commit(shell, obj, meta, rv, raw_status, decision, labels)
     if outcome not in (WRITTEN, UNCHANGED) or not decision.apply_children:
         return outcome
@@ -226,11 +230,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # our Events carry specific reasons: no log line becomes a generic "Logging" Event
         settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
-        memo.shell = Shell(
-            Kube(api_client(), operator_settings.api_timeout_seconds),
-            Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds),
-            core_config,
-        )
+        kube = Kube(api_client(), operator_settings.api_timeout_seconds)
+        prom = Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds)
+        memo.shell = Shell(kube, prom, core_config, cost=CostWatch(kube.apps, prom, operator_settings))
         m.HEALTH.stale_after = max(30.0, operator_settings.stale_ticks * tick)
         m.HEALTH.started = True
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from modeldeploy_operator.analysis import AnalysisPlan, QueryResult
 from modeldeploy_operator.api import AnalysisRecord, ModelDeploymentStatus
+from modeldeploy_operator.cost import DEFAULT_PRICES, Prices
 
 DEFAULT_IMAGE = "modeldeploy/modeldeploy:0.1.0"
 
@@ -100,6 +101,7 @@ class Config:
     scale_down_delay_seconds: int = 30
     scrape_interval_seconds: float = 2.0
     drain_seconds: int = 10
+    prices: Prices = DEFAULT_PRICES  # of the maxCostIncrease gate (operator settings)
 
 
 @dataclass(frozen=True)

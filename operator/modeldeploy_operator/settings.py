@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modeldeploy_operator.cost import Prices
 from modeldeploy_operator.model import DEFAULT_IMAGE, Config
 
 
@@ -32,10 +33,19 @@ class OperatorSettings(BaseSettings):
     scrape_interval_seconds: float = Field(
         default=2.0, gt=0, description="Prometheus' scrape interval; analysis windows span at least two."
     )
+    # Prices of status.cost (a ModelDeployment's spec.cost overrides each): your cloud's on-demand
+    # price of one vCPU for an hour and of one GiB of memory for an hour, and the price of 1,000
+    # calls of the managed endpoint you would use instead. Defaults: the order of per-pod on-demand prices.
+    cpu_core_hour_usd: float = Field(default=0.04, ge=0, description="USD per requested CPU core-hour.")
+    memory_gib_hour_usd: float = Field(default=0.005, ge=0, description="USD per requested GiB-hour of memory.")
+    managed_per_1k_usd: float = Field(default=0.40, ge=0, description="USD per 1,000 managed-endpoint calls.")
 
     @property
     def namespace_list(self) -> list[str]:
         return [n.strip() for n in self.namespaces.split(",") if n.strip()]
+
+    def prices(self) -> Prices:
+        return Prices(self.cpu_core_hour_usd, self.memory_gib_hour_usd, self.managed_per_1k_usd)
 
     def core_config(self) -> Config:
         return Config(
@@ -43,4 +53,5 @@ class OperatorSettings(BaseSettings):
             scale_down_delay_seconds=self.scale_down_delay_seconds,
             scrape_interval_seconds=self.scrape_interval_seconds,
             drain_seconds=self.drain_seconds,
+            prices=self.prices(),
         )

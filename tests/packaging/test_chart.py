@@ -18,6 +18,9 @@ CONTRACT_ENV = {
     # beyond the brief's contract: settings of operator/modeldeploy_operator/settings.py
     "MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS",
     "MODELDEPLOY_OPERATOR_PROMETHEUS_TIMEOUT_SECONDS",
+    "MODELDEPLOY_OPERATOR_CPU_CORE_HOUR_USD",
+    "MODELDEPLOY_OPERATOR_MEMORY_GIB_HOUR_USD",
+    "MODELDEPLOY_OPERATOR_MANAGED_PER_1K_USD",
 }
 
 
@@ -89,6 +92,21 @@ def test_custom_image_and_prometheus() -> None:
     assert env["MODELDEPLOY_OPERATOR_SERVER_IMAGE"] == "registry.example/ml/server:9"
     assert env["MODELDEPLOY_OPERATOR_PROMETHEUS_URL"] == "http://prom.monitoring:9090"
     assert env["MODELDEPLOY_OPERATOR_TICK_SECONDS"] == "2"
+
+
+def test_pricing_reaches_the_operator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modeldeploy_operator.cost import Prices
+    from modeldeploy_operator.settings import OperatorSettings
+
+    defaults = _env(template())
+    for key, value in defaults.items():
+        monkeypatch.setenv(key, value)
+    assert OperatorSettings().prices() == Prices(0.04, 0.005, 0.40)
+    env = _env(template("--set", "pricing.cpuCoreHourUsd=0.0445", "--set", "pricing.memoryGiBHourUsd=0.0049225",
+                        "--set", "pricing.managedPer1kUsd=1.5"))  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert OperatorSettings().prices() == Prices(0.0445, 0.0049225, 1.5)
 
 
 def _rules(rendered: str, kind: str) -> list[dict[str, list[str]]]:
@@ -175,6 +193,9 @@ def test_service_monitor_is_optional() -> None:
         (["--set", "tickSeconds=0"], "/tickSeconds"),
         (["--set", "prometheusUrl=prometheus:9090"], "/prometheusUrl"),
         (["--set", "watchNamespaces={Team_A}"], "/watchNamespaces/0"),
+        (["--set", "pricing.cpuCoreHourUsd=-1"], "at '/pricing/cpuCoreHourUsd': minimum: got -1, want 0"),
+        (["--set", "pricing.managedPer1kUsd=cheap"], "'cheap' does not match pattern"),
+        (["--set", "pricing.memoryGibHourUsd=1"], "additional properties 'memoryGibHourUsd' not allowed"),
     ],
 )
 def test_misspelt_or_bad_values_fail_with_a_clear_message(flags: list[str], message: str) -> None:
@@ -223,7 +244,7 @@ def test_chart_readme_lists_every_value() -> None:
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     readme = (CHART / "README.md").read_text()
-    sections = {"image", "rbac", "serviceAccount", "service", "serviceMonitor"}
+    sections = {"image", "rbac", "serviceAccount", "service", "serviceMonitor", "pricing"}
     keys = [k for k in values if k not in sections] + [f"{s}.{k}" for s in sections for k in values[s]]
     assert [k for k in keys if f"`{k}`" not in readme] == []
 

@@ -1,0 +1,188 @@
+"""The shell's cost probe: fills `status.cost` about once a minute per ModelDeployment.
+
+`CostWatch` is `handlers.Shell.cost`, called each tick after `core.decide` and before the status
+write, so the rollout's decision never depends on it. I/O: one list of the ModelDeployment's Deployments (the
+stable revision's requested resources, replicas and workers; the canary's) and a few Prometheus
+queries; the arithmetic is in `cost` (pure). A failed query leaves the figures it feeds empty and
+says so in `reason`; a failed Deployment read keeps the previous `status.cost`.
+
+The volume: requestsPerDay = increase(modeldeploy_requests_total{namespace, model, revision=stable}[W])
+x 86400 / W, where W (`requestsWindow`) is the time since the stable revision started serving
+(its Promoted or Deployed history entry), at least one minute and at most one day, in whole
+minutes (one minute while it is not serving yet; a day when its entry fell out of a full history).
+A younger revision is measured over its own life only: a longer window would count the time
+before it existed as idle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modeldeploy_operator import cost
+from modeldeploy_operator.analysis import DURATION_BUCKET_METRIC, REQUESTS_METRIC
+from modeldeploy_operator.api import HISTORY_LIMIT, CostStatus, ModelDeploymentSpec, ModelDeploymentStatus
+from modeldeploy_operator.children import LABEL_NAME, LABEL_REVISION
+from modeldeploy_operator.model import Meta, fmt_time, parse_time, seconds_since
+from modeldeploy_operator.prom import Prometheus
+from modeldeploy_operator.settings import OperatorSettings
+
+log = logging.getLogger("modeldeploy.operator")
+
+INTERVAL_SECONDS = 60
+MIN_WINDOW_SECONDS = 60
+MAX_WINDOW_SECONDS = cost.SECONDS_PER_DAY
+DURATION_SUM = DURATION_BUCKET_METRIC.removesuffix("_bucket") + "_sum"
+DURATION_COUNT = DURATION_BUCKET_METRIC.removesuffix("_bucket") + "_count"
+PREDICTIONS_METRIC = "modeldeploy_predictions_total"
+SERVING_OUTCOMES = ("Promoted", "Deployed")
+
+
+def due(status: ModelDeploymentStatus, now: datetime) -> bool:
+    if status.stable_revision is None:
+        return False
+    last = status.cost.time if status.cost is not None else None
+    return last is None or seconds_since(last, now) >= INTERVAL_SECONDS
+
+
+def serving_since(status: ModelDeploymentStatus) -> str | None:
+    """When the stable revision started serving: its last Promoted or Deployed history entry."""
+    for h in reversed(status.history):
+        if h.revision == status.stable_revision and h.outcome in SERVING_OUTCOMES:
+            return h.time
+    return None
+
+
+def window_for(status: ModelDeploymentStatus, now: datetime, scrape_interval: float) -> int:
+    since = serving_since(status)
+    if since is not None:
+        age = seconds_since(since, now)
+    else:  # not serving yet (first deployment), or its entry fell out of a full history: long ago
+        age = MAX_WINDOW_SECONDS if len(status.history) >= HISTORY_LIMIT else 0
+    floor = max(MIN_WINDOW_SECONDS, math.ceil(4 * scrape_interval))
+    return max(floor, min(MAX_WINDOW_SECONDS, int(age) // 60 * 60))
+
+
+def selector(meta: Meta, revision: str) -> str:
+    return f'{{namespace="{meta.namespace}",model="{meta.name}",revision="{revision}"}}'
+
+
+def queries(meta: Meta, revision: str, window: int, scrape_interval: float) -> dict[str, str]:
+    """The PromQL behind status.cost for one revision over `window` seconds."""
+    sel = selector(meta, revision)
+    w = cost.window_text(window)
+    rate_window = cost.window_text(max(60, math.ceil(4 * scrape_interval)))
+    step = cost.window_text(max(1, math.ceil(scrape_interval)))
+    return {
+        "requests": f"sum(increase({REQUESTS_METRIC}{sel}[{w}]))",
+        "seconds_per_request": f"sum(increase({DURATION_SUM}{sel}[{w}])) / sum(increase({DURATION_COUNT}{sel}[{w}]))",
+        "seconds_per_row": f"sum(increase({DURATION_SUM}{sel}[{w}])) / sum(increase({PREDICTIONS_METRIC}{sel}[{w}]))",
+        "peak_rows_per_second": f"max_over_time(sum(rate({PREDICTIONS_METRIC}{sel}[{rate_window}]))[{w}:{step}])",
+    }
+
+
+class Asker:
+    """Prometheus queries at one instant; after a connection failure the rest are not sent (one
+    timeout per tick at most, like the analysis)."""
+
+    def __init__(self, prom: Prometheus, at: datetime) -> None:
+        self.prom, self.at, self.down = prom, at, False
+
+    def __call__(self, promql: str) -> float | None:
+        if self.down:
+            return None
+        res = self.prom.query(promql, self.at)
+        if res.error is not None:
+            self.down = "talking to" in res.error
+            log.info("cost query failed: %s: %s", promql, res.error)
+            return None
+        return res.value if res.value is not None and math.isfinite(res.value) else None
+
+
+def fleets(apps: client.AppsV1Api, meta: Meta, timeout: float) -> dict[str, dict[str, Any]]:
+    """The ModelDeployment's own Deployments by revision (raw JSON)."""
+    resp: Any = apps.list_namespaced_deployment(
+        meta.namespace, label_selector=f"{LABEL_NAME}={meta.name}", _preload_content=False, _request_timeout=timeout
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for dep in json.loads(resp.data).get("items", []):
+        if any(o.get("uid") == meta.uid for o in dep["metadata"].get("ownerReferences") or []):
+            rev = (dep["metadata"].get("labels") or {}).get(LABEL_REVISION)
+            if rev:
+                out[rev] = dep
+    return out
+
+
+def measure(
+    prom: Prometheus,
+    prices: cost.Prices,
+    meta: Meta,
+    status: ModelDeploymentStatus,
+    deployments: dict[str, dict[str, Any]],
+    now: datetime,
+    scrape_interval: float,
+) -> CostStatus | None:
+    """status.cost from the Deployments and Prometheus; None when the stable Deployment is missing."""
+    stable_rev = status.stable_revision
+    if stable_rev is None or stable_rev not in deployments:
+        return None
+    try:
+        stable = cost.fleet_of(deployments[stable_rev])
+    except ValueError as err:
+        return CostStatus(time=fmt_time(now), reason=f"stable Deployment: {err}")
+    window = window_for(status, now, scrape_interval)
+    q = queries(meta, stable_rev, window, scrape_interval)
+    ask = Asker(prom, now)
+    n = ask(q["requests"])
+    out = cost.assess(prices, stable, None if n is None else n * cost.SECONDS_PER_DAY / window, window)
+    out.time = fmt_time(now)
+    out.seconds_per_row = ask(q["seconds_per_row"])
+    out.peak_rows_per_second = ask(q["peak_rows_per_second"])
+    if out.seconds_per_row is not None and out.peak_rows_per_second is not None:
+        out.replicas_for_peak = cost.replicas_for_peak(out.peak_rows_per_second, out.seconds_per_row, stable.workers)
+        out.seconds_per_row = float(f"{out.seconds_per_row:.4g}")
+        out.peak_rows_per_second = round(out.peak_rows_per_second, 3)
+    canary_rev = status.canary_revision
+    if canary_rev is not None and canary_rev in deployments and status.canary_started_at is not None:
+        try:
+            canary = cost.fleet_of(deployments[canary_rev])
+        except ValueError:
+            return out
+        age = max(MIN_WINDOW_SECONDS, min(window, int((now - parse_time(status.canary_started_at)).total_seconds())))
+        s = ask(queries(meta, stable_rev, age, scrape_interval)["seconds_per_request"])
+        c = ask(queries(meta, canary_rev, age, scrape_interval)["seconds_per_request"])
+        out.canary_per1k_predictions_usd = cost.canary_per_1k(out.per1k_predictions_usd, prices, stable, canary, s, c)
+    return out
+
+
+class CostWatch:
+    """`handlers.Shell.cost`: once a minute, replace `status.cost` in place (the status the tick is
+    about to write). Never raises: a figure is never worth a failed tick."""
+
+    def __init__(self, apps: client.AppsV1Api, prom: Prometheus, settings: OperatorSettings) -> None:
+        self.apps, self.prom = apps, prom
+        self.prices, self.scrape_interval = settings.prices(), settings.scrape_interval_seconds
+        self.timeout = settings.api_timeout_seconds
+
+    def __call__(self, spec: ModelDeploymentSpec, meta: Meta, status: ModelDeploymentStatus, now: datetime) -> None:
+        if not due(status, now):
+            return
+        try:
+            deployments = fleets(self.apps, meta, self.timeout)
+            fresh = measure(
+                self.prom, self.prices.override(spec.cost), meta, status, deployments, now, self.scrape_interval
+            )
+        except ApiException as err:
+            log.info("%s/%s: cost not refreshed, listing Deployments failed: %s", meta.namespace, meta.name, err.status)
+            return
+        except Exception:
+            log.exception("%s/%s: computing status.cost failed", meta.namespace, meta.name)
+            return
+        if fresh is not None:
+            status.cost = fresh
