@@ -4,17 +4,29 @@ Owned here: streaming each byte through SHA-256 into a temporary file in the cac
 comparing with the expected digest BEFORE anything is deserialized, and the refusal lines. Called
 by `runtime.load_runtime`. A file:// artifact is copied too, so the bytes that are loaded are the
 bytes that were hashed (no window for the source to change in between).
+
+Bounds: at most `MODELDEPLOY_MAX_ARTIFACT_BYTES` (a larger Content-Length is refused before the
+body is read), and the whole download within `MODELDEPLOY_FETCH_TIMEOUT_SECONDS` (also the limit of
+each connect and read), so an endless or trickling source is refused with one line. Bytes are
+requested and hashed as stored (`Accept-Encoding: identity`, no decompression). Redirects: an
+http(s) redirect is followed only to the same scheme, host and port; an S3 request (signed for
+one host) follows none, so credentials and the session token never leave the configured host.
+A failed or refused download leaves no `.partial-*` file; ones left by a killed process are
+removed once they are older than the deadline; `discard` removes a verified artifact that then
+could not be loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
@@ -23,26 +35,103 @@ from modeldeploy_server.errors import LoadRefused
 from modeldeploy_server.settings import Settings
 
 CHUNK = 1 << 20
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
+log = logging.getLogger("modeldeploy_server.fetch")
 
 
-def _file_chunks(uri: str) -> Iterator[bytes]:
+class _Limits:
+    """The byte budget and the deadline of one download."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.uri = settings.model_uri
+        self.max_bytes = settings.max_artifact_bytes
+        self.timeout = settings.fetch_timeout_seconds
+        self.deadline = time.monotonic() + self.timeout
+        self.read = 0
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise LoadRefused(
+                f"cannot fetch model artifact {self.uri}: not complete within MODELDEPLOY_FETCH_TIMEOUT_SECONDS="
+                f"{self.timeout:g} (after {self.read} bytes)"
+            )
+        return left
+
+    def declared(self, length: int) -> None:
+        if length > self.max_bytes:
+            raise LoadRefused(
+                f"model artifact {self.uri} is {length} bytes, over MODELDEPLOY_MAX_ARTIFACT_BYTES={self.max_bytes}"
+            )
+
+    def count(self, chunk: bytes) -> bytes:
+        self.read += len(chunk)
+        if self.read > self.max_bytes:
+            raise LoadRefused(
+                f"model artifact {self.uri} is over MODELDEPLOY_MAX_ARTIFACT_BYTES={self.max_bytes} bytes; "
+                "download stopped"
+            )
+        self.remaining()
+        return chunk
+
+
+def _file_chunks(uri: str, limits: _Limits) -> Iterator[bytes]:
     path = Path(unquote(urlsplit(uri).path))
     try:
         handle = path.open("rb")
+        limits.declared(os.fstat(handle.fileno()).st_size)
     except OSError as exc:
         raise LoadRefused(f"cannot read model artifact {uri}: {exc.strerror or exc}") from exc
     with handle:
         while chunk := handle.read(CHUNK):
-            yield chunk
+            yield limits.count(chunk)
 
 
-def _http_chunks(url: str, headers: dict[str, str], timeout: float, shown_uri: str) -> Iterator[bytes]:
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _http_chunks(url: str, headers: dict[str, str], limits: _Limits, shown_uri: str, *, s3: bool) -> Iterator[bytes]:
+    """GET `url`, following same-origin redirects only (none for S3), within the byte and time budget."""
+    headers = {**headers, "accept-encoding": "identity"}
+    current = url
     try:
-        with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise LoadRefused(f"cannot fetch model artifact {shown_uri}: HTTP {response.status_code}")
-            yield from response.iter_bytes(CHUNK)
+        with httpx.Client(follow_redirects=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                left = limits.remaining()
+                timeout = httpx.Timeout(min(limits.timeout, left))
+                with client.stream("GET", current, headers=headers, timeout=timeout) as response:
+                    if response.status_code in REDIRECTS:
+                        target = urljoin(current, response.headers.get("location", ""))
+                        if s3:
+                            raise LoadRefused(
+                                f"cannot fetch model artifact {shown_uri}: S3 answered HTTP {response.status_code} "
+                                f"redirecting to {target[:200]}; redirects are not followed for S3 (the request is "
+                                "signed for one host)"
+                            )
+                        if _origin(target) != _origin(current):
+                            raise LoadRefused(
+                                f"cannot fetch model artifact {shown_uri}: redirect from {current[:200]} to another "
+                                f"origin {target[:200]} refused"
+                            )
+                        log.info("artifact redirect", extra={"fields": {"from": current, "to": target}})
+                        current = target
+                        continue
+                    if response.status_code != 200:
+                        raise LoadRefused(f"cannot fetch model artifact {shown_uri}: HTTP {response.status_code}")
+                    length = response.headers.get("content-length")
+                    if length is not None and length.strip().isdigit():
+                        limits.declared(int(length))
+                    for chunk in response.iter_raw():
+                        yield limits.count(chunk)
+                    return
+            raise LoadRefused(f"cannot fetch model artifact {shown_uri}: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
+        if limits.deadline <= time.monotonic():
+            limits.remaining()
         raise LoadRefused(f"cannot fetch model artifact {shown_uri}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -85,14 +174,26 @@ def s3_request(uri: str, endpoint: str | None, env: dict[str, str], now: datetim
 def _chunks(settings: Settings) -> Iterator[bytes]:
     uri = settings.model_uri
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    limits = _Limits(settings)
     if scheme == "file":
-        return _file_chunks(uri)
+        return _file_chunks(uri, limits)
     if scheme in ("http", "https"):
-        return _http_chunks(uri, {}, settings.fetch_timeout_seconds, uri)
+        return _http_chunks(uri, {}, limits, uri, s3=False)
     if scheme == "s3":
         url, headers = s3_request(uri, settings.s3_endpoint, dict(os.environ), datetime.now(UTC))
-        return _http_chunks(url, headers, settings.fetch_timeout_seconds, uri)
+        return _http_chunks(url, headers, limits, uri, s3=True)
     raise LoadRefused(f"model URI {uri!r} has unsupported scheme {scheme!r}; supported: file, http, https, s3")
+
+
+def _remove_stale_partials(cache: Path, deadline_seconds: float) -> None:
+    """Remove `.partial-*` files older than any download can run (left behind by a killed process)."""
+    cutoff = time.time() - deadline_seconds - 60
+    for stale in cache.glob(".partial-*"):
+        try:
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
+        except OSError:
+            continue  # another process finished or removed it meanwhile
 
 
 def discard(path: Path) -> None:
@@ -118,6 +219,7 @@ def fetch_verified(settings: Settings) -> tuple[Path, str]:
         cached.unlink(missing_ok=True)
     try:
         cache.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(cache, settings.fetch_timeout_seconds)
         fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=cache)
     except OSError as exc:
         raise LoadRefused(f"cannot use cache directory {cache}: {exc.strerror or exc}") from exc

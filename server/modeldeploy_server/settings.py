@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = Field(default=None, description="S3 endpoint; else AWS_ENDPOINT_URL, else AWS.")
     allow_version_mismatch: bool = False
     trusted_types: list[str] = Field(default_factory=list, description="Extra skops types to trust.")
-    fetch_timeout_seconds: float = Field(default=60.0, gt=0)
+    fetch_timeout_seconds: float = Field(default=60.0, gt=0, description="Deadline of the whole artifact download.")
+    max_artifact_bytes: int = Field(default=4 << 30, ge=1, description="Larger artifacts are refused (4 GiB).")
     graceful_timeout_seconds: float = Field(default=30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(default=False, description="Also log successful requests (refusals always are).")
