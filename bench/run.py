@@ -1,14 +1,16 @@
 """Benchmark: modeldeploy-server vs MLServer 1.7.1 vs KServe 0.21, same models, same load.
 
 `make bench` runs this with the project's venv. It creates (once) a virtual environment per
-competitor under ~/.cache/modeldeploy/bench-venvs (never in the repository), trains iris
-LogisticRegression and a 100-tree RandomForest, serves each with each server on 127.0.0.1, and
-drives it with wrk (8 connections, single-row POSTs, bounded duration). It prints a table (req/s,
-p50, p99, ratio vs MLServer), the large-batch throughput (10k-row requests) against in-process
-`model.predict`, and cold start to ready, and writes the table into bench/README.md.
+competitor under ~/.cache/modeldeploy/bench-venvs (never in the repository), trains the models
+below, serves each with each server on 127.0.0.1, and drives it with wrk (8 connections,
+single-row POSTs, bounded duration). It prints a table (req/s, p50, p99, ratio vs MLServer), the
+large-batch throughput (10k-row requests) against in-process `model.predict`, and cold start to
+ready, and writes the table into bench/README.md.
 
-Options: --duration SECONDS per run (default 10), --rounds N (default 3; all servers of a model run
-side by side and are measured round-robin, the table shows medians), --only NAME[,NAME], --no-readme.
+Models: iris LogisticRegression, a 100-tree RandomForest, and Pipeline(StandardScaler, the same
+forest). Options: --duration SECONDS per run (default 10), --rounds N (default 3; all servers of a
+model run side by side and are measured round-robin, the table shows medians), --only NAME[,NAME],
+--models NAME[,NAME], --no-readme.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import numpy as np
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeldeploy"
@@ -213,8 +217,10 @@ def in_process_rows_per_second(model: object, x: np.ndarray, repeats: int = 5) -
 
 def train(work: Path) -> dict[str, tuple[Path, str, object]]:
     x, y = load_iris(return_X_y=True)
+    forest = RandomForestClassifier(n_estimators=100, random_state=0)
     models = {"iris-lr": LogisticRegression(max_iter=1000).fit(x, y),
-              "iris-rf": RandomForestClassifier(n_estimators=100, random_state=0).fit(x, y)}  # fmt: skip
+              "iris-rf": RandomForestClassifier(n_estimators=100, random_state=0).fit(x, y),
+              "iris-scaler-rf": make_pipeline(StandardScaler(), forest).fit(x, y)}  # fmt: skip
     out = {}
     for name, model in models.items():
         path = work / f"{name}.joblib"
@@ -244,6 +250,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the table shows medians")
     parser.add_argument("--only", default="modeldeploy-1w,modeldeploy-2w,mlserver,kserve")
+    parser.add_argument("--models", default="iris-lr,iris-rf,iris-scaler-rf", help="which models to run")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -252,7 +259,8 @@ def main() -> int:
     kinds = args.only.split(",")
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="modeldeploy-bench-"))
-    models = train(work)
+    wanted = args.models.split(",")
+    models = {name: value for name, value in train(work).items() if name in wanted}
     big = np.random.default_rng(0).uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(10_000, 4)).round(2)
     results: list[dict[str, object]] = []
     batch: list[dict[str, object]] = []
