@@ -8,8 +8,9 @@ and the `Decision` record each returns. Pure functions of counts; no I/O. Called
 **The test.** Every count check asks about a difference of proportions d = p_canary - p_stable
 (or a subset's share, for distributions) against a threshold. The evidence is a *universal
 inference* e-value (Wasserman, Ramdas & Balakrishnan, PNAS 2020): a Bayes mixture of the two arms'
-binomial likelihoods (a fixed mixture of Beta priors over several scales, 1e-3 to 0.5, so that rare
-errors and common classes both fit) divided by the largest likelihood the null hypothesis allows.
+binomial likelihoods (a fixed mixture of Beta priors with means 1e-3 to 0.5, so that rare errors fit,
+mirrored for class and bin shares, which may be near 1; both arms draw from the same component, so
+the scale is paid for once) divided by the largest likelihood the null hypothesis allows.
 For any point of the null the ratio is at most a nonnegative martingale with mean 1, so by Ville's
 inequality it ever reaches 1/alpha with probability at most alpha, **however often one looks**
 and whatever the traffic split (it may change between looks). Failed means the evidence against
@@ -72,11 +73,26 @@ Verdict = Literal["Passed", "Failed", "Inconclusive"]
 Array = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
 
-# The mixing prior: an equal mixture of Beta(0.5, b) with means 0.001, 0.01, 0.1, 0.5.
-_PRIOR_A = 0.5
-_PRIOR_MEANS = np.array([1e-3, 1e-2, 1e-1, 0.5])
-_PRIOR_B = _PRIOR_A * (1 - _PRIOR_MEANS) / _PRIOR_MEANS
-_PRIOR_LOGW = np.log(np.full(_PRIOR_MEANS.size, 1 / _PRIOR_MEANS.size))
+
+@dataclass(frozen=True)
+class Prior:
+    """An equal-weight mixture of Beta(a_j, b_j): the mixing distribution of the e-values."""
+
+    a: Array
+    b: Array
+
+    @property
+    def logw(self) -> Array:
+        return np.asarray(np.log(np.full(self.a.size, 1 / self.a.size)), dtype=np.float64)
+
+
+_MEANS = np.array([1e-3, 1e-2, 1e-1, 0.5])
+_A = np.full(_MEANS.size, 0.5)
+_B = _A * (1 - _MEANS) / _MEANS
+# Rates (5xx, 422, latency tail shares) are small: Beta(0.5, b) with means 0.001, 0.01, 0.1, 0.5.
+RATE_PRIOR = Prior(_A, _B)
+# Shares of classes, bins and their subsets may sit anywhere in [0, 1]: the same, mirrored too.
+SHARE_PRIOR = Prior(np.r_[_A, _B[:-1]], np.r_[_B, _A[:-1]])
 _ITER = 40  # bisection steps for the boundary MLE: 2^-40 of the unit interval
 MAX_SCALE = 1000.0  # `more_canary_requests` looks this far ahead
 
@@ -119,19 +135,19 @@ def _f(x: ArrayLike) -> Array:
     return np.asarray(x, dtype=np.float64)
 
 
-def log_mixture(k: ArrayLike, n: ArrayLike) -> Array:
+def log_mixture(k: ArrayLike, n: ArrayLike, prior: Prior = RATE_PRIOR) -> Array:
     """log of the Beta-mixture marginal likelihood of k successes in n Bernoulli trials (order fixed)."""
     kk, nn = _f(k)[..., None], _f(n)[..., None]
-    terms = _PRIOR_LOGW + betaln(_PRIOR_A + kk, _PRIOR_B + nn - kk) - betaln(_PRIOR_A, _PRIOR_B)
+    terms = prior.logw + betaln(prior.a + kk, prior.b + nn - kk) - betaln(prior.a, prior.b)
     return np.asarray(logsumexp(terms, axis=-1), dtype=np.float64)
 
 
-def log_mixture_pair(kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike) -> Array:
+def log_mixture_pair(kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike, prior: Prior = RATE_PRIOR) -> Array:
     """log of the joint marginal of both arms under the shared-scale prior: one mixture component
     draws both rates from the same Beta (so the scale is paid for once, not once per arm)."""
     a, b, c, d = (_f(x)[..., None] for x in (kc, nc, ks, ns))
-    one = betaln(_PRIOR_A + a, _PRIOR_B + b - a) + betaln(_PRIOR_A + c, _PRIOR_B + d - c)
-    terms = _PRIOR_LOGW + one - 2 * betaln(_PRIOR_A, _PRIOR_B)
+    one = betaln(prior.a + a, prior.b + b - a) + betaln(prior.a + c, prior.b + d - c)
+    terms = prior.logw + one - 2 * betaln(prior.a, prior.b)
     return np.asarray(logsumexp(terms, axis=-1), dtype=np.float64)
 
 
@@ -164,8 +180,9 @@ def _boundary_loglik(kc: Array, nc: Array, ks: Array, ns: Array, d: Array) -> Ar
 
 
 def log_evidence_two_sample(
-    kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike, d: ArrayLike, side: Literal["above", "below"]
-) -> Array:
+    kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike, d: ArrayLike, side: Literal["above", "below"],
+    prior: Prior = RATE_PRIOR,
+) -> Array:  # fmt: skip
     """log e-value against H0: p_c - p_s <= d (side 'above': evidence the difference exceeds d)
     or H0: p_c - p_s >= d (side 'below'). Valid under continuous monitoring (see the docstring)."""
     kc_, nc_, ks_, ns_, d_ = np.broadcast_arrays(_f(kc), _f(nc), _f(ks), _f(ns), _f(d))
@@ -173,15 +190,17 @@ def log_evidence_two_sample(
     full = _loglik(kc_, nc_, _mle(kc_, nc_)) + _loglik(ks_, ns_, _mle(ks_, ns_))
     inside = dhat <= d_ if side == "above" else dhat >= d_
     den = np.where(inside, full, _boundary_loglik(kc_, nc_, ks_, ns_, d_))
-    return log_mixture_pair(kc_, nc_, ks_, ns_) - den
+    return log_mixture_pair(kc_, nc_, ks_, ns_, prior) - den
 
 
-def log_evidence_one_sample(k: ArrayLike, n: ArrayLike, p: ArrayLike, side: Literal["above", "below"]) -> Array:
+def log_evidence_one_sample(
+    k: ArrayLike, n: ArrayLike, p: ArrayLike, side: Literal["above", "below"], prior: Prior = RATE_PRIOR
+) -> Array:
     """log e-value against H0: proportion <= p ('above') or >= p ('below'): Robbins' mixture."""
     k_, n_, p_ = np.broadcast_arrays(_f(k), _f(n), _f(p))
     phat = _mle(k_, n_)
     nearest = np.minimum(phat, p_) if side == "above" else np.maximum(phat, p_)
-    return log_mixture(k_, n_) - _loglik(k_, n_, nearest)
+    return log_mixture(k_, n_, prior) - _loglik(k_, n_, nearest)
 
 
 def _invert(evidence: Callable[[Array], Array], lo: Array, hi: Array, thr: float, rising: bool) -> Array:
@@ -196,26 +215,28 @@ def _invert(evidence: Callable[[Array], Array], lo: Array, hi: Array, thr: float
     return 0.5 * (a + b)
 
 
-def diff_bounds(kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike, alpha: float) -> tuple[Array, Array]:
+def diff_bounds(
+    kc: ArrayLike, nc: ArrayLike, ks: ArrayLike, ns: ArrayLike, alpha: float, prior: Prior = RATE_PRIOR
+) -> tuple[Array, Array]:
     """One-sided (1 - alpha) anytime-valid lower and upper bounds on p_c - p_s (vectorized)."""
     kc_, nc_, ks_, ns_ = np.broadcast_arrays(_f(kc), _f(nc), _f(ks), _f(ns))
     dhat = _mle(kc_, nc_) - _mle(ks_, ns_)
     thr = math.log(1 / alpha)
-    lower = _invert(lambda x: log_evidence_two_sample(kc_, nc_, ks_, ns_, x, "above"),
+    lower = _invert(lambda x: log_evidence_two_sample(kc_, nc_, ks_, ns_, x, "above", prior),
                     np.full_like(dhat, -1.0), dhat.copy(), thr, rising=False)  # fmt: skip
-    upper = _invert(lambda x: log_evidence_two_sample(kc_, nc_, ks_, ns_, x, "below"),
+    upper = _invert(lambda x: log_evidence_two_sample(kc_, nc_, ks_, ns_, x, "below", prior),
                     dhat.copy(), np.full_like(dhat, 1.0), thr, rising=True)  # fmt: skip
     return lower, upper
 
 
-def prop_bounds(k: ArrayLike, n: ArrayLike, alpha: float) -> tuple[Array, Array]:
+def prop_bounds(k: ArrayLike, n: ArrayLike, alpha: float, prior: Prior = RATE_PRIOR) -> tuple[Array, Array]:
     """One-sided (1 - alpha) anytime-valid lower and upper bounds on one proportion (vectorized)."""
     k_, n_ = np.broadcast_arrays(_f(k), _f(n))
     phat = _mle(k_, n_)
     thr = math.log(1 / alpha)
-    lower = _invert(lambda x: log_evidence_one_sample(k_, n_, x, "above"), np.zeros_like(phat), phat.copy(), thr,
+    lower = _invert(lambda x: log_evidence_one_sample(k_, n_, x, "above", prior), np.zeros_like(phat), phat.copy(), thr,
                     rising=False)  # fmt: skip
-    upper = _invert(lambda x: log_evidence_one_sample(k_, n_, x, "below"), phat.copy(), np.ones_like(phat), thr,
+    upper = _invert(lambda x: log_evidence_one_sample(k_, n_, x, "below", prior), phat.copy(), np.ones_like(phat), thr,
                     rising=True)  # fmt: skip
     return lower, upper
 
@@ -365,10 +386,10 @@ def shift_verdicts(
     nc, ns = c.sum(-1, keepdims=True), s.sum(-1, keepdims=True)
 
     def evidence(rows: Array, d: float, side: Literal["above", "below"]) -> Array:
-        return log_evidence_two_sample(c @ rows.T, nc, s @ rows.T, ns, d, side)
+        return log_evidence_two_sample(c @ rows.T, nc, s @ rows.T, ns, d, side, SHARE_PRIOR)
 
     def upper(rows: Array, a: float) -> Array:
-        return diff_bounds(c @ rows.T, nc, s @ rows.T, ns, a)[1]
+        return diff_bounds(c @ rows.T, nc, s @ rows.T, ns, a, SHARE_PRIOR)[1]
 
     return _tv_verdicts(evidence, upper, c.shape[-1], ordered, max_shift, _alpha(confidence), passing)
 
@@ -385,7 +406,7 @@ def prediction_shift(
     nc, ns = float(c.sum()), float(s.sum())
 
     def share_bounds(rows: Array, a: float) -> tuple[Array, Array]:
-        return diff_bounds(rows @ c, nc, rows @ s, ns, a)
+        return diff_bounds(rows @ c, nc, rows @ s, ns, a, SHARE_PRIOR)
 
     lower, upper = _tv_bounds(share_bounds, c.size, ordered, alpha)
     verdict = int(shift_verdicts(c, s, max_shift, confidence, ordered))
@@ -409,10 +430,10 @@ def drift_verdicts(
 
     def evidence(rows: Array, d: float, side: Literal["above", "below"]) -> Array:
         # a bound outside [0, 1] leaves the null everything: clipped, the e-value stays <= 1
-        return log_evidence_one_sample(c @ rows.T, n, np.clip(q @ rows.T + d, 0.0, 1.0), side)
+        return log_evidence_one_sample(c @ rows.T, n, np.clip(q @ rows.T + d, 0.0, 1.0), side, SHARE_PRIOR)
 
     def upper(rows: Array, a_: float) -> Array:
-        return prop_bounds(c @ rows.T, n, a_)[1] - q @ rows.T
+        return prop_bounds(c @ rows.T, n, a_, SHARE_PRIOR)[1] - q @ rows.T
 
     per = _tv_verdicts(evidence, upper, q.shape[-1], True, max_drift, a, passing)
     fail = np.any(per == FAILED, axis=-1)
@@ -451,7 +472,7 @@ def input_drift(
         n = float(c.sum())
 
         def share_bounds(rows: Array, a: float, c: Array = c, q: Array = q, n: float = n) -> tuple[Array, Array]:
-            lo, hi = prop_bounds(rows @ c, n, a)
+            lo, hi = prop_bounds(rows @ c, n, a, SHARE_PRIOR)
             return lo - rows @ q, hi - rows @ q
 
         lo, hi = _tv_bounds(share_bounds, c.size, True, a_feat)
