@@ -8,6 +8,10 @@ an `AnalysisRecord` (query, window, sample size, value, threshold, verdict per c
 Rules: fewer than `minRequests` canary requests in the window is Inconclusive (hold, never fail
 on no data); a query that errors is Error (hold; Prometheus outages are not the canary's fault);
 a value beyond its threshold is Failed. Overall verdict: Failed > Error > Inconclusive > Passed.
+The comparative checks (`maxErrorRateIncrease`, `maxRefusalRateIncrease`: canary against stable
+over the window since the canary started, anytime-valid) are planned and judged by `compare`;
+they do not wait for `minRequests` (a canary failing its first 3 requests is Failed at the
+configured confidence), but a Passed analysis still needs it.
 `maxCostIncrease` (when set) asks for the canary's mean request time over stable's in the same
 window and multiplies it by the plan's pod price factor (`cost.pod_price_factor`): the canary's
 cost per prediction over stable's.
@@ -20,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modeldeploy_operator import cost
+from modeldeploy_operator import compare, cost
 from modeldeploy_operator.api import AnalysisRecord, AnalysisSpec, CheckRecord
 
 REQUESTS_METRIC = "modeldeploy_requests_total"
@@ -49,6 +53,7 @@ class AnalysisPlan:
     window_seconds: int
     queries: tuple[Query, ...]
     price_factor: float = 1.0  # maxCostIncrease: canary pod price per worker over stable's (`cost`)
+    judge_window_seconds: int | None = None  # canary against stable: since the canary started (`compare`)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ def plan(
     window: int,
     stable: str | None = None,
     price_factor: float = 1.0,
+    since_canary: int | None = None,
 ) -> AnalysisPlan:
     queries = [Query(k, v) for k, v in builtin_queries(namespace, model, revision, window).items()]
     if spec.max_latency_p99_seconds is None:
@@ -107,7 +113,10 @@ def plan(
         queries.append(
             Query(cost.COST_CHECK, cost.seconds_per_request_ratio_query(namespace, model, revision, stable, window))
         )
-    return AnalysisPlan(revision, step, weight, window, tuple(queries), price_factor)
+    judge_window = None if since_canary is None else max(since_canary, window)
+    compared = compare.plan_queries(spec, namespace, model, revision, stable, judge_window)
+    queries += [Query(k, v) for k, v in compared.items()]
+    return AnalysisPlan(revision, step, weight, window, tuple(queries), price_factor, judge_window)
 
 
 def _count(n: float) -> str:
@@ -199,6 +208,7 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
         elif enough:
             said, ratio, text = cost.cost_check(spec.max_cost_increase, res.value, p.price_factor)
             record(cost.COST_CHECK, cost.COST_CHECK, said, samples=n, value=ratio, threshold=cap, message=text)
+    checks += compare.evaluate(spec, q, p.judge_window_seconds, results)
     return AnalysisRecord(
         time=now,
         revision=p.revision,

@@ -489,7 +489,13 @@ class CheckRecord(_Model):
     query: str
     window_seconds: int | None = None
     samples: float | None = Field(default=None, description="Requests in the window (n).")
+    samples_stable: float | None = Field(default=None, description="Stable's requests in the same window.")
     value: float | None = None
+    lower: float | None = Field(default=None, description="Lower bound of the interval at analysis.confidence.")
+    upper: float | None = Field(default=None, description="Upper bound of the interval at analysis.confidence.")
+    more_requests: int | None = Field(
+        default=None, description="Inconclusive: about this many more canary requests would decide."
+    )
     threshold: str = ""
     verdict: Literal["Passed", "Failed", "Inconclusive", "Error"]
     message: str = ""

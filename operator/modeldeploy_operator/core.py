@@ -76,9 +76,11 @@ def plan_analysis(
         return None
     window = analysis.window_seconds(span, a.interval_seconds, config.scrape_interval_seconds)
     factor = cost.pod_price_factor(config.prices, spec, st.cost) if a.max_cost_increase is not None else 1.0
+    since_canary = None if st.canary_started_at is None else int(seconds_since(st.canary_started_at, now))
     return analysis.plan(
-        a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window, st.stable_revision, factor
-    )
+        a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window, st.stable_revision, factor,
+        since_canary=since_canary,
+    )  # fmt: skip
 
 
 def invalid_spec(status: ModelDeploymentStatus, message: str, *, meta: Meta, now: datetime) -> Decision:

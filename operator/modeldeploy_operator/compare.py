@@ -1,0 +1,121 @@
+"""Canary against stable over the same window: the judge's rate checks as PromQL and as records.
+
+Owned here: the queries behind `maxErrorRateIncrease` and `maxRefusalRateIncrease` (requests, 5xx
+and 422 of the canary and of the stable revision, both over the window since the canary started:
+cumulative counts are what the anytime-valid judge is valid for, however often it looks) and
+their judgement (`judge.rate_increase`) into `CheckRecord`s with both arms' n, the estimate and
+the interval. Called by `analysis.plan` and `analysis.evaluate`; pure.
+
+Not wired yet, for want of server series: `maxPredictionShift`, `maxInputDrift` (per-class /
+per-bin counters) and `maxLatencyP99Ratio` (needs the histogram as a vector, where the query
+runner returns scalars). They are reported as Inconclusive with that reason when set, so that a
+rollout never promotes on a check nobody evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from modeldeploy_operator import judge
+from modeldeploy_operator.api import AnalysisSpec, CheckRecord
+
+if TYPE_CHECKING:
+    from modeldeploy_operator.analysis import QueryResult
+
+REQUESTS_METRIC = "modeldeploy_requests_total"
+ERROR_INCREASE = "error-rate-increase"
+REFUSAL_INCREASE = "refusal-rate-increase"
+# check name -> (spec attribute, code matcher, what is counted)
+RATE_CHECKS = {
+    ERROR_INCREASE: ("max_error_rate_increase", '=~"5.."', "5xx"),
+    REFUSAL_INCREASE: ("max_refusal_rate_increase", '="422"', "422"),
+}
+# check name -> (spec attribute, why this operator version cannot evaluate it yet)
+NOT_WIRED = {
+    "prediction-shift": ("max_prediction_shift", "the server exports no per-class/per-bin prediction counters yet"),
+    "input-drift": ("max_input_drift", "the server exports no per-feature bin counters yet"),
+    "latency-p99-ratio": ("max_latency_p99_ratio", "the query runner reads scalars, not the bucket vector"),
+}
+ARMS = ("canary", "stable")
+
+
+def _key(arm: str, what: str) -> str:
+    """Query names with a colon: custom metric names cannot contain one, so they never collide."""
+    return f"judge:{arm}:{what}"
+
+
+def _threshold(spec: AnalysisSpec, attribute: str) -> float | None:
+    value = getattr(spec, attribute)
+    return None if value is None else float(value)
+
+
+def active(spec: AnalysisSpec) -> bool:
+    return any(_threshold(spec, a) is not None for a, _, _ in RATE_CHECKS.values()) or any(
+        _threshold(spec, a) is not None for a, _ in NOT_WIRED.values()
+    )
+
+
+def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable: str, window: int) -> dict[str, str]:
+    """Both arms' counts over the same window (seconds since the canary started)."""
+    out: dict[str, str] = {}
+    for arm, revision in zip(ARMS, (canary, stable), strict=True):
+        sel = f'namespace="{namespace}",model="{model}",revision="{revision}"'
+        wanted = [(name, code) for name, (attr, code, _) in RATE_CHECKS.items() if _threshold(spec, attr) is not None]
+        if wanted:
+            out[_key(arm, "requests")] = f"sum(increase({REQUESTS_METRIC}{{{sel}}}[{window}s]))"
+        for name, code in wanted:
+            out[_key(arm, name)] = f"sum(increase({REQUESTS_METRIC}{{{sel},code{code}}}[{window}s]))"
+    return out
+
+
+def _count(res: QueryResult) -> float:
+    """No series (or NaN) counts as 0, like the built-in error query; increase() may extrapolate."""
+    return 0.0 if res.value is None or math.isnan(res.value) else max(0.0, float(res.value))
+
+
+def evaluate(
+    spec: AnalysisSpec, promql: Mapping[str, str], window: int | None, results: Mapping[str, QueryResult]
+) -> list[CheckRecord]:
+    """One record per configured comparative check; Error when a query of it failed."""
+    records: list[CheckRecord] = []
+    for name, (attr, _, what) in RATE_CHECKS.items():
+        threshold = _threshold(spec, attr)
+        if threshold is None or _key("canary", name) not in promql:
+            continue
+        keys = [_key(arm, k) for arm in ARMS for k in ("requests", name)]
+        query = " ; ".join(promql[k] for k in keys)
+        failed = [results[k].error for k in keys if k in results and results[k].error is not None]
+        missing = [k for k in keys if k not in results]
+        if failed or missing:
+            text = f"Prometheus query failed: {failed[0] if failed else 'not run'}"
+            records.append(CheckRecord(name=name, query=query, window_seconds=window, verdict="Error", message=text))
+            continue
+        nc, kc, ns, ks = (_count(results[k]) for k in keys)
+        kc, ks = min(kc, nc), min(ks, ns)  # extrapolated increase() may round a share above 1
+        d = judge.rate_increase(name, kc, nc, ks, ns, threshold, spec.confidence)
+        records.append(
+            CheckRecord(
+                name=name, query=query, window_seconds=window, samples=nc, samples_stable=ns, value=d.estimate,
+                lower=d.lower, upper=d.upper, more_requests=d.more_canary_requests, threshold=f"<= {threshold:g}",
+                verdict=d.verdict, message=f"{what} share, canary minus stable, since the canary started: "
+                + d.describe(),
+            )
+        )  # fmt: skip
+    for name, (attr, why) in NOT_WIRED.items():
+        threshold = _threshold(spec, attr)
+        if threshold is not None:
+            text = f"{name} is not evaluated by this operator version ({why}): hold, never promote on it"
+            records.append(CheckRecord(name=name, query="", threshold=f"<= {threshold:g}", verdict="Inconclusive",
+                                       message=text))  # fmt: skip
+    return records
+
+
+def plan_queries(
+    spec: AnalysisSpec, namespace: str, model: str, canary: str, stable: str | None, window: int | None
+) -> dict[str, str]:
+    """The comparative queries for `analysis.plan`, none when no check is set or no stable runs."""
+    if stable is None or window is None or not active(spec):
+        return {}
+    return queries(spec, namespace, model, canary, stable, window)
