@@ -61,8 +61,10 @@ def _fresh_multiprocess_dir() -> str:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from modeldeploy_server.transport import HalfCloseProtocol, Server
+
     common: dict[str, object] = {
-        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools", "lifespan": "on",
+        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": HalfCloseProtocol, "lifespan": "on",
         "access_log": False, "log_config": None, "timeout_graceful_shutdown": settings.graceful_timeout_seconds,
         "server_header": False, "date_header": False,
     }  # fmt: skip
@@ -81,15 +83,15 @@ def serve(settings: Settings) -> int:
     from modeldeploy_server.app import create_app
 
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
+    server = Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
 
     def stop(_: str) -> None:
         server.should_exit = True
 
-    app.on_refused = stop
+    app.loader.on_refused = stop
     server.run()
-    if app.refused:
-        raise LoadRefused(app.refused)
+    if app.loader.refused:
+        raise LoadRefused(app.loader.refused)
     return 0
 
 

@@ -1,30 +1,44 @@
-"""The HTTP layer: a raw ASGI application (no framework) with a lifespan that loads the model.
+"""The HTTP layer: a raw ASGI application (no framework) with a route table.
 
-Owned here: routing, body reading with the size limit, request ids (`x-request-id` honoured or
-generated), the `x-modeldeploy-pod` header, turning `RequestError`s into `{"error": "..."}`
-responses (the one error handler), logging refusals, and the lifespan: the model loads in a
-background thread after startup so that liveness answers during a long download, and readiness
-turns true only after load + self-check (on the artifact's own method; the verified fast path is
-chosen afterwards, in a thread, and swapped in). A load refusal calls `on_refused` (the CLI stops
-the server and exits non-zero). Called by uvicorn via `create_app` (a factory: nothing loads at import).
+Owned here: `ROUTES` (method, path pattern, handler; a known path with another method is a 405
+with `Allow`, an unknown path a 404), body reading with the size limit and the Content-Type rule
+(JSON, or octet-stream with the binary tensor extension; anything else 415), request ids
+(`x-request-id` honoured or generated), the `x-modeldeploy-pod` header, turning `RequestError`s
+into `{"error": "..."}` responses (the one error handler), logging refusals, and the one place
+where a request's metrics are recorded (`App.http`: inference requests and requests no route
+answers, whatever their outcome; a client that disconnects is `client_closed` and gets no
+response). Loading is `lifecycle.Loader`'s. Called by uvicorn via `create_app` (a factory:
+nothing loads at import).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from modeldeploy_server import logs
-from modeldeploy_server.errors import LoadRefused, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge, RequestError
+from modeldeploy_server.errors import (
+    ClientClosed,
+    ContractViolation,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedMediaType,
+)
+from modeldeploy_server.lifecycle import Loader
 from modeldeploy_server.metrics import CONTENT_TYPE, Metrics
-from modeldeploy_server.runtime import Runtime, load_runtime
-from modeldeploy_server.service import Service
+from modeldeploy_server.runtime import Runtime
+from modeldeploy_server.service import Answer, DataPlane
 from modeldeploy_server.settings import Settings
 
 Scope = MutableMapping[str, Any]
@@ -34,118 +48,233 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("modeldeploy_server.app")
 JSON = b"application/json"
-_OK = orjson.dumps({"live": True})
-_READY = orjson.dumps({"ready": True})
+OCTET_STREAM = b"application/octet-stream"
+BINARY_HEADER = b"inference-header-content-length"
+JSON_TYPES = (b"application/json",)
 
 
-class ClientDisconnected(Exception):
-    pass
+@dataclass
+class Request:
+    """What a route handler gets: the path's named groups, and the body (read on demand)."""
+
+    app: App
+    scope: Scope
+    receive: Receive
+    params: dict[str, str]
+    request_id: str
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return bytes(value)
+        return None
+
+    async def body(self) -> bytes:
+        limit = self.app.settings.max_body_bytes
+        length = self.header(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"request body of {int(length)} bytes exceeds the limit of {limit} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientClosed("the client disconnected before its request was complete")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+Handler = Callable[[Request], Awaitable[Answer]]
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: frozenset[str]
+    pattern: re.Pattern[str]
+    handler: Handler
+    counted: bool = False  # an inference route: every request is counted in the metrics
+
+    @property
+    def allow(self) -> bytes:
+        return ", ".join(sorted(self.methods)).encode()
+
+
+def _ok(body: bytes) -> Answer:
+    return Answer(body)
+
+
+async def live(request: Request) -> Answer:
+    return _ok(b'{"live":true}')
+
+
+async def root(request: Request) -> Answer:  # the kserve v1 client's is_server_live
+    return _ok(b'{"status":"alive"}')
+
+
+async def server_ready(request: Request) -> Answer:
+    if not request.app.plane.ready:
+        raise NotReady(request.app.loader.not_ready_reason())
+    return _ok(b'{"ready":true}')
+
+
+async def server_metadata(request: Request) -> Answer:
+    return _ok(request.app.plane.server_metadata())
+
+
+async def metrics(request: Request) -> Answer:
+    return Answer(request.app.metrics.render(), headers=[(b"content-type", CONTENT_TYPE.encode())])
+
+
+async def model_metadata(request: Request) -> Answer:
+    return _ok(request.app.plane.model_metadata(request.params["name"], request.params.get("version")))
+
+
+async def model_ready(request: Request) -> Answer:
+    name = request.params["name"]
+    if not request.app.plane.model_ready(name, request.params.get("version")):
+        raise NotReady(f"model {name!r} is not ready")
+    return _ok(orjson.dumps({"name": name, "ready": True}))
+
+
+def _content_type(request: Request, binary: bool) -> None:
+    value = request.header(b"content-type")
+    if value is None:
+        return
+    media = value.split(b";", 1)[0].strip().lower()
+    if media in JSON_TYPES or (media.startswith(b"application/") and media.endswith(b"+json")):
+        return
+    if binary and media == OCTET_STREAM:
+        return
+    allowed = "application/json" + (" or application/octet-stream" if binary else "")
+    raise UnsupportedMediaType(f"Content-Type {value[:64].decode('latin-1')!r} is not supported; send {allowed}")
+
+
+async def infer(request: Request) -> Answer:
+    plane, name = request.app.plane, request.params["name"]
+    plane.check_model(name, request.params.get("version"))
+    header = request.header(BINARY_HEADER)
+    json_length = None
+    if header is not None:
+        if not header.isdigit() or len(header) > 12:
+            raise MalformedRequest(f"Inference-Header-Content-Length {header[:24].decode('latin-1')!r} is not a size")
+        json_length = int(header)
+    _content_type(request, json_length is not None)
+    body = await request.body()
+    return await plane.infer_v2(name, body, json_length, request.request_id)
+
+
+async def predict(request: Request) -> Answer:
+    plane, name = request.app.plane, request.params["name"]
+    plane.check_model(name)
+    _content_type(request, False)
+    return await plane.predict_v1(name, await request.body())
+
+
+async def model_ready_v1(request: Request) -> Answer:  # the kserve v1 client's is_model_ready
+    name = request.params["name"]
+    plane = request.app.plane
+    plane.check_model(name)
+    if not plane.ready:
+        raise NotReady(f"model {name!r} is not ready")
+    return _ok(orjson.dumps({"name": name, "ready": True}))
+
+
+GET, POST = frozenset(("GET", "HEAD")), frozenset(("POST",))
+_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+ROUTES = (
+    Route(GET, re.compile(r"/v2/health/live"), live),
+    Route(GET, re.compile(r"/v2/health/ready"), server_ready),
+    Route(GET, re.compile(r"/v2/?"), server_metadata),
+    Route(GET, re.compile(r"/metrics"), metrics),
+    Route(GET, re.compile(_MODEL), model_metadata),
+    Route(GET, re.compile(_MODEL + r"/ready"), model_ready),
+    Route(POST, re.compile(_MODEL + r"/infer"), infer, counted=True),
+    Route(POST, re.compile(r"/v1/models/(?P<name>[^/:]+):predict"), predict, counted=True),
+    Route(GET, re.compile(r"/v1/models/(?P<name>[^/:]+)"), model_ready_v1),
+    Route(GET, re.compile(r"/"), root),
+)
+
+
+def route(method: str, path: str) -> tuple[Route, dict[str, str]]:
+    """The route for a request; 405 (with `Allow`) when only the method is wrong, else 404."""
+    for candidate in ROUTES:
+        match = candidate.pattern.fullmatch(path)
+        if match is not None:
+            if method not in candidate.methods:
+                raise MethodNotAllowed(f"{method[:16]} {path[:256]}: use {candidate.allow.decode()}",
+                                       headers=((b"allow", candidate.allow),))  # fmt: skip
+            return candidate, {k: v for k, v in match.groupdict().items() if v is not None}
+    raise NotFound(f"no route for {method[:16]} {path[:256]}")
 
 
 class App:
+    """The ASGI callable: HTTP requests through `ROUTES`, lifespan messages to the `Loader`."""
+
     def __init__(self, settings: Settings, runtime: Runtime | None = None, load_before_serving: bool = False) -> None:
         self.settings = settings
-        self.service = Service(settings, Metrics(settings.model_name, settings.model_version, settings.model_revision))
+        self.plane = DataPlane(settings)
+        self.metrics = Metrics(settings.model_name, settings.model_version, settings.model_revision)
+        self.loader = Loader(settings, self.plane, runtime, load_before_serving)
         self.pod = settings.pod_name.encode("latin-1", "replace")
-        self.preloaded = runtime
-        self.load_before_serving = load_before_serving
-        self.refused: str | None = None
-        self.on_refused: Callable[[str], None] | None = None
         self._counter = 0
         self._prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
-        self._load_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self.http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
+            await self.loader.lifespan(receive, send)
 
-    # -- lifespan -------------------------------------------------------------------------------
-
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.preloaded is not None:
-                    self.service.set_runtime(self.preloaded)
-                elif self.load_before_serving:
-                    try:
-                        self.service.set_runtime(await asyncio.to_thread(load_runtime, self.settings, False))
-                    except LoadRefused as exc:
-                        await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                        return
-                    self._load_task = asyncio.get_running_loop().create_task(self._compile())
-                else:
-                    self._load_task = asyncio.get_running_loop().create_task(self._load())
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                self.service.draining = True
-                if self._load_task is not None and not self._load_task.done():
-                    self._load_task.cancel()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _load(self) -> None:
-        try:
-            runtime = await asyncio.to_thread(load_runtime, self.settings, False)
-        except Exception as exc:  # LoadRefused, or anything unforeseen: never ready, exit non-zero
-            self.refused = str(exc) if isinstance(exc, LoadRefused) else f"loading failed: {type(exc).__name__}: {exc}"
-            log.error(self.refused, extra={"fields": {"event": "load_refused", "uri": self.settings.model_uri}})
-            if self.on_refused is not None:
-                self.on_refused(self.refused)
-            return
-        self.service.set_runtime(runtime)
-        log.info("ready", extra={"fields": {"event": "ready", "serving_path": runtime.path}})
-        await self._compile()
-
-    async def _compile(self) -> None:
-        """After readiness: verify faster paths in a thread, then switch the serving path in the loop."""
-        runtime = self.service.runtime
-        if runtime is None or runtime.compiled:
-            return
-        try:
-            await asyncio.to_thread(runtime.compile, self.settings)
-        except Exception:  # the reference path keeps serving; a failed compilation is only logged
-            runtime.predict, runtime.path, runtime.compiled = runtime.reference, "sklearn", True
-            log.exception("compiling a fast path failed; serving the artifact's own method")
-        self.service.set_runtime(runtime)
-        fields = {"event": "compiled", "serving_path": runtime.path, "notes": runtime.notes}
-        log.info("serving path chosen", extra={"fields": fields})
-
-    # -- HTTP -----------------------------------------------------------------------------------
-
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = ""
+    def _request_id(self, scope: Scope) -> str:
         for key, value in scope["headers"]:
             if key == b"x-request-id" and 0 < len(value) <= 128 and value.isascii() and value.decode().isprintable():
-                request_id = value.decode()
-        if not request_id:
-            self._counter += 1
-            request_id = f"{self._prefix}{self._counter:x}"
+                return str(value.decode())
+        self._counter += 1
+        return f"{self._prefix}{self._counter:x}"
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        request_id = self._request_id(scope)
+        counted, status, rows = True, 500, 0
+        headers: list[tuple[bytes, bytes]] = []
         try:
-            status, body, ctype = await self._route(scope, receive, request_id)
-        except RequestError as exc:
-            status, body, ctype = exc.status, orjson.dumps({"error": exc.message}), JSON
-            self._log_refusal(scope, request_id, exc, started)
-        except ClientDisconnected:
-            return
-        except Exception:  # a bug, never the client's fault: 500, logged with its traceback
-            log.exception("internal error", extra={"fields": {"request_id": request_id, "path": scope["path"]}})
-            status, body, ctype = 500, orjson.dumps({"error": "internal server error"}), JSON
-        else:
+            found, params = route(scope["method"], scope["path"])
+            counted = found.counted
+            answer = await found.handler(Request(self, scope, receive, params, request_id))
+            status, body, rows, headers = 200, answer.body, answer.rows, answer.headers
+            if answer.json_length is not None:
+                headers = [(b"content-type", OCTET_STREAM), (BINARY_HEADER, str(answer.json_length).encode())]
             if self.settings.access_log:
                 log.info("request", extra={"fields": self._fields(scope, request_id, status, started)})
-        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
-                   (b"x-request-id", request_id.encode()), (b"x-modeldeploy-pod", self.pod)]  # fmt: skip
+        except ClientClosed:
+            status = ClientClosed.status
+            return  # nobody to answer
+        except RequestError as exc:
+            status, body, headers = exc.status, orjson.dumps({"error": exc.message}), list(exc.headers)
+            if isinstance(exc, ContractViolation):
+                self.metrics.reject(exc.reason)
+            self._log_refusal(scope, request_id, exc, started)
+        except Exception:  # a bug, never the client's fault: 500, logged with its traceback
+            log.exception("internal error", extra={"fields": {"request_id": request_id, "path": scope["path"][:256]}})
+            body = orjson.dumps({"error": "internal server error"})
+        finally:
+            if counted:  # the one place a request's outcome is recorded
+                self.metrics.observe(status, time.perf_counter() - started, rows)
+        if not any(key == b"content-type" for key, _ in headers):
+            headers.append((b"content-type", JSON))
+        headers += [(b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode()),
+                    (b"x-modeldeploy-pod", self.pod)]  # fmt: skip
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _fields(self, scope: Scope, request_id: str, status: int, started: float) -> dict[str, Any]:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        return {"request_id": request_id, "method": scope["method"], "path": scope["path"][:256], "status": status,
-                "duration_ms": duration_ms, "pod": self.settings.pod_name}  # fmt: skip
+        return {"request_id": request_id, "method": scope["method"][:16], "path": scope["path"][:256],
+                "status": status, "duration_ms": duration_ms, "pod": self.settings.pod_name}  # fmt: skip
 
     def _log_refusal(self, scope: Scope, request_id: str, exc: RequestError, started: float) -> None:
         fields = self._fields(scope, request_id, exc.status, started)
@@ -156,64 +285,6 @@ class App:
         else:
             level = logging.ERROR if exc.status >= 500 else logging.INFO
         log.log(level, "refused", extra={"fields": fields})
-
-    def _reader(self, scope: Scope, receive: Receive) -> Callable[[], Awaitable[bytes]]:
-        limit = self.settings.max_body_bytes
-
-        async def read() -> bytes:
-            for key, value in scope["headers"]:
-                if key == b"content-length" and value.isdigit() and int(value) > limit:
-                    raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnected()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-        return read
-
-    async def _route(self, scope: Scope, receive: Receive, request_id: str) -> tuple[int, bytes, bytes]:
-        path: str = scope["path"]
-        method: str = scope["method"]
-        service = self.service
-        if path.startswith("/v2/models/"):
-            rest = path[len("/v2/models/") :]
-            if rest.endswith("/infer"):
-                name = rest[: -len("/infer")].split("/versions/", 1)[0]
-                if method != "POST":
-                    raise MethodNotAllowed(f"{method} {path}: use POST")
-                return 200, await service.infer("v2", name, self._reader(scope, receive), request_id), JSON
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"{method} {path}: use GET")
-            if rest.endswith("/ready"):
-                name = rest[: -len("/ready")].split("/versions/", 1)[0]
-                if not service.model_ready(name):
-                    raise NotReady(f"model {name!r} is not ready")
-                return 200, _READY, JSON
-            return 200, service.model_metadata(rest.split("/versions/", 1)[0]), JSON
-        if path.startswith("/v1/models/") and path.endswith(":predict"):
-            if method != "POST":
-                raise MethodNotAllowed(f"{method} {path}: use POST")
-            name = path[len("/v1/models/") : -len(":predict")]
-            return 200, await service.infer("v1", name, self._reader(scope, receive), request_id), JSON
-        if path == "/v2/health/ready":
-            if not service.ready:
-                raise NotReady(self.refused or "model is not loaded yet" if not service.draining else "shutting down")
-            return 200, _READY, JSON
-        if path == "/v2/health/live":
-            return 200, _OK, JSON
-        if path == "/metrics":
-            return 200, service.metrics.render(), CONTENT_TYPE.encode()
-        if path in ("/v2", "/v2/"):
-            return 200, service.server_metadata(), JSON
-        raise NotFound(f"no route for {method} {path[:256]}")
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> App:

@@ -24,19 +24,21 @@ Matrix = npt.NDArray[np.float64]
 REASONS = (
     "null_sentinel", "nan", "infinite", "null", "wrong_type", "missing_feature", "unknown_feature",
     "out_of_range", "wrong_length", "empty", "shape_mismatch", "datatype_mismatch", "invalid_body",
+    "duplicate_feature",
 )  # fmt: skip
 NUMBER_TYPES = frozenset((int, float))
 
 
 @dataclass(frozen=True)
 class Violation:
-    row: int
+    row: int | None  # None: about the request as a whole, not one row
     feature: str | None
     reason: str
     detail: str
 
     def message(self) -> str:
-        where = f"row {self.row}" + (f", feature {self.feature!r}" if self.feature is not None else "")
+        where = "request" if self.row is None else f"row {self.row}"
+        where += f", feature {self.feature!r}" if self.feature is not None else ""
         return f"{where}: {self.detail} ({self.reason})"
 
 
@@ -162,7 +164,7 @@ class Contract:
     def check(self, x: Matrix) -> None:
         """Refuse (422) if any cell is NaN, infinite, a null sentinel or out of range."""
         if x.shape[0] == 0:
-            raise refuse([Violation(0, None, "empty", "no rows to predict")])
+            raise refuse([Violation(None, None, "empty", "no rows to predict")])
         # NaN fails both comparisons; with finite bounds on every feature, so does +-inf
         ok = bool(((x >= self.lo) & (x <= self.hi)).all()) and (self._bounded or bool(np.isfinite(x).all()))
         if ok and not (len(self._sentinel_vals) and (x[:, self._sentinel_cols] == self._sentinel_vals).any()):

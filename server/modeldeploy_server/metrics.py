@@ -1,10 +1,13 @@
 """Prometheus metrics: the names and labels are a contract with the operator's PromQL.
 
 Owned here: the five `modeldeploy_*` metric families, their constant labels (`model`, `version`,
-`revision`), recording (one call per request, from `service`), and rendering `/metrics`. With
+`revision`), recording (one call per request, from `app`), and rendering `/metrics`. Requests and
+their latency carry the `outcome` (see `errors.OUTCOMES`): the operator's error rate and p99 use
+only the requests the model answered (`success`, `error`), so rejections, 503s and clients that
+went away can neither dilute nor manufacture a canary's errors or latency. With
 several workers `PROMETHEUS_MULTIPROC_DIR` is set (by `__main__`, before prometheus_client is
 imported) and every worker writes to its own files; rendering merges them (no loss, no double
-count). Called by `service` and `app`.
+count). Called by `app`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from modeldeploy_server.contract import REASONS
+from modeldeploy_server.errors import OUTCOMES, outcome_of
 
 REQUESTS = "modeldeploy_requests_total"
 DURATION = "modeldeploy_request_duration_seconds"
@@ -24,7 +28,6 @@ INFO = "modeldeploy_model_info"
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BASE_LABELS = ("model", "version", "revision")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series are noise for rate() queries and absent in multiprocess mode
 
 
 def multiprocess_dir() -> str | None:
@@ -32,13 +35,14 @@ def multiprocess_dir() -> str | None:
 
 
 # Request series created at 0 when the server starts (see Metrics.__init__).
-PRECREATED_CODES = (200, 400, 404, 413, 422, 500, 503)
+PRECREATED_CODES = tuple(sorted(OUTCOMES))
 
 
 class Metrics:
     """The server's metric families with the model's label values bound once."""
 
     def __init__(self, model: str, version: str, revision: str) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise for rate() and absent in multiprocess mode
         self.base = (model, version, revision)
         self.multiprocess = multiprocess_dir() is not None
         # In multiprocess mode values live in files; the registry is only used to render.
@@ -50,8 +54,8 @@ class Metrics:
             (*labels, "code", "outcome"), registry=reg,
         )  # fmt: skip
         self._duration = Histogram(
-            DURATION, "Time to answer an inference request, from body received to response built.",
-            labels, buckets=BUCKETS, registry=reg,
+            DURATION, "Time to answer an inference request, from its start to its response built, by outcome.",
+            (*labels, "outcome"), buckets=BUCKETS, registry=reg,
         )  # fmt: skip
         self._rejections = Counter(
             REJECTIONS.removesuffix("_total"), "Requests refused by the input contract, by reason.",
@@ -62,7 +66,7 @@ class Metrics:
             INFO, "The served model artifact (always 1).", (*labels, "sha256", "format", "sklearn_version"),
             registry=reg, multiprocess_mode="max",
         )  # fmt: skip
-        self._duration_child = self._duration.labels(*self.base)
+        self._duration_children = {outcome: self._duration.labels(*self.base, outcome) for outcome in OUTCOMES.values()}
         self._predictions_child = self._predictions.labels(*self.base)
         self._request_children: dict[int, Counter] = {}
         # Export every status an infer request commonly ends in at 0 from the start: the operator's
@@ -76,8 +80,7 @@ class Metrics:
     def _request_child(self, code: int) -> Counter:
         child = self._request_children.get(code)
         if child is None:
-            outcome = "success" if code < 400 else "rejected" if code < 500 else "error"
-            child = self._requests.labels(*self.base, str(code), outcome)
+            child = self._requests.labels(*self.base, str(code), outcome_of(code))
             self._request_children[code] = child
         return child
 
@@ -86,7 +89,11 @@ class Metrics:
 
     def observe(self, code: int, seconds: float, rows: int = 0) -> None:
         self._request_child(code).inc()
-        self._duration_child.observe(seconds)
+        outcome = outcome_of(code)
+        child = self._duration_children.get(outcome)
+        if child is None:
+            child = self._duration_children[outcome] = self._duration.labels(*self.base, outcome)
+        child.observe(seconds)
         if rows:
             self._predictions_child.inc(rows)
 

@@ -47,7 +47,7 @@ def _write_rejects(out: TextIO, rejected: list[Violation], rows: list[dict[str, 
     writer = csv.writer(out)
     writer.writerow(["row", "feature", "value", "reason", "message"])
     for v in rejected:
-        value = rows[v.row].get(v.feature, "") if v.feature else ""
+        value = rows[v.row].get(v.feature, "") if v.feature and v.row is not None else ""
         writer.writerow([v.row, v.feature or "", value, v.reason, v.message()])
 
 
@@ -86,7 +86,7 @@ def score(settings: Settings, input_path: str, output_path: str, rejects_path: s
         for i, y in zip(good, outputs, strict=True):
             values = [repr(float(v)) if isinstance(v, float | np.floating) else str(v) for v in np.atleast_1d(y)]
             writer.writerow([int(i), *(rows[i].get(name, "") for name in extra), *values])
-    first_per_row: dict[int, Violation] = {}
+    first_per_row: dict[int | None, Violation] = {}
     for v in found:
         first_per_row.setdefault(v.row, v)
     if rejects_path:

@@ -1,37 +1,66 @@
-"""The transport-free inference service: readiness, model metadata, infer/predict with metrics.
+"""The transport-free data plane: readiness, model metadata, infer/predict.
 
-Owned here: the request flow shared by both protocols (name check -> readiness -> decode ->
-contract -> micro-batched prediction -> response body) and the one place where every inference
-request is counted and timed, whatever its outcome. Knows nothing about HTTP beyond status codes
-carried by the errors. Called by `app`; tests call it directly too.
+Owned here: the request flow shared by both protocols (model and version check -> readiness ->
+decode -> contract -> micro-batched prediction -> output check -> response body), the declared
+output (datatype and shape, taken from the artifact's own method at load, so metadata and every
+answer agree whichever serving path runs), and refusing non-finite model outputs as a model
+failure. Knows nothing about HTTP beyond the status codes carried by the errors; `app` reads
+bodies and records the metrics. Called by `app`; tests call it directly too.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 import sklearn
 
 from modeldeploy_server import protocol
 from modeldeploy_server.batching import MicroBatcher
-from modeldeploy_server.errors import ContractViolation, ModelFailure, NotFound, NotReady, RequestError
-from modeldeploy_server.metrics import Metrics
+from modeldeploy_server.contract import Matrix
+from modeldeploy_server.errors import MalformedRequest, ModelFailure, NotFound, NotReady
 from modeldeploy_server.runtime import Runtime
 from modeldeploy_server.settings import Settings
 
 SERVER_NAME = "modeldeploy"
 SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data"]
 
 
-class Service:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+@dataclass
+class Answer:
+    """A response body; `rows` predicted (for the metrics); `json_length` set for binary answers."""
+
+    body: bytes
+    rows: int = 0
+    json_length: int | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What the model answers: its dtype (the artifact's own) and the shape of one row's answer."""
+
+    dtype: np.dtype[Any]
+    row_shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> Output:
+        y = protocol.canonical(np.asarray(runtime.reference(runtime.contract.reference_row())))
+        return cls(y.dtype, tuple(y.shape[1:]))
+
+
+class DataPlane:
+    """One model's inference service: what both protocols' routes call."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = metrics
         self.runtime: Runtime | None = None
         self.batcher: MicroBatcher | None = None
+        self.output: Output | None = None
         self.draining = False
         self._metadata = b""
 
@@ -41,19 +70,19 @@ class Service:
 
     def set_runtime(self, runtime: Runtime) -> None:
         self.batcher = MicroBatcher(runtime.predict, self.settings.max_batch_rows)
-        self.metrics.set_info(runtime.sha256, runtime.format, sklearn.__version__)
-        self._metadata = orjson.dumps(self._metadata_body(runtime))
+        self.output = Output.of(runtime)
+        self._metadata = orjson.dumps(self._metadata_body(runtime, self.output))
         self.runtime = runtime
 
-    def _metadata_body(self, runtime: Runtime) -> dict[str, Any]:
+    def _metadata_body(self, runtime: Runtime, output: Output) -> dict[str, Any]:
         s = self.settings
+        datatype = protocol.output_datatype(np.empty(0, dtype=output.dtype))
         return {
             "name": s.model_name,
             "versions": [s.model_version],
             "platform": f"sklearn-{runtime.format}",
             "inputs": [{"name": name, "datatype": "FP64", "shape": [-1, 1]} for name in runtime.contract.names],
-            "outputs": [{"name": runtime.method, "datatype": "FP64" if runtime.method != "predict" else "ANY",
-                         "shape": [-1]}],
+            "outputs": [{"name": runtime.method, "datatype": datatype, "shape": [-1, *output.row_shape]}],
             "parameters": {
                 "contract": [spec.model_dump(by_alias=True) for spec in runtime.contract.specs],
                 "sha256": runtime.sha256, "format": runtime.format, "revision": s.model_revision,
@@ -64,54 +93,64 @@ class Service:
         }  # fmt: skip
 
     def server_metadata(self) -> bytes:
-        return orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+        return orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
-    def check_model(self, name: str) -> None:
+    def check_model(self, name: str, version: str | None = None) -> None:
         if name != self.settings.model_name:
             raise NotFound(f"unknown model {name[:128]!r}; this server serves {self.settings.model_name!r}")
+        if version is not None and version != self.settings.model_version:
+            versions = [self.settings.model_version]
+            raise NotFound(f"model {name!r} has no version {version[:64]!r}; versions: {versions}")
 
-    def model_metadata(self, name: str) -> bytes:
-        self.check_model(name)
+    def model_metadata(self, name: str, version: str | None = None) -> bytes:
+        self.check_model(name, version)
         if self.runtime is None:
             raise NotReady(f"model {name!r} is not loaded yet")
         return self._metadata
 
-    def model_ready(self, name: str) -> bool:
-        self.check_model(name)
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        self.check_model(name, version)
         return self.ready
 
-    async def infer(self, protocol_name: str, name: str, read_body: Callable[[], Awaitable[bytes]],
-                    request_id: str) -> bytes:  # fmt: skip
-        """Answer one v2 `infer` or v1 `predict` request; count and time it whatever happens."""
-        started = time.perf_counter()
-        rows = 0
+    def _loaded(self, name: str) -> tuple[Runtime, MicroBatcher, Output]:
+        runtime, batcher, output = self.runtime, self.batcher, self.output
+        if runtime is None or batcher is None or output is None or self.draining:
+            raise NotReady(f"model {name!r} is not ready")
+        return runtime, batcher, output
+
+    async def _predict(self, batcher: MicroBatcher, output: Output, x: Matrix) -> npt.NDArray[Any]:
         try:
-            self.check_model(name)
-            body = await read_body()
-            runtime, batcher = self.runtime, self.batcher
-            if runtime is None or batcher is None or self.draining:
-                raise NotReady(f"model {name!r} is not ready")
-            payload = protocol.decode(body)
-            parse = protocol.parse_v2 if protocol_name == "v2" else protocol.parse_v1
-            x = parse(runtime.contract, payload)
-            try:
-                y = await batcher.submit(x)
-            except Exception as exc:  # the model raised on contract-valid input: a model failure
-                raise ModelFailure(f"model failed on {len(x)} row(s): {type(exc).__name__}: {exc}") from exc
-            rows = len(x)
-            if protocol_name == "v2":
-                response = protocol.v2_response(name, self.settings.model_version, request_id, runtime.method, y)
-            else:
-                response = protocol.v1_response(y)
-        except ContractViolation as exc:
-            self.metrics.reject(exc.reason)
-            self.metrics.observe(exc.status, time.perf_counter() - started)
-            raise
-        except RequestError as exc:
-            self.metrics.observe(exc.status, time.perf_counter() - started)
-            raise
-        except Exception:
-            self.metrics.observe(500, time.perf_counter() - started)
-            raise
-        self.metrics.observe(200, time.perf_counter() - started, rows)
-        return response
+            y = await batcher.submit(x)
+        except Exception as exc:  # the model raised on contract-valid input: a model failure
+            raise ModelFailure(f"model failed on {len(x)} row(s): {type(exc).__name__}: {exc}") from exc
+        y = protocol.canonical(np.asarray(y))
+        if y.dtype != output.dtype and y.dtype.kind == output.dtype.kind == "f":
+            y = y.astype(output.dtype)  # a compiled path answers in the artifact's own datatype
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            row = int(np.nonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0][0])
+            raise ModelFailure(f"model answered a non-finite value (NaN or inf) for row {row} of {len(x)}")
+        return y
+
+    async def infer_v2(self, name: str, body: bytes, json_length: int | None, request_id: str) -> Answer:
+        """Answer one V2 `infer` request (JSON, or the binary tensor extension when `json_length` is set)."""
+        runtime, batcher, output = self._loaded(name)
+        binary = None
+        if json_length is not None:
+            if not 0 <= json_length <= len(body):
+                raise MalformedRequest(f"Inference-Header-Content-Length {json_length} exceeds the body's "
+                                       f"{len(body)} bytes")  # fmt: skip
+            body, binary = body[:json_length], body[json_length:]
+        payload = protocol.decode(body)
+        request = protocol.parse_v2(runtime.contract, payload, self.settings.max_request_rows, runtime.method, binary)
+        y = await self._predict(batcher, output, request.x)
+        response_id = request_id if request.request_id is None else request.request_id
+        data, header_length = protocol.v2_response(name, self.settings.model_version, response_id, runtime.method,
+                                                   y, request.binary_output)  # fmt: skip
+        return Answer(data, len(request.x), header_length)
+
+    async def predict_v1(self, name: str, body: bytes) -> Answer:
+        """Answer one V1 `:predict` request."""
+        runtime, batcher, output = self._loaded(name)
+        x = protocol.parse_v1(runtime.contract, protocol.decode(body), self.settings.max_request_rows)
+        y = await self._predict(batcher, output, x)
+        return Answer(protocol.v1_response(y), len(x))

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     pod_name: str = ""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     max_batch_rows: int = Field(default=256, ge=1, description="Upper bound of one micro-batch.")
+    max_request_rows: int = Field(default=100_000, ge=1, description="More rows in one request get 413.")
     compile: Literal["auto", "off"] = Field(default="auto", description="auto: verified fast paths; off: sklearn.")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     s3_endpoint: str | None = Field(default=None, description="S3 endpoint; else AWS_ENDPOINT_URL, else AWS.")

@@ -36,6 +36,7 @@ from sklearn.preprocessing import StandardScaler
 from modeldeploy_server.app import App
 from modeldeploy_server.runtime import load_runtime
 from modeldeploy_server.settings import InputSpec, Settings
+from modeldeploy_server.transport import HalfCloseProtocol
 
 SERVER_BIN = Path(sys.executable).with_name("modeldeploy-server")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +149,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
     def start(settings: Settings, preload: bool = True) -> Served:
         app = App(settings, load_runtime(settings) if preload else None)
         port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", http="httptools",
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", http=HalfCloseProtocol,
                                 log_config=None, access_log=False, lifespan="on")  # fmt: skip
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

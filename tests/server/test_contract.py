@@ -35,21 +35,21 @@ CASES = [
     (V1, {"instances": [[2.35, "0.2", 80.0]]}, "wrong_type", 0, "NPHI", "string '0.2'"),
     (V1, {"instances": [[True, 0.2, 80.0]]}, "wrong_type", 0, "RHOB", "boolean true"),
     (V1, {"instances": [GOOD, [2.35, 0.2]]}, "wrong_length", 1, None, "has 2 values, expected 3"),
-    (V1, {"instances": []}, "empty", 0, None, "no rows"),
+    (V1, {"instances": []}, "empty", None, None, "no rows"),
     (V1, {"instances": [{"RHOB": 2.35, "NPHI": 0.2}]}, "missing_feature", 0, "GR", "required feature is missing"),
     (V1, {"instances": [{"RHOB": 2.35, "NPHI": 0.2, "GR": 80, "DT": 1}]}, "unknown_feature", 0, "DT", "unknown"),
-    (V1, {"rows": [GOOD]}, "invalid_body", 0, None, '"instances"'),
-    (V2, v2([*GOOD, 2.35, 0.2]), "shape_mismatch", 0, None, "holds 3 values but data has 5"),
-    (V2, v2([*GOOD, 1.0], shape=[1, 4]), "shape_mismatch", 0, None, "expected [N, 3]"),
-    (V2, v2(GOOD, datatype="BYTES"), "datatype_mismatch", 0, None, "not numeric"),
-    (V2, v2([2.35, 0.2, 80.5], datatype="INT64"), "datatype_mismatch", 0, None, "non-integer"),
+    (V1, {"rows": [GOOD]}, "invalid_body", None, None, '"instances"'),
+    (V2, v2([*GOOD, 2.35, 0.2]), "shape_mismatch", None, None, "holds 3 values but data has 5"),
+    (V2, v2([*GOOD, 1.0], shape=[1, 4]), "shape_mismatch", None, None, "expected [N, 3]"),
+    (V2, v2(GOOD, datatype="BYTES"), "datatype_mismatch", None, None, "not numeric"),
+    (V2, v2([2.35, 0.2, 80.5], datatype="INT64"), "datatype_mismatch", 0, "RHOB", "not an integer"),
     (V2, v2([*GOOD, 2.35, 0.2, 1e9]), "out_of_range", 1, "GR", "outside the declared range [0.0, 300.0]"),
-    (V2, {"inputs": []}, "empty", 0, None, "empty"),
+    (V2, {"inputs": []}, "empty", None, None, "empty"),
     (V2, {"inputs": [{"name": "RHOB", "shape": [1], "datatype": "FP64", "data": [2.35]}]},
-     "missing_feature", 0, "NPHI", "missing"),
+     "missing_feature", None, "NPHI", "missing"),
     (V2, {"inputs": [{"name": "RHOB", "shape": [1], "datatype": "FP64", "data": [2.35]},
                      {"name": "XX", "shape": [1], "datatype": "FP64", "data": [2.35]}]},
-     "unknown_feature", 0, "XX", "unknown input"),
+     "unknown_feature", None, "XX", "unknown input"),
 ]  # fmt: skip
 
 
@@ -62,13 +62,14 @@ def _rejections(served: Served, reason: str) -> float:
 
 @pytest.mark.parametrize(("path", "body", "reason", "row", "feature", "fragment"), CASES)
 def test_refusals_name_row_feature_and_reason_and_are_counted(
-    porosity: Served, path: str, body: Any, reason: str, row: int, feature: str | None, fragment: str
+    porosity: Served, path: str, body: Any, reason: str, row: int | None, feature: str | None, fragment: str
 ) -> None:
     before = _rejections(porosity, reason)
     response = porosity.client.post(path, content=json.dumps(body))
     assert response.status_code == 422, response.text
     message = response.json()["error"]
-    assert f"({reason})" in message and f"row {row}" in message and fragment in message
+    where = "request" if row is None else f"row {row}"  # body-level refusals are not about a row
+    assert f"({reason})" in message and message.startswith(where) and fragment in message
     if feature is not None:
         assert f"feature {feature!r}" in message
     assert _rejections(porosity, reason) == before + 1

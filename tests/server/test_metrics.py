@@ -19,7 +19,7 @@ from tests.server.conftest import Artifact, Served, free_port, start_cli, wait_r
 
 CONTRACT = {
     "modeldeploy_requests": ("counter", {"model", "version", "revision", "code", "outcome"}),
-    "modeldeploy_request_duration_seconds": ("histogram", {"model", "version", "revision"}),
+    "modeldeploy_request_duration_seconds": ("histogram", {"model", "version", "revision", "outcome"}),
     "modeldeploy_rejections": ("counter", {"model", "version", "revision", "reason"}),
     "modeldeploy_predictions": ("counter", {"model", "version", "revision"}),
     "modeldeploy_model_info": ("gauge", {"model", "version", "revision", "sha256", "format", "sklearn_version"}),
@@ -67,7 +67,8 @@ def test_error_series_exist_at_zero_before_any_error(
         for s in _families(fresh.client.get("/metrics").text)["modeldeploy_requests"].samples
         if s.name == "modeldeploy_requests_total"
     }
-    assert samples["500"] == ("error", 0.0) and samples["503"] == ("error", 0.0), samples
+    assert samples["500"] == ("error", 0.0) and samples["503"] == ("unavailable", 0.0), samples
+    assert samples["499"] == ("client_closed", 0.0) and samples["405"] == ("rejected", 0.0), samples
     assert samples["422"] == ("rejected", 0.0) and samples["200"] == ("success", 0.0), samples
     assert set(samples) == {str(c) for c in metrics.PRECREATED_CODES}
 

@@ -45,7 +45,7 @@ def test_reference_path_is_bit_identical(
 ) -> None:
     art = artifacts[name]
     served = serve(art.settings(cache_dir, compile="off"))
-    assert served.app.service.runtime is not None and served.app.service.runtime.path == "sklearn"
+    assert served.app.plane.runtime is not None and served.app.plane.runtime.path == "sklearn"
     expected = _expected(art, art.rows)
     assert np.array_equal(_v2(served, art, art.rows), expected)
     assert np.array_equal(_v1(served, art, art.rows, as_objects=False), expected)
@@ -60,7 +60,7 @@ def test_chosen_fast_path_honours_its_guarantee(
 ) -> None:
     art = artifacts[name]
     served = serve(art.settings(cache_dir))
-    runtime = served.app.service.runtime
+    runtime = served.app.plane.runtime
     assert runtime is not None
     expected = _expected(art, art.rows)
     got = _v2(served, art, art.rows)
@@ -136,7 +136,7 @@ def test_concurrent_requests_are_micro_batched_and_correct(
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert all(pool.map(one, range(len(art.rows))))
-    batcher = served.app.service.batcher
+    batcher = served.app.plane.batcher
     assert batcher is not None and batcher.batched_requests >= len(art.rows)
 
 
