@@ -248,27 +248,25 @@ def parse_v2(contract: Contract, payload: Any, max_rows: int, output: str, binar
             raise refuse([Violation(None, None, "empty", f"input {name[:64]!r} has no rows")])
         if type(flat) is not list:  # binary: already float64
             x: Matrix = flat.reshape(shape[0], width)
-            contract.check(x)
         else:
             x = _fast_matrix(contract, flat, shape[0])  # type: ignore[assignment]
             if x is None:  # not all plain numbers: the row-wise path names the first bad cell
-                x = contract.parse_checked([flat[i * width : (i + 1) * width] for i in range(shape[0])])
-        x = _datatypes(contract, x, [datatype] * width, list(contract.names))
+                x = contract.from_lists([flat[i * width : (i + 1) * width] for i in range(shape[0])])
+        x = _datatypes(x, [datatype] * width, list(contract.names))
     else:
         x = _per_feature(contract, tensors)
+    contract.check(x)  # after the datatype: the values the model will see
     return V2Request(x, request_id, binary_output)
 
 
 def _fast_matrix(contract: Contract, flat: list[Any], n_rows: int) -> Matrix | None:
-    """A large flat tensor of plain numbers straight into numpy (no per-row lists), then checked."""
-    if n_rows <= 8 or not set(map(type, flat)) <= NUMBER_TYPES:
+    """A flat tensor of plain numbers straight into numpy (no per-row lists); values checked later."""
+    if not set(map(type, flat)) <= NUMBER_TYPES:
         return None
     try:
-        x = np.array(flat, dtype=np.float64).reshape(n_rows, contract.width)
+        return np.array(flat, dtype=np.float64).reshape(n_rows, contract.width)
     except OverflowError:
         return None
-    contract.check(x)
-    return x
 
 
 def _per_feature(contract: Contract, tensors: list[Tensor]) -> Matrix:
@@ -294,15 +292,15 @@ def _per_feature(contract: Contract, tensors: list[Tensor]) -> Matrix:
     for name in contract.names:
         values: Any = by_name[name][2] if name in by_name else [None] * n_rows
         columns.append(values if type(values) is list else values.tolist())
-    x = contract.parse_checked([list(row) for row in zip(*columns, strict=True)])
+    x = contract.from_lists([list(row) for row in zip(*columns, strict=True)])
     datatypes = [by_name[name][1] if name in by_name else "FP64" for name in contract.names]
-    return _datatypes(contract, x, datatypes, list(contract.names))
+    return _datatypes(x, datatypes, list(contract.names))
 
 
 FP_LIMITS = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
 
 
-def _datatypes(contract: Contract, x: Matrix, datatypes: list[str], names: list[str]) -> Matrix:
+def _datatypes(x: Matrix, datatypes: list[str], names: list[str]) -> Matrix:
     """Values must fit their declared datatype: integers whole and in range, FP16/FP32 finite values in
     range; FP16 values are rounded to FP16, as the client declared them."""
     rounded = False
@@ -327,8 +325,6 @@ def _datatypes(contract: Contract, x: Matrix, datatypes: list[str], names: list[
             if not rounded:
                 x, rounded = x.copy(), True
             x[:, column] = col.astype(np.float16)
-    if rounded:
-        contract.check(x)
     return x
 
 

@@ -37,8 +37,8 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         request.join(timeout=30)
         assert results and results[0].status_code == 200 and results[0].json() == {"predictions": [0]}
-        # uvicorn re-raises the captured SIGTERM after its graceful shutdown: exit by the signal, as asked
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        # a requested stop that drained cleanly exits 0 (uvicorn alone re-raises SIGTERM: exit 143)
+        assert proc.wait(timeout=30) == 0
         assert "Finished server process" in log.read_text()
     finally:
         if proc.poll() is None:
