@@ -31,7 +31,12 @@ REQUESTS_METRIC = "modeldeploy_requests_total"
 DURATION_BUCKET_METRIC = "modeldeploy_request_duration_seconds_bucket"
 # Label names the queries filter on (`namespace` and `pod` are added by Prometheus' scrape config).
 FILTER_LABELS = ("namespace", "model", "revision")
-CODE_LABEL = "code"
+OUTCOME_LABEL = "outcome"
+# Only requests the model answered count (the server's `success`/`error` outcomes, i.e. 2xx and 5xx
+# other than 503): rejections (4xx), not-ready answers (503) and clients that went away (499) can
+# neither dilute a canary's error rate nor pull its p99 under the threshold.
+ANSWERED = f'{OUTCOME_LABEL}=~"success|error"'
+FAILED = f'{OUTCOME_LABEL}="error"'
 
 REQUESTS = "requests"
 ERRORS = "errors"
@@ -75,8 +80,8 @@ def _selector(namespace: str, model: str, revision: str, extra: str = "") -> str
 
 
 def builtin_queries(namespace: str, model: str, revision: str, window: int) -> dict[str, str]:
-    sel = _selector(namespace, model, revision)
-    errors = _selector(namespace, model, revision, f',{CODE_LABEL}=~"5.."')
+    sel = _selector(namespace, model, revision, f",{ANSWERED}")
+    errors = _selector(namespace, model, revision, f",{FAILED}")
     return {
         REQUESTS: f"sum(increase({REQUESTS_METRIC}{sel}[{window}s]))",
         ERRORS: f"sum(increase({REQUESTS_METRIC}{errors}[{window}s]))",

@@ -1,14 +1,18 @@
 """The operator's PromQL asks for metrics and labels the real server exposes (the names are a contract).
 
 A real `modeldeploy-server` process on 127.0.0.1 serves a real sklearn model (the `bad` one of the
-e2e helpers, which answers 200, 500 and 422); its /metrics text is parsed with prometheus_client's
-parser and every selector of the operator's built-in queries is matched against it.
+e2e helpers, which answers 200, 500 and 422; plus a route 404, a 405 and an abandoned upload, 499);
+its /metrics text is parsed with prometheus_client's parser and every selector of the operator's
+built-in queries is matched against it, and evaluated on it: the error rate and the p99 see only
+the requests the model answered.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 
 import httpx
 import pytest
@@ -40,10 +44,63 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[st
             for row in ([5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 4.8, 1.8], [0.0, 3.0, 4.8, 1.8], [1.0, 2.0]):
                 codes.append(httpx.post(f"{url}/v1/models/iris:predict", json={"instances": [row]}).status_code)
             assert codes == [200, 200, 500, 422]
+            # requests the model never answered: a route 404, a 405, an upload the client abandoned
+            assert httpx.get(f"{url}/v2/no-such-route").status_code == 404
+            assert httpx.get(f"{url}/v1/models/iris:predict").status_code == 405
+            _abandon_upload(url)
             text = httpx.get(f"{url}/metrics").text
     finally:
         store.close()
     return [(s.name, dict(s.labels), s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def _abandon_upload(url: str) -> None:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"inst")
+    deadline = time.monotonic() + 10
+    while not _count(httpx.get(f"{url}/metrics").text, "499"):
+        assert time.monotonic() < deadline, "the abandoned upload was never counted"
+        time.sleep(0.05)
+
+
+def _count(text: str, code: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == analysis.REQUESTS_METRIC and s.labels["code"] == code)  # fmt: skip
+
+
+def _selected(promql: str, scraped: list[tuple[str, dict[str, str], float]]) -> list[tuple[dict[str, str], float]]:
+    """The samples a query's one selector picks (its server-side matchers applied)."""
+    ((metric, matchers),) = SELECTOR.findall(promql)
+    picked = []
+    for name, labels, value in scraped:
+        if name != metric:
+            continue
+        ok = True
+        for label, op, want in MATCHER.findall(matchers):
+            if label in TARGET_LABELS:
+                continue
+            have = labels.get(label, "")
+            ok &= {"=": have == want, "!=": have != want, "=~": bool(re.fullmatch(want, have)),
+                   "!~": not re.fullmatch(want, have)}[op]  # fmt: skip
+        if ok:
+            picked.append((labels, value))
+    return picked
+
+
+def test_error_rate_and_p99_use_only_the_requests_the_model_answered(
+    scraped: list[tuple[str, dict[str, str], float]],
+) -> None:
+    """A flood of cheap 422s (or 404s, 405s, abandoned uploads) can neither dilute the error rate nor pull
+    the canary's p99 down: the queries select the 200s and the 500 only."""
+    queries = analysis.builtin_queries("ml", "iris", "0123abcdef", 30)
+    requests = _selected(queries[analysis.REQUESTS], scraped)
+    assert sorted((s["code"], v) for s, v in requests if v) == [("200", 2.0), ("500", 1.0)]
+    errors = _selected(queries[analysis.ERRORS], scraped)
+    assert [(s["code"], v) for s, v in errors if v] == [("500", 1.0)]
+    latency = _selected(queries[analysis.LATENCY_P99], scraped)
+    infinite = sum(v for s, v in latency if s["le"] == "+Inf")
+    assert infinite == 3.0  # the 2 predictions and the model's failure; not the 422, 404, 405 or 499
 
 
 def test_every_builtin_query_selects_real_series(scraped: list[tuple[str, dict[str, str], float]]) -> None:
@@ -68,10 +125,11 @@ def test_every_builtin_query_selects_real_series(scraped: list[tuple[str, dict[s
 def test_the_error_rate_counts_only_5xx(scraped: list[tuple[str, dict[str, str], float]]) -> None:
     requests = {s["code"]: v for n, s, v in scraped if n == analysis.REQUESTS_METRIC}
     # the server also exports the other common codes at 0 (so increase() sees a series' first error)
-    assert {code: v for code, v in requests.items() if v} == {"200": 2.0, "500": 1.0, "422": 1.0}
+    assert {code: v for code, v in requests.items() if v} == {
+        "200": 2.0, "500": 1.0, "422": 1.0, "404": 1.0, "405": 1.0, "499": 1.0}  # fmt: skip
     assert requests["503"] == 0.0
     errors = sum(v for code, v in requests.items() if re.fullmatch("5..", code))
-    assert errors / sum(requests.values()) == 0.25  # the 422 is a rejection, not an error
+    assert errors / (requests["200"] + requests["500"]) == 1 / 3  # the 422 is a rejection, not an error
 
 
 def test_latency_histogram_has_the_labels_the_p99_query_groups_by(
