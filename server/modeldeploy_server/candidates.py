@@ -6,9 +6,10 @@ operations of the artifact's own method, in the same order, without its per-call
 
 - `exact-forest`: a bare RandomForest/ExtraTrees classifier or regressor. sklearn casts the rows to
   float32, sums each tree's leaf values into a float64 array in tree order, then divides by the
-  number of trees (predict: argmax over that). So does this path, calling each tree's own
-  `tree_.predict`. (With `n_jobs` > 1 sklearn itself sums in thread order, so its own last bit
-  varies from call to call; this path gives the tree-order sum, one of sklearn's own answers.)
+  number of trees (predict: argmax over that). So does this path: for a large batch by calling
+  each tree's own `tree_.predict`, for a small one by walking all trees at once (`_Packed`).
+  (With `n_jobs` > 1 sklearn itself sums in thread order, so its own last bit varies from call
+  to call; this path gives the tree-order sum, one of sklearn's own answers.)
 - `exact-linear`: a bare LogisticRegression/RidgeClassifier/LinearRegression/Ridge with float64
   coefficients: `x @ coef_.T + intercept_`, the same BLAS call as sklearn's decision function.
 - `exact-pipeline`: a Pipeline of dense float64 StandardScalers (or passthrough) in front of one
@@ -36,6 +37,59 @@ Build = Callable[[], Predict]
 Vector = npt.NDArray[np.float64]
 
 
+SMALL_BATCH = 16  # up to this many rows, all trees are walked at once (numpy); above, tree by tree (Cython)
+
+
+class _Packed:
+    """All trees of a forest in flat arrays, walked for every (row, tree) pair at once.
+
+    A leaf points to itself, so walking on until no node moves ends at each tree's leaf. Each split
+    compares float32(x) with the float64 threshold, NaN going where the tree's `missing_go_to_left`
+    says: the decisions of sklearn's `Tree.apply`. The leaf values are summed in tree order from 0.0
+    (`np.add.accumulate` is sequential), then divided by the number of trees: sklearn's float64
+    arithmetic, so the result is bit-identical for any number of rows.
+    """
+
+    def __init__(self, trees: list[Any], width: int) -> None:
+        offsets = np.cumsum([0] + [int(t.node_count) for t in trees[:-1]]).astype(np.intp)
+        lefts, rights, features, thresholds, missing, values = [], [], [], [], [], []
+        for offset, tree in zip(offsets, trees, strict=True):
+            ids = np.arange(int(tree.node_count), dtype=np.intp)
+            left, right = np.asarray(tree.children_left, np.intp), np.asarray(tree.children_right, np.intp)
+            leaf = (left == -1) & (right == -1)
+            lefts.append(np.where(leaf, ids, left) + offset)
+            rights.append(np.where(leaf, ids, right) + offset)
+            features.append(np.where(leaf, 0, np.asarray(tree.feature, np.intp)))
+            thresholds.append(np.asarray(tree.threshold, np.float64))
+            go_left = getattr(tree, "missing_go_to_left", None)
+            missing.append(np.zeros(len(ids), bool) if go_left is None else np.asarray(go_left, bool))
+            values.append(np.asarray(tree.value, np.float64)[:, 0, :width])
+        self.roots = offsets
+        self.left, self.right = np.concatenate(lefts), np.concatenate(rights)
+        self.feature, self.threshold = np.concatenate(features), np.concatenate(thresholds)
+        self.missing, self.value = np.concatenate(missing), np.concatenate(values)
+        self.count = len(trees)
+
+    def mean(self, x32: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        rows = np.arange(len(x32))[:, None]
+        node = np.broadcast_to(self.roots, (len(x32), self.count))
+        while True:
+            v = x32[rows, self.feature[node]]
+            go_left = v <= self.threshold[node]
+            nan = np.isnan(v)
+            if nan.any():
+                go_left = np.where(nan, self.missing[node], go_left)
+            moved = np.where(go_left, self.left[node], self.right[node])
+            if np.array_equal(moved, node):
+                break
+            node = moved
+        leaves = self.value[node]  # rows x trees x outputs
+        padded = np.concatenate([np.zeros((len(x32), 1, leaves.shape[2])), leaves], axis=1)
+        out: npt.NDArray[np.float64] = np.add.accumulate(padded, axis=1)[:, -1]
+        out /= self.count
+        return out
+
+
 def _forest(model: Any, method: str) -> Build | None:
     from sklearn.ensemble import (
         ExtraTreesClassifier,
@@ -50,35 +104,32 @@ def _forest(model: Any, method: str) -> Build | None:
         return None
     trees = [e.tree_ for e in model.estimators_]
     count = len(trees)
-    if hasattr(model, "classes_"):
-        n_classes = int(model.n_classes_)
-        classes = model.classes_
+    classifier = hasattr(model, "classes_")
+    width = int(model.n_classes_) if classifier else 1
+    if method not in (("predict", "predict_proba") if classifier else ("predict",)):
+        return None
 
-        def proba(x: Matrix) -> npt.NDArray[np.float64]:
+    def build() -> Predict:
+        packed = _Packed(trees, width)
+
+        def mean(x: Matrix) -> npt.NDArray[np.float64]:
             x32 = np.ascontiguousarray(x, dtype=np.float32)
-            out = np.zeros((x32.shape[0], n_classes), dtype=np.float64)
-            for tree in trees:  # the order and arithmetic of RandomForestClassifier.predict_proba
-                out += tree.predict(x32)[:, :n_classes]
+            if len(x32) <= SMALL_BATCH:
+                return packed.mean(x32)
+            out = np.zeros((x32.shape[0], width), dtype=np.float64)
+            for tree in trees:  # the order and arithmetic of the forest's predict_proba / predict
+                out += tree.predict(x32)[:, :width]
             out /= count
             return out
 
+        if not classifier:
+            return lambda x: mean(x)[:, 0]
         if method == "predict_proba":
-            return lambda: proba
-        if method == "predict":
-            return lambda: lambda x: classes.take(np.argmax(proba(x), axis=1), axis=0)
-        return None
-    if method != "predict":
-        return None
+            return mean
+        classes = model.classes_
+        return lambda x: classes.take(np.argmax(mean(x), axis=1), axis=0)
 
-    def regress(x: Matrix) -> npt.NDArray[np.float64]:
-        x32 = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.zeros(x32.shape[0], dtype=np.float64)
-        for tree in trees:
-            out += tree.predict(x32)[:, 0]
-        out /= count
-        return out
-
-    return lambda: regress
+    return build
 
 
 def _linear(model: Any, method: str) -> Build | None:

@@ -5,7 +5,8 @@ For each model family (and every family a fast path covers), the real artifact i
 artifact's own method on 100,000 random rows inside the declared ranges, 20,000 one-decimal rows
 (the kind of input the audit's Pipeline(StandardScaler, RandomForest) failed on), the range's
 corners and the verification rows on and around every split threshold. Compared in the server's
-batch size (256 rows) and row by row: bit-identical, so 0 class differences.
+batch size (256 rows), in small batches (7, 16, 17 rows) and row by row: bit-identical, so 0
+class differences.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ def test_every_served_path_equals_the_artifacts_method(name: str, tmp_path: Path
         if not _identical(served, expected):
             differing += int(np.sum(np.any((served != expected).reshape(len(chunk), -1), axis=1)))
     assert differing == 0, f"{name}: {differing} of {len(x)} rows differ on path {runtime.path}"
+    for size in (7, 16, 17):  # small micro-batches (exact-forest walks up to 16 rows in numpy, more in Cython)
+        for start in range(0, 700, size):
+            chunk = x[-start - size : len(x) - start]
+            assert _identical(runtime.predict(chunk), reference(chunk)), (name, size, start)
     picks = np.random.default_rng(1).choice(len(x), 300, replace=False)
     for i in [*range(len(x) - 40, len(x)), *picks]:  # row by row too: the batch of one a lone request gets
         assert _identical(runtime.predict(x[i : i + 1]), reference(x[i : i + 1])), (name, x[i].tolist())
