@@ -4,7 +4,10 @@ Owned here: how an ONNX graph is opened (CPU provider, one thread per session, s
 workers, not onnxruntime's pool, set the parallelism) and how its outputs map to the artifact's
 method (`predict` = the first output, `predict_proba` = "probabilities" or the second output;
 a ZipMap list of dicts becomes a matrix; floating outputs are served as float64, the datatype the
-metadata declares). Called by `runtime` for ONNX artifacts.
+metadata declares). An artifact is opened from its verified bytes, never from a path, and only if
+it is self-contained: a tensor stored as "external data" names a file that onnxruntime would read
+from beside the artifact or the working directory, bytes the digest never covered, so such a
+graph is refused. Called by `runtime` for ONNX artifacts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,33 @@ import numpy as np
 import numpy.typing as npt
 
 from modeldeploy_server.contract import Matrix
+from modeldeploy_server.errors import LoadRefused
+
+
+def external_data(model: bytes) -> list[str]:
+    """The names of tensors (anywhere in the graph, subgraphs included) stored outside the file."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    proto = onnx.load_model_from_string(model)
+    return [t.name for t in _get_all_tensors(proto) if uses_external_data(t)]
+
+
+def open_artifact(data: bytes, uri: str) -> Any:
+    """A session for a verified, self-contained ONNX artifact; LoadRefused otherwise."""
+    try:
+        outside = external_data(data)
+    except Exception as exc:  # not a parseable ONNX model
+        raise LoadRefused(f"cannot load onnx artifact {uri}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if outside:
+        raise LoadRefused(
+            f"onnx artifact {uri} stores tensors {outside[:5]} as external data files, which the digest does not "
+            "cover; serve a self-contained graph"
+        )
+    try:
+        return session(data)
+    except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
+        raise LoadRefused(f"cannot load onnx artifact {uri}: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 def session(model: bytes | str) -> Any:

@@ -134,10 +134,7 @@ def _contract_for(model: Any, specs: list[InputSpec], settings: Settings) -> Con
 
 def _load_onnx(path: Path, settings: Settings, digest: str) -> Runtime:
     """An ONNX artifact: onnxruntime is both the reference and the serving path."""
-    try:
-        session = onnx_session.session(str(path))
-    except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
-        raise LoadRefused(f"cannot load onnx artifact {settings.model_uri}: {type(exc).__name__}: {exc}") from exc
+    session = onnx_session.open_artifact(path.read_bytes(), settings.model_uri)
     shape = session.get_inputs()[0].shape
     width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
     specs = list(settings.inputs) or [InputSpec(name=f"x{j}") for j in range(width or 0)]
