@@ -1,19 +1,23 @@
 """`modeldeploy-operator`: run kopf standalone with the ModelDeployment timer, settings from env.
 
 MODELDEPLOY_OPERATOR_* (see `settings`): which namespaces to watch (empty: all), tick period,
-Prometheus URL, default server image, and the /metrics + /healthz listener's address and port.
+Prometheus URL, default server image, the /metrics + /healthz listener's address and port, and
+the namespace of the leader-election Lease (`leader`; several replicas, one acts).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 
 import kopf
 from pydantic import ValidationError
 
 from modeldeploy_operator import handlers, metrics
+from modeldeploy_operator.leader import Elector, LeaseApi
 from modeldeploy_operator.settings import OperatorSettings
 
 
@@ -49,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.prometheus_url,
     )
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, settings)
+    leader = None
+    if settings.leader_election_namespace:
+        identity = settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
+        leases = LeaseApi(handlers.api_client(), settings.api_timeout_seconds)
+        leader = Elector(leases, settings.leader_election_namespace, identity).start().is_leader
+    handlers.register(registry, settings, leader)
     kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces)
     return 0
 

@@ -188,12 +188,36 @@ class ResourceRequirements(_Model):
     limits: dict[str, str] = Field(default_factory=dict)
 
 
+DNS_1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class ArtifactCredentials(_Model):
+    """A Secret in the ModelDeployment's namespace whose keys become the server's environment
+    (for example AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL)."""
+
+    secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_1123_SUBDOMAIN, description="Secret name.")
+
+
 class ServingSpec(_Model):
     """How the server pods run. Changing any of this starts a canary, like a model change."""
 
     image: str | None = Field(default=None, description="Server image; default from the operator's settings.")
     workers: int = Field(default=1, ge=1, le=64, description="Server worker processes per pod.")
     resources: ResourceRequirements | None = Field(default=None, description="Container resources.")
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_1123_SUBDOMAIN,
+        description="ServiceAccount of the server pods (for cloud workload identity); default: the namespace's.",
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description="Mount the ServiceAccount's API token in the server pods (off: the server never "
+        "calls the Kubernetes API).",
+    )
+    artifact_credentials: ArtifactCredentials | None = Field(
+        default=None, description="Credentials the server uses to download a private artifact."
+    )
 
 
 class PauseStep(_Model):

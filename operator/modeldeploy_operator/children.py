@@ -108,6 +108,17 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
     resources = spec.serving.resources
     if resources is not None:
         container["resources"] = resources.model_dump(by_alias=True, mode="json")
+    serving = spec.serving
+    if serving.artifact_credentials is not None:
+        container["envFrom"] = [{"secretRef": {"name": serving.artifact_credentials.secret_name}}]
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": 30 + DRAIN_SECONDS,
+        # the server never calls the Kubernetes API: no token unless asked for
+        "automountServiceAccountToken": serving.automount_service_account_token,
+    }
+    if serving.service_account_name is not None:
+        pod_spec["serviceAccountName"] = serving.service_account_name
     return {
         "metadata": {
             "labels": pod_labels(name, revision),
@@ -117,7 +128,7 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
                 "prometheus.io/path": "/metrics",
             },
         },
-        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30 + DRAIN_SECONDS},
+        "spec": pod_spec,
     }
 
 

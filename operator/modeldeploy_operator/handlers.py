@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ log = logging.getLogger("modeldeploy.operator")
 
 # Outcomes of one tick (returned by reconcile_once; the ones in COMPLETE count as a completed tick).
 WRITTEN, UNCHANGED, CONFLICT, GONE, DELETING = "written", "unchanged", "conflict", "gone", "deleting"
-COMPLETE = (WRITTEN, UNCHANGED, CONFLICT, GONE, DELETING)
+STANDBY = "standby"  # another replica holds the leader Lease: this one does nothing
+COMPLETE = (WRITTEN, UNCHANGED, CONFLICT, GONE, DELETING, STANDBY)
 
 
 def api_client() -> client.ApiClient:
@@ -68,6 +70,37 @@ def post_event(obj: dict[str, Any], e: Event) -> None:
     kopf.event(kopf.Body(cast(kopf.RawBody, obj)), type=e.type, reason=e.reason, message=e.message[:1024])
 
 
+class CanaryGate:
+    """The operator-wide cap on canaries running at once (M11): an operator upgrade that changes
+    every revision (a new default image) must not start a canary for every object at once.
+
+    `may_start` reserves a slot (ticks run in threads); `done` releases it unless the object's
+    decision left a canary running. Nothing new starts during the first `warmup_seconds` after
+    start, while the canaries already in progress are not all known yet.
+    """
+
+    def __init__(self, cap: int, warmup_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cap, self.clock = cap, clock
+        self.ready_at = clock() + warmup_seconds
+        self.running: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
+
+    def may_start(self, key: tuple[str, str]) -> bool:
+        if self.cap <= 0:
+            return True
+        with self.lock:
+            if key in self.running:
+                return True
+            if self.clock() < self.ready_at or len(self.running) >= self.cap:
+                return False
+            self.running.add(key)
+            return True
+
+    def done(self, key: tuple[str, str], running: bool) -> None:
+        with self.lock:
+            (self.running.add if running else self.running.discard)(key)
+
+
 @dataclass
 class Shell:
     """What one tick needs from the outside world (tests pass fakes with the same methods)."""
@@ -76,6 +109,8 @@ class Shell:
     prom: Prometheus
     config: Config
     post: Callable[[dict[str, Any], Event], None] = post_event
+    gate: CanaryGate = field(default_factory=lambda: CanaryGate(0, 0))
+    leader: Callable[[], bool] = lambda: True  # leader.Elector.is_leader when leader election is on
     # the last child-write error said per object (an Event once per distinct error, not per tick)
     apply_errors: dict[tuple[str, str], str] = field(default_factory=dict)
     cost: Callable[[ModelDeploymentSpec, Meta, ModelDeploymentStatus, datetime], None] | None = None  # costwatch
@@ -106,6 +141,9 @@ def _api_message(err: ApiException) -> str:
 def reconcile_once(shell: Shell, namespace: str, name: str, now: datetime | None = None) -> str:
     """One tick for one ModelDeployment; returns what happened (never raises an ApiException)."""
     labels = {"namespace": namespace, "name": name}
+    if not shell.leader():
+        m.HEALTH.tick(namespace, name)
+        return STANDBY
     try:
         outcome = _tick(shell, namespace, name, now or datetime.now(UTC), labels)
     except ApiException as err:
@@ -153,12 +191,18 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
     plan = plan_analysis(spec, status, now, meta=meta, config=shell.config)
     results = (plan, shell.prom.run(plan, now)) if plan is not None else None
     observed = Observed(
-        revisions=seen.revisions, annotations=dict(md.get("annotations") or {}), route=seen.route, analysis=results
+        revisions=seen.revisions,
+        annotations=dict(md.get("annotations") or {}),
+        route=seen.route,
+        analysis=results,
+        may_start_canary=shell.gate.may_start((namespace, name)),
     )
     decision = decide(spec, status, observed, now, meta=meta, config=shell.config)
     if shell.cost is not None:  # status.cost, about once a minute; never raises
         shell.cost(spec, meta, decision.status, now)
     outcome = _commit(shell, obj, meta, rv, raw_status, decision, labels)
+    running = (decision.status if outcome in (WRITTEN, UNCHANGED) else status).canary_revision is not None
+    shell.gate.done((namespace, name), running)
     if outcome not in (WRITTEN, UNCHANGED) or not decision.apply_children:
         return outcome
     try:
@@ -216,7 +260,9 @@ def _commit(
     return WRITTEN if changed else UNCHANGED
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+def register(
+    registry: kopf.OperatorRegistry, settings: OperatorSettings, leader: Callable[[], bool] | None = None
+) -> None:
     core_config = settings.core_config()
     tick = settings.tick_seconds
 
@@ -231,8 +277,20 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
         kube = Kube(api_client(), operator_settings.api_timeout_seconds)
-        prom = Prometheus(operator_settings.prometheus_url, operator_settings.prometheus_timeout_seconds)
-        memo.shell = Shell(kube, prom, core_config, cost=CostWatch(kube.apps, prom, operator_settings))
+        prom = Prometheus(
+            operator_settings.prometheus_url,
+            operator_settings.prometheus_timeout_seconds,
+            insecure_skip_verify=operator_settings.prometheus_insecure_skip_verify,
+            bearer_token_file=operator_settings.prometheus_bearer_token_file or None,
+        )
+        memo.shell = Shell(
+            kube,
+            prom,
+            core_config,
+            cost=CostWatch(kube.apps, prom, operator_settings),
+            gate=CanaryGate(operator_settings.max_concurrent_canaries, 1.5 * tick),
+            leader=leader or (lambda: True),
+        )
         m.HEALTH.stale_after = max(30.0, operator_settings.stale_ticks * tick)
         m.HEALTH.started = True
 

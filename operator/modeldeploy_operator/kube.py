@@ -159,8 +159,12 @@ class Kube:
             try:
                 out.route_body = _json(
                     self.custom.get_namespaced_custom_object(
-                        *GATEWAY[:2], meta.namespace, GATEWAY[2], http_route,
-                        _preload_content=False, _request_timeout=self.t,
+                        *GATEWAY[:2],
+                        meta.namespace,
+                        GATEWAY[2],
+                        http_route,
+                        _preload_content=False,
+                        _request_timeout=self.t,
                     )  # fmt: skip
                 )
             except ApiException as err:

@@ -236,8 +236,7 @@ class Tick(Report):
             else:
                 reason = r.PROGRESS_DEADLINE_EXCEEDED
                 text = (
-                    f"revision {self.rev} not ready after {waited:.0f}s "
-                    f"(progressDeadlineSeconds {self.limit}): {why}"
+                    f"revision {self.rev} not ready after {waited:.0f}s (progressDeadlineSeconds {self.limit}): {why}"
                 )
             degraded = get_condition(st.conditions, r.DEGRADED)
             if degraded is None or degraded.status != "True" or degraded.reason != reason:
@@ -269,6 +268,13 @@ class Tick(Report):
         if st.canary_revision is None and self.rev not in (st.stable_revision, st.failed_revision):
             if self.spec.paused:
                 self.hold(r.ROLLOUT_PAUSED, f"spec.paused: revision {self.rev} (version {self.version}) waits")
+                return
+            if not self.obs.may_start_canary:
+                self.hold(
+                    r.CANARY_QUEUED,
+                    f"revision {self.rev} (version {self.version}) waits for a canary slot "
+                    "(the operator's MODELDEPLOY_OPERATOR_MAX_CONCURRENT_CANARIES is reached)",
+                )
                 return
             self.start_canary()
         if st.canary_revision is None:
@@ -498,14 +504,14 @@ class Tick(Report):
             i = st.current_step
             if not self.carrying(i):
                 return
+            self.canary_replicas = max(self.canary_replicas, canary_size(self.spec, st.canary_weight or 0)[0])
+            if self.spec.paused:  # holds promotion too, even one asked for by annotation (as in Argo Rollouts)
+                self.hold(r.ROLLOUT_PAUSED, f"spec.paused: holding at {self.step_text(i)}, weight {st.canary_weight}%")
+                return
             if i >= len(steps):
                 self.promote()
                 return
-            self.canary_replicas = max(self.canary_replicas, canary_size(self.spec, st.canary_weight or 0)[0])
             step = steps[i]
-            if self.spec.paused:
-                self.hold(r.ROLLOUT_PAUSED, f"spec.paused: holding at {self.step_text(i)}, weight {st.canary_weight}%")
-                return
             if step.set_weight is not None:
                 if not self.wait_ready(canary_size(self.spec, step.set_weight), since=st.step_started_at):
                     return
@@ -527,7 +533,8 @@ class Tick(Report):
             if since < step.pause.seconds:
                 self.hold(
                     r.STEP_PAUSED,
-                    f"{self.step_text(i)}: {step.pause.seconds - since:.0f}s left at weight {st.canary_weight}%",
+                    f"{self.step_text(i)}: at weight {st.canary_weight}% until "
+                    f"{later(parse_time(st.step_started_at or fmt_time(self.now)), step.pause.seconds)}",
                 )
                 return
             if (st.canary_weight or 0) > 0 and not passed_in_step(st):

@@ -85,6 +85,7 @@ class Observed:
     annotations: Mapping[str, str] = field(default_factory=dict)
     route: RouteState | None = None
     analysis: tuple[AnalysisPlan, Mapping[str, QueryResult]] | None = None
+    may_start_canary: bool = True  # False while the operator's cap on concurrent canaries is reached
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,25 @@ from modeldeploy_operator.analysis import AnalysisPlan, QueryResult
 
 
 class Prometheus:
-    def __init__(self, url: str, timeout_seconds: float) -> None:
-        # no retries: the next tick is the retry, and an outage must be reported, not waited out
+    def __init__(
+        self,
+        url: str,
+        timeout_seconds: float,
+        *,
+        insecure_skip_verify: bool = False,
+        bearer_token_file: str | None = None,
+    ) -> None:
+        # no retries: the next tick is the retry, and an outage must be reported, not waited out.
+        # https is verified (system CAs, or REQUESTS_CA_BUNDLE): a forged answer could promote a canary.
         self.url = url
         self.timeout = timeout_seconds
-        self.client = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), timeout=timeout_seconds)
+        headers = None
+        if bearer_token_file:
+            with open(bearer_token_file, encoding="utf-8") as f:
+                headers = {"Authorization": f"Bearer {f.read().strip()}"}
+        self.client = PrometheusConnect(
+            url=url, headers=headers, disable_ssl=insecure_skip_verify, retry=Retry(total=0), timeout=timeout_seconds
+        )
 
     def query(self, promql: str, at: datetime) -> QueryResult:
         try:

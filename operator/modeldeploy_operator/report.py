@@ -95,9 +95,10 @@ class Report:
             if not failed_now and degraded is not None and degraded.status == "True":
                 st.conditions = set_condition(st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", gen, now)
             reason, msg = self.progress
-            if reason == r.ROLLOUT_PAUSED:
+            if reason in (r.ROLLOUT_PAUSED, r.CANARY_QUEUED):
                 st.conditions = set_condition(st.conditions, r.PROGRESSING, "True", reason, msg, gen, now)
-                st.phase, st.message = r.PHASE_PAUSED, msg
+                st.phase = r.PHASE_PAUSED if reason == r.ROLLOUT_PAUSED else r.PHASE_PROGRESSING
+                st.message = msg
             else:
                 st.conditions = set_condition(
                     st.conditions,

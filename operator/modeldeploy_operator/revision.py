@@ -4,7 +4,8 @@ Called by `core.decide` every tick (the desired revision) and by `children` (lab
 names, the MODELDEPLOY_MODEL_REVISION env var that becomes a metric label).
 
 What is in it: the model's uri, sha256, effective format, method and **version**, the input
-contract, and the serving fields (the resolved image, workers, resources). The version is in it
+contract, and the serving fields (the resolved image, workers, resources, and when set the
+ServiceAccount, its token mount and the artifact credentials' Secret). The version is in it
 because it is rendered into the pods (MODELDEPLOY_MODEL_VERSION, a metric label): a version-only
 change must go through a canary like any other pod change, never an in-place rolling update.
 The resolved image is in it for the same reason (an operator whose default image changes rolls
@@ -43,6 +44,15 @@ def revision_payload(spec: ModelDeploymentSpec, default_image: str) -> dict[str,
             "image": image,
             "workers": spec.serving.workers,
             "resources": resources.model_dump(by_alias=True, mode="json") if resources else None,
+            # fields added later enter the payload only when set: an operator upgrade must not
+            # change the revision of a spec that does not use them (a canary for every object)
+            **({"serviceAccountName": spec.serving.service_account_name} if spec.serving.service_account_name else {}),
+            **({"automountServiceAccountToken": True} if spec.serving.automount_service_account_token else {}),
+            **(
+                {"artifactSecret": spec.serving.artifact_credentials.secret_name}
+                if spec.serving.artifact_credentials
+                else {}
+            ),
         },
     }
 

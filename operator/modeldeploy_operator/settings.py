@@ -17,6 +17,8 @@ class OperatorSettings(BaseSettings):
 
     prometheus_url: str = Field(default="http://127.0.0.1:9090", description="Prometheus base URL.")
     prometheus_timeout_seconds: float = Field(default=5.0, gt=0, description="Per-query timeout.")
+    prometheus_insecure_skip_verify: bool = Field(default=False, description="Do not verify an https Prometheus.")
+    prometheus_bearer_token_file: str = Field(default="", description="Send this file's token to Prometheus.")
     server_image: str = Field(default=DEFAULT_IMAGE, min_length=1)
     namespaces: str = Field(default="", description="Comma-separated namespaces to watch; empty: all.")
     tick_seconds: float = Field(default=5.0, gt=0, description="Period of the per-object reconcile timer.")
@@ -25,6 +27,13 @@ class OperatorSettings(BaseSettings):
     scale_down_delay_seconds: int = Field(default=30, ge=0)
     drain_seconds: int = Field(
         default=10, ge=0, description="A canary that loses its weight keeps its pods this long (in-flight requests)."
+    )
+    leader_election_namespace: str = Field(
+        default="", description="Hold the Lease modeldeploy-operator in this namespace to act; empty: no election."
+    )
+    pod_name: str = Field(default="", description="This replica's identity in the Lease (default: host and pid).")
+    max_concurrent_canaries: int = Field(
+        default=0, ge=0, description="Canaries running at once across all objects (0: no cap); others wait."
     )
     api_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of every Kubernetes API call.")
     stale_ticks: int = Field(

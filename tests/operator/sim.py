@@ -80,6 +80,7 @@ class Sim:
     ready: dict[str, int] = field(default_factory=dict)
     asked_at: dict[str, datetime] = field(default_factory=dict)
     route_found: bool = True
+    may_start_canary: bool = True
     clear_fails: bool = False  # the annotation-clearing write fails (the request stays on the object)
     generation: int = 1
     decisions: list[Decision] = field(default_factory=list)
@@ -164,6 +165,7 @@ class Sim:
             annotations=dict(self.annotations),
             route=RouteState(found=self.route_found, message="HTTPRoute iris not found"),
             analysis=results,
+            may_start_canary=self.may_start_canary,
         )
         d = decide(spec, self.status, obs, self.now, meta=meta, config=self.config)
         if not self.clear_fails:

@@ -6,9 +6,11 @@ import copy
 import json
 from typing import Any
 
+import pytest
+
 from modeldeploy_operator.api import parse_spec
 from modeldeploy_operator.children import Owner, deployment, services
-from modeldeploy_operator.revision import revision_of
+from modeldeploy_operator.revision import revision_of, revision_payload
 from tests.operator.sim import DIGEST, spec_dict
 
 IMAGE = "modeldeploy/modeldeploy:0.1.0"
@@ -143,3 +145,44 @@ def test_revision_changes_with_what_changes_pods_and_only_that() -> None:
     ]:
         assert changed(path, value) == base, path
     assert revision_of(parse_spec(spec_dict()), "other/image:2") != base
+
+
+# ------------------------------------------------------------------ issue 11, M12
+def test_server_pods_get_no_service_account_token_unless_asked() -> None:
+    from modeldeploy_operator.api import parse_spec
+    from modeldeploy_operator.children import pod_template
+    from tests.operator.sim import spec_dict
+
+    pod = pod_template("iris", parse_spec(spec_dict()), "abc", "img")
+    assert pod["spec"]["automountServiceAccountToken"] is False and "serviceAccountName" not in pod["spec"]
+    assert "envFrom" not in pod["spec"]["containers"][0]
+
+
+def test_a_service_account_and_artifact_credentials_can_be_given() -> None:
+    from modeldeploy_operator.api import parse_spec
+    from modeldeploy_operator.children import pod_template
+    from modeldeploy_operator.revision import revision_of
+    from tests.operator.sim import spec_dict
+
+    plain = parse_spec(spec_dict())
+    raw = spec_dict()
+    raw["serving"] = {"serviceAccountName": "iris-reader", "automountServiceAccountToken": True,
+                      "artifactCredentials": {"secretName": "iris-s3"}}  # fmt: skip
+    spec = parse_spec(raw)
+    pod = pod_template("iris", spec, "abc", "img")
+    assert pod["spec"]["serviceAccountName"] == "iris-reader" and pod["spec"]["automountServiceAccountToken"] is True
+    assert pod["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "iris-s3"}}]
+    assert revision_of(spec, "img") != revision_of(plain, "img")  # it changes the pods: a canary
+    # a spec without them keeps the revision it had before these fields existed (no canary on upgrade)
+    assert revision_of(plain, "img") == revision_of(parse_spec(spec_dict()), "img")
+    assert "serviceAccountName" not in json.dumps(revision_payload(plain, "img"))
+
+
+def test_bad_service_account_names_are_refused() -> None:
+    from modeldeploy_operator.api import SpecError, parse_spec
+    from tests.operator.sim import spec_dict
+
+    raw = spec_dict()
+    raw["serving"] = {"serviceAccountName": "Not_A_Name"}
+    with pytest.raises(SpecError, match="spec.serving.serviceAccountName: String should match pattern"):
+        parse_spec(raw)

@@ -253,3 +253,57 @@ def test_server_pods_drain_before_they_stop() -> None:
     (container,) = pod["spec"]["containers"]
     assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert pod["spec"]["terminationGracePeriodSeconds"] == 35
+
+
+# ------------------------------------------------------------------ L1: spec.paused holds promotion too
+def test_spec_paused_holds_a_canary_that_reached_promotion() -> None:
+    sim = deployed(steps=[{"setWeight": 50}, {"pause": {}}])
+    v2 = sim.set_version("2")
+    at_weight(sim, 50)
+    sim.spec = {**sim.spec, "paused": True}
+    sim.annotations[r.ANNOTATION_PROMOTE] = "2026-11-21T13:01:00Z"  # promotion asked while paused
+    sim.run(30)
+    assert sim.status.stable_revision != v2 and sim.phase() == r.PHASE_PAUSED
+    sim.spec = {**sim.spec, "paused": False}
+    sim.run(30, until=lambda s: s.status.stable_revision == v2)
+    assert sim.status.stable_revision == v2
+
+
+# ------------------------------------------------------------------ M11: a cap on concurrent canaries
+def test_a_canary_waits_for_a_slot_when_the_operator_caps_concurrent_canaries() -> None:
+    sim = deployed()
+    v2 = sim.set_version("2")
+    sim.may_start_canary = False  # the operator's cap is reached by other ModelDeployments
+    sim.run(10)
+    assert sim.status.canary_revision is None and sim.phase() == r.PHASE_PROGRESSING
+    assert cond(sim, r.PROGRESSING) == ("True", r.CANARY_QUEUED)
+    sim.may_start_canary = True
+    sim.run(60, until=lambda s: s.status.stable_revision == v2)
+    assert sim.status.stable_revision == v2
+
+
+def test_the_canary_gate_admits_up_to_the_cap_and_nothing_in_the_first_period() -> None:
+    from modeldeploy_operator.handlers import CanaryGate
+
+    now = [0.0]
+    gate = CanaryGate(cap=2, warmup_seconds=5, clock=lambda: now[0])
+    assert not gate.may_start(("ml", "a"))  # right after a restart: canaries in progress not known yet
+    now[0] = 6.0
+    assert gate.may_start(("ml", "a")) and gate.may_start(("ml", "b"))
+    assert not gate.may_start(("ml", "c"))
+    gate.done(("ml", "a"), running=False)  # a's canary was promoted
+    assert gate.may_start(("ml", "c"))
+    gate.done(("ml", "b"), running=True)
+    assert gate.may_start(("ml", "b"))  # a running canary always continues
+    assert CanaryGate(cap=0, warmup_seconds=5, clock=lambda: 0.0).may_start(("ml", "x"))  # no cap
+
+
+def test_a_timed_pause_writes_no_new_status_every_tick() -> None:
+    # L8: a countdown in the message made every tick of a pause a status write
+    sim = deployed(steps=[{"setWeight": 50}, {"pause": {"seconds": 600}}], analysis={"intervalSeconds": 60})
+    sim.set_version("2")
+    at_weight(sim, 50)
+    sim.run(2)
+    before = sim.status.model_dump()
+    sim.run(20)  # no check due (interval 60 s), nothing happens: the same status
+    assert sim.status.model_dump() == before, sim.status.message

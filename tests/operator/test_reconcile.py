@@ -135,9 +135,7 @@ def test_health_names_the_objects_whose_ticks_stopped_completing() -> None:
     assert h.problem() is None
     h.last[("ml", "iris")] = time.time() - 100
     h.failed("ml", "iris", "error: 422 Unprocessable Entity")
-    assert h.problem() == (
-        "no completed reconcile tick for over 30s: ml/iris (100s: error: 422 Unprocessable Entity)"
-    )
+    assert h.problem() == ("no completed reconcile tick for over 30s: ml/iris (100s: error: 422 Unprocessable Entity)")
     h.tick("ml", "iris")
     assert h.problem() is None
     h.forget("ml", "reco")

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -106,3 +108,16 @@ def test_route_weights_are_patched_only_on_our_backend_refs_and_only_when_they_d
     assert body["spec"]["rules"][1]["matches"] == route["spec"]["rules"][1]["matches"]
     kube.set_weights("ml", weights, route)  # already there: no second patch
     assert len(api.patches) == 1
+
+
+def test_prometheus_tls_is_verified_by_default_and_a_token_can_be_sent(tmp_path: Path) -> None:
+    # issue 11 M12: an https Prometheus was queried without certificate verification
+    from modeldeploy_operator.prom import Prometheus
+
+    prom = Prometheus("https://prometheus.example.invalid", 1.0)
+    assert prom.client._session.verify is True
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    url = "https://prometheus.example.invalid"
+    prom = Prometheus(url, 1.0, insecure_skip_verify=True, bearer_token_file=str(token))
+    assert prom.client._session.verify is False and prom.client.headers == {"Authorization": "Bearer s3cret"}

@@ -27,7 +27,7 @@ CONTRACT_ENV = {
 def _env(rendered: str) -> dict[str, str]:
     (deploy,) = by_kind(rendered, "Deployment")
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_helm_lint_strict() -> None:
@@ -37,14 +37,26 @@ def test_helm_lint_strict() -> None:
 
 def test_default_render_has_the_operator_objects() -> None:
     kinds = sorted(d["kind"] for d in docs(template()))
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"
+    ]  # fmt: skip
 
 
 def test_operator_deployment_shape() -> None:
     (deploy,) = by_kind(template(), "Deployment")
     spec = deploy["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # replicas elect a leader on a Lease (issue 11 M9): a rolling update never has two acting
+    assert spec["strategy"] == {"type": "RollingUpdate"}
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    (lease_role,) = [r for r in by_kind(template(), "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease_role["metadata"]["namespace"] == "modeldeploy-system"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["modeldeploy-operator"]
@@ -163,13 +175,13 @@ def test_namespaced_mode_uses_roles_only(flags: list[str], namespaces: list[str]
     rendered = template(*flags)
     kinds = {d["kind"] for d in docs(rendered)}
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
-    roles = by_kind(rendered, "Role")
-    bindings = by_kind(rendered, "RoleBinding")
+    roles = [r for r in by_kind(rendered, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    bindings = [b for b in by_kind(rendered, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "modeldeploy", "namespace": "modeldeploy-system"}]
-    rules = _rules(rendered, "Role")
+    rules = [rule for role in roles for rule in role["rules"]]
     assert not any("customresourcedefinitions" in r["resources"] or "namespaces" in r["resources"] for r in rules)
     assert _env(rendered)["MODELDEPLOY_OPERATOR_NAMESPACES"] == ",".join(namespaces)
 
