@@ -29,13 +29,14 @@ def test_window_is_aligned_to_the_step_and_spans_two_scrapes(
 def test_plan_substitutes_and_filters_by_namespace_model_revision() -> None:
     p = plan(SPEC, "ml", "iris", "abc", step=1, weight=10, window=12)
     q = {x.name: x.promql for x in p.queries}
-    assert q["requests"] == 'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="abc"}[12s]))'
+    # over the requests the model answered (outcome success|error; refusals and client errors apart)
+    answered = 'namespace="ml",model="iris",revision="abc",outcome=~"success|error"'
+    assert q["requests"] == f"sum(increase(modeldeploy_requests_total{{{answered}}}[12s]))"
     assert q["errors"] == (
-        'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="abc",code=~"5.."}[12s]))'
+        'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="abc",outcome="error"}[12s]))'
     )
     assert q["latency-p99"] == (
-        "histogram_quantile(0.99, sum by (le) (rate(modeldeploy_request_duration_seconds_bucket"
-        '{namespace="ml",model="iris",revision="abc"}[12s])))'
+        f"histogram_quantile(0.99, sum by (le) (rate(modeldeploy_request_duration_seconds_bucket{{{answered}}}[12s])))"
     )
     assert q["refusals"] == 'sum(rate(x{revision="abc",ns="ml"}[12s]))'
     no_latency = AnalysisSpec.model_validate({"maxLatencyP99Seconds": None})
