@@ -77,8 +77,10 @@ def queries(meta: Meta, revision: str, window: int, scrape_interval: float) -> d
     """The PromQL behind status.cost for one revision over `window` seconds."""
     sel = selector(meta, revision)
     w = cost.window_text(window)
+    # the peak: the highest 1-minute (at least 4 scrapes) rate, sampled every scrape but at most
+    # 1,440 times per window (a day's window: once a minute), to bound Prometheus' work
     rate_window = cost.window_text(max(60, math.ceil(4 * scrape_interval)))
-    step = cost.window_text(max(1, math.ceil(scrape_interval)))
+    step = cost.window_text(max(math.ceil(scrape_interval), window // 1440, 1))
     return {
         "requests": f"sum(increase({REQUESTS_METRIC}{sel}[{w}]))",
         "seconds_per_request": f"sum(increase({DURATION_SUM}{sel}[{w}])) / sum(increase({DURATION_COUNT}{sel}[{w}]))",

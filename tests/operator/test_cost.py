@@ -214,7 +214,9 @@ def test_costwatch_window_is_the_stable_revisions_life_in_whole_minutes_within_a
     q = costwatch.queries(Meta("iris", "ml"), "abc", 86_400, 2.0)
     sel = '{namespace="ml",model="iris",revision="abc"}'
     assert q["requests"] == f"sum(increase(modeldeploy_requests_total{sel}[1d]))"
-    assert q["peak_rows_per_second"] == f"max_over_time(sum(rate(modeldeploy_predictions_total{sel}[1m]))[1d:2s])"
+    assert q["peak_rows_per_second"] == f"max_over_time(sum(rate(modeldeploy_predictions_total{sel}[1m]))[1d:1m])"
+    short = costwatch.queries(Meta("iris", "ml"), "abc", 120, 2.0)["peak_rows_per_second"]
+    assert short.endswith("[1m]))[2m:2s])")  # every scrape while the window is short, at most 1,440 points
     assert q["seconds_per_row"] == (
         f"sum(increase(modeldeploy_request_duration_seconds_sum{sel}[1d])) / "
         f"sum(increase(modeldeploy_predictions_total{sel}[1d]))"
