@@ -131,6 +131,11 @@ def fleet_of(deployment: Mapping[str, Any]) -> Fleet:
     return Fleet(cpu, mem, 1 if replicas is None else int(replicas), workers)
 
 
+def significant(x: float, digits: int = 6) -> float:
+    """x to `digits` significant digits (prices per 1k can be tiny: $0.000282)."""
+    return float(f"{x:.{digits}g}")
+
+
 def window_text(seconds: int) -> str:
     """A PromQL duration, in the largest unit that divides it: 86400 -> 1d, 3600 -> 1h, 90 -> 90s."""
     for unit, size in (("d", SECONDS_PER_DAY), ("h", 3600), ("m", 60)):
@@ -169,7 +174,7 @@ def assess(
         monthly_usd=round(monthly, 2),
         crossover_requests_per_day=None if crossover is None else round(crossover),
         replicas=fleet.replicas,
-        pod_hour_usd=round(fleet.pod_hour_usd(prices), 6),
+        pod_hour_usd=significant(fleet.pod_hour_usd(prices)),
         workers=fleet.workers,
     )
     if monthly <= 0:
@@ -181,7 +186,7 @@ def assess(
     monthly_requests = requests_per_day * DAYS_PER_MONTH
     managed = monthly_requests / 1000 * prices.managed_per_1k_usd
     out.managed_monthly_usd = round(managed, 2)
-    out.per1k_predictions_usd = round(monthly / (monthly_requests / 1000), 6) if monthly_requests > 0 else None
+    out.per1k_predictions_usd = significant(monthly / (monthly_requests / 1000)) if monthly_requests > 0 else None
     volume = per_day(requests_per_day)
     if monthly < managed:
         out.cheaper = "selfHosted"
@@ -212,7 +217,7 @@ def canary_per_1k(
     ratio = cost_ratio(prices, stable, canary, stable_seconds_per_request, canary_seconds_per_request)
     if stable_per_1k is None or ratio is None:
         return None
-    return round(stable_per_1k * ratio, 6)
+    return significant(stable_per_1k * ratio)
 
 
 def cost_ratio(

@@ -299,3 +299,9 @@ def test_max_cost_increase_below_1_is_refused_with_the_field_named() -> None:
         SpecError, match=r"spec.rollout.analysis.maxCostIncrease: Input should be greater than or equal to 1"
     ):
         _gate_spec(0.8)
+
+
+def test_tiny_costs_per_1k_keep_six_significant_digits() -> None:
+    small = assess(PRICES, Fleet(0.25, 0.25, 2), 2_500_000)  # $16.43 a month over 76 million requests
+    exact = 2 * (0.25 * 0.04 + 0.25 * 0.005) * 730 / (2_500_000 * 730 / 24 / 1000)
+    assert small.per1k_predictions_usd == pytest.approx(exact, rel=1e-5)
