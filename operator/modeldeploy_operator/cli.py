@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from modeldeploy_operator import GROUP, PLURAL, VERSION, reasons
+from modeldeploy_operator.children import LABEL_NAME
 from modeldeploy_operator.cli_format import (
     CliError,
     history_lines,
@@ -42,8 +44,8 @@ from modeldeploy_operator.cli_format import (
     verdict,
 )
 
-GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
-ANNOTATIONS = {"promote": "modeldeploy.io/promote", "abort": "modeldeploy.io/abort", "retry": "modeldeploy.io/retry"}
+# one source for the API's names: the package (group, version, plural) and `reasons` (annotations)
+ANNOTATIONS = {a.removeprefix(f"{GROUP}/"): a for a in reasons.CONTROL_ANNOTATIONS}  # promote, abort, retry
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_API = 0, 1, 2, 3, 4, 5
 REQUEST_TIMEOUT = (5, 20)  # seconds: connect, read
 
@@ -100,7 +102,7 @@ class Cluster:
         apps = client.AppsV1Api(self.api.api_client)
         try:
             found = apps.list_namespaced_deployment(
-                self.namespace, label_selector=f"modeldeploy.io/name={name}", _request_timeout=REQUEST_TIMEOUT
+                self.namespace, label_selector=f"{LABEL_NAME}={name}", _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as err:
             if err.status in (401, 403):

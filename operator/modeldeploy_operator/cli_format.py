@@ -12,11 +12,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modeldeploy_operator import reasons
 from modeldeploy_operator.api import AnalysisRecord, CostStatus, ModelDeploymentStatus, ModelRef, describe_errors
+from modeldeploy_operator.children import LABEL_REVISION
 
-PHASE_HEALTHY = "Healthy"
+PHASE_HEALTHY = reasons.PHASE_HEALTHY
 # Phases after which a rollout will not become healthy without a new spec or a human.
-FAILED_PHASES = frozenset({"RolledBack", "Aborted", "Degraded", "Invalid"})
+FAILED_PHASES = frozenset(
+    {reasons.PHASE_ROLLED_BACK, reasons.PHASE_ABORTED, reasons.PHASE_DEGRADED, reasons.PHASE_INVALID}
+)
 # Annotation written by `undo`, read by the next `undo` (the model to go back to).
 ANNOTATION_PREVIOUS_MODEL = "modeldeploy.io/previous-model"
 MODEL_KEYS = ("uri", "sha256", "format", "version", "method")
@@ -164,7 +168,7 @@ def revision_models(obj: dict[str, Any], deployments: list[dict[str, Any]]) -> l
         if any(o.get("uid") == obj["metadata"].get("uid") for o in d["metadata"].get("ownerReferences") or [])
     ]
     owned.sort(key=lambda d: d["metadata"].get("creationTimestamp") or "", reverse=True)
-    owned.sort(key=lambda d: d["metadata"].get("labels", {}).get("modeldeploy.io/revision") != stable)
+    owned.sort(key=lambda d: d["metadata"].get("labels", {}).get(LABEL_REVISION) != stable)
     models = []
     for dep in owned:
         containers = dep["spec"]["template"]["spec"].get("containers") or []
