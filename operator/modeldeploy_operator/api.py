@@ -313,7 +313,7 @@ class AnalysisSpec(_Model):
         default=0.01, ge=0, le=1, description="Largest share of canary requests answered 5xx (4xx are not errors)."
     )
     max_latency_p99_seconds: float | None = Field(
-        default=0.5, gt=0, description="Largest canary p99 latency in seconds; absent: not checked."
+        default=0.5, gt=0, description="Largest canary p99 latency in seconds (default 0.5); null: not checked."
     )
     metrics: list[CustomMetric] = Field(
         default_factory=list,
@@ -407,7 +407,9 @@ class RolloutSpec(_Model):
         default=None, description="Absent: the canary's share is approximated by its replica count."
     )
     progress_deadline_seconds: PositiveSeconds = Field(
-        default=600, description="A canary not ready (or not judged) within this many seconds is rolled back."
+        default=600,
+        description="A canary not ready, that lost its ready pods, or not judged after its wait, for this many "
+        "seconds is rolled back.",
     )
 
 
