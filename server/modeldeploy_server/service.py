@@ -123,7 +123,7 @@ class DataPlane:
             y = await batcher.submit(x)
         except Exception as exc:  # the model raised on contract-valid input: a model failure
             raise ModelFailure(f"model failed on {len(x)} row(s): {type(exc).__name__}: {exc}") from exc
-        y = protocol.canonical(np.asarray(y))
+        y = np.ascontiguousarray(protocol.canonical(np.asarray(y)))  # a fast path may answer a strided view
         if y.dtype != output.dtype and y.dtype.kind == output.dtype.kind == "f":
             y = y.astype(output.dtype)  # a compiled path answers in the artifact's own datatype
         if y.dtype.kind == "f" and not np.isfinite(y).all():
