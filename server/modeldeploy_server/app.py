@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import sklearn
 
 from modeldeploy_server import logs
 from modeldeploy_server.errors import (
@@ -216,12 +217,15 @@ class App:
 
     def __init__(self, settings: Settings, runtime: Runtime | None = None, load_before_serving: bool = False) -> None:
         self.settings = settings
-        self.plane = DataPlane(settings)
         self.metrics = Metrics(settings.model_name, settings.model_version, settings.model_revision)
+        self.plane = DataPlane(settings, self._loaded)
         self.loader = Loader(settings, self.plane, runtime, load_before_serving)
         self.pod = settings.pod_name.encode("latin-1", "replace")
         self._counter = 0
         self._prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
+
+    def _loaded(self, runtime: Runtime) -> None:
+        self.metrics.set_info(runtime.sha256, runtime.format, sklearn.__version__)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

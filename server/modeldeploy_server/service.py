@@ -10,6 +10,7 @@ bodies and records the metrics. Called by `app`; tests call it directly too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,9 @@ class Output:
 class DataPlane:
     """One model's inference service: what both protocols' routes call."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_loaded: Callable[[Runtime], None] | None = None) -> None:
         self.settings = settings
+        self.on_loaded = on_loaded  # told of every runtime set (the app exports its model_info metric)
         self.runtime: Runtime | None = None
         self.batcher: MicroBatcher | None = None
         self.output: Output | None = None
@@ -73,6 +75,8 @@ class DataPlane:
         self.output = Output.of(runtime)
         self._metadata = orjson.dumps(self._metadata_body(runtime, self.output))
         self.runtime = runtime
+        if self.on_loaded is not None:
+            self.on_loaded(runtime)
 
     def _metadata_body(self, runtime: Runtime, output: Output) -> dict[str, Any]:
         s = self.settings
