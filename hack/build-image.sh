@@ -10,8 +10,9 @@
 # Nothing inside the build containers touches the network: the wheels are downloaded on the host
 # into a wheelhouse, mounted read-only into the build (--network none).
 #
-# Cache key: the content of every file the build copies (pyproject.toml, README.md, operator/,
-# server/, hack/image-install.sh), the Dockerfile and the base. A hit does nothing.
+# Cache key: the content of every file the build copies except README.md (package metadata only,
+# and it changes often): pyproject.toml, operator/, server/, hack/image-install.sh; plus the
+# Dockerfile and the base. A hit does nothing.
 # Prints "IMAGE=<ref>" and "ARCHIVE=<path>" (the last two lines).
 #
 # `build-image.sh pause` builds the node's pod sandbox image instead (hack/pause/pause.c, static,
@@ -73,7 +74,7 @@ fi
 # ---- the cache key ----
 key=$(cd "$repo" && {
   printf '%s\n' "$IMAGE_BASE"
-  find Dockerfile .dockerignore pyproject.toml README.md hack/image-install.sh operator server -type f \
+  find Dockerfile .dockerignore pyproject.toml hack/image-install.sh operator server -type f \
     ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-12)
 IMAGE="localhost/modeldeploy/modeldeploy:dev-$key"

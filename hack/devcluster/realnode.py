@@ -247,6 +247,9 @@ class RealNode:
                         f"gateway/{traefik.GATEWAY_NAME}")  # fmt: skip
         self._mark("gateway_programmed")
         self.cp.kubectl("rollout", "status", "-n", MODEL_STORE_NAMESPACE, "deployment/model-store", "--timeout=120s")
+        # through kube-proxy: ready once the EndpointSlice and the nftables rules caught up
+        self._wait(lambda: procs.http_get(f"http://{MODEL_STORE_SERVICE_IP}/", 2.0)[0] == 200, 60,
+                   "the model store Service")  # fmt: skip
         self._mark("all_ready")
 
     def _wait(self, predicate: Any, timeout: float, what: str) -> None:
