@@ -38,7 +38,10 @@ RUN groupadd --system --gid 10001 modeldeploy \
       --shell /usr/sbin/nologin modeldeploy
 COPY --from=builder /opt/modeldeploy /opt/modeldeploy
 # MODELDEPLOY_HOST: inside a container the server must listen on the pod's address.
+# XDG_CACHE_HOME: the server's artifact cache goes to /tmp (home is /nonexistent); with a
+# read-only root filesystem, mount an emptyDir at /tmp.
 ENV PATH=/opt/modeldeploy/bin:$PATH \
+    XDG_CACHE_HOME=/tmp/.cache \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MODELDEPLOY_HOST=0.0.0.0 \

@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -201,6 +202,7 @@ class RealNode:
         bins = build_node_binaries(build=False)
         self.image, image_archive = build_image()
         pause_ref, pause_archive = build_image("pause")
+        shutil.rmtree(self.state / "etcd", ignore_errors=True)  # a fresh cluster: new CA, no stale objects
         self.ip_forward = network.read_ip_forward()
         network.up()
         self._mark("network")

@@ -187,3 +187,38 @@ def test_restricted_server_pod_behind_service_gateway_and_prometheus(real_cluste
     up = Cluster.wait_for(lambda: len(c.prometheus_query(f'up{{namespace="{ns}"}} == 1')) == 2 or None, 60,
                           what="both pods scraped")  # fmt: skip
     assert up
+
+
+@pytest.mark.bench
+def test_gateway_cost_per_request(real_cluster: Cluster, ns: str, store_model: dict[str, str]) -> None:
+    """Median latency of one predict request through Traefik vs straight to the pod (keep-alive,
+    one client, sequential): what the real gateway adds per request. Printed, not asserted."""
+    c, host = real_cluster, f"bench.{ns}.example.test"
+    parent = {"name": c.env["GATEWAY_NAME"], "namespace": c.env["GATEWAY_NAMESPACE"]}
+    backend = {"name": "porosity-stable", "port": 80}
+    apply(c, ns, restricted_deployment(c, "porosity", store_model, "stable"),
+          service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
+          {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "bench"},
+           "spec": {"parentRefs": [parent], "hostnames": [host], "rules": [{"backendRefs": [backend]}]}})  # fmt: skip
+    (pod,) = ready_pods(c, ns, "modeldeploy.io/name=porosity", 1, timeout=180)
+    body = {"instances": [ROW]}
+
+    def median_ms(url: str, headers: dict[str, str], n: int = 400) -> float:
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            for _ in range(50):  # warm-up
+                http.post(url, json=body, headers=headers)
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                r = http.post(url, json=body, headers=headers)
+                times.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+        return sorted(times)[n // 2] * 1000
+
+    path = "/v1/models/porosity:predict"
+    Cluster.wait_for(lambda: httpx.post(c.gateway_url + path, json=body, headers={"Host": host}, trust_env=False)
+                     .status_code == 200, 30, what="route programmed")  # fmt: skip
+    direct = median_ms(f"http://{pod['status']['podIP']}:8080{path}", {})
+    gateway = median_ms(c.gateway_url + path, {"Host": host})
+    print(f"\nmedian predict latency: direct {direct:.2f} ms, through Traefik {gateway:.2f} ms, "
+          f"ratio {gateway / direct:.2f}, added {gateway - direct:.2f} ms per request")  # fmt: skip
