@@ -40,7 +40,7 @@ timed() { # name cmd...: run, log the wall time
   local what=$1 s; shift
   s=$(date +%s)
   "$@"
-  log "$what: built in $(( $(date +%s) - s )) s"
+  log "$what: done in $(( $(date +%s) - s )) s"
 }
 
 build_containerd() {

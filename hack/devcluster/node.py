@@ -275,6 +275,7 @@ class Node:
         done += self._kill_shims()
         done += self._unmount()
         done += _remove_cgroups()
+        done += _remove_kubelet_chains()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return done
 
@@ -315,6 +316,34 @@ class Node:
                 subprocess.run(["umount", "-l", target], capture_output=True)
                 done.append(f"umount -l {target}")
         return done
+
+
+BASE_CHAINS = ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING")
+
+
+def _remove_kubelet_chains() -> list[str]:
+    """The kubelet's iptables-nft chains (KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY, KUBE-FIREWALL and
+    the base-chain jumps to it): a table is deleted only when everything in it is the kubelet's."""
+    done = []
+    for family in ("ip", "ip6"):
+        for table in ("mangle", "filter", "nat"):
+            proc = subprocess.run(["nft", "list", "table", family, table], capture_output=True, text=True)
+            if proc.returncode != 0:
+                continue
+            chain, ours = "", True
+            for raw in proc.stdout.splitlines():
+                line = raw.strip()
+                if line.startswith("chain "):
+                    chain = line.split()[1]
+                    ours = ours and (chain.startswith("KUBE-") or chain in BASE_CHAINS)
+                elif line and not line.startswith(("table ", "type ", "}", "#")) and not chain.startswith("KUBE-"):
+                    ours = ours and "jump KUBE-" in line  # a rule of a base chain
+            if ours:
+                subprocess.run(["nft", "delete", "table", family, table], capture_output=True)
+                done.append(f"nft table {family} {table} (the kubelet's chains)")
+            else:
+                done.append(f"nft table {family} {table} holds other rules: left alone")
+    return done
 
 
 def _remove_cgroups() -> list[str]:
