@@ -96,7 +96,7 @@ def _load_skops(path: Path, settings: Settings) -> Any:
     """Load a skops file whose every type passed the trust policy (`trust`), once, then check its trees."""
     import skops.io as sio
 
-    trusted = skops_trusted(path, settings.model_uri, settings.trusted_types)
+    trusted = skops_trusted(path, settings.model_uri, settings.trusted_types, settings.max_artifact_bytes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InconsistentVersionWarning)
         model = sio.load(path, trusted=trusted)

@@ -8,6 +8,9 @@ below or listed by the operator in `MODELDEPLOY_TRUSTED_TYPES`; there is no pref
 such as `numpy.` admits `numpy.testing.runstring`, which is `exec`). Everything else refuses the
 artifact with one line naming the types, before skops imports or calls any of them.
 
+Before that, the zip itself is bounded (`check_zip`): its members may not expand past
+`MODELDEPLOY_MAX_ARTIFACT_BYTES`.
+
 Also owned here: the structural check of decision trees (`check_trees`). skops does not trust
 `sklearn.tree._tree.Tree` by default because sklearn indexes its node arrays without bounds
 checks; the project trusts it only together with that check, run on the loaded object before any
@@ -17,6 +20,7 @@ prediction. Called by `runtime.load_runtime` (skops artifacts only).
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ NEVER_TRUSTED_MODULES = ("builtins", "os", "posix", "nt", "subprocess", "sys", "
 NEVER_TRUSTED = frozenset({"numpy.testing.runstring", "numpy.testing._private.utils.runstring"})
 SAFE_BUILTINS = frozenset({"builtins.int", "builtins.float", "builtins.str", "builtins.bool", "builtins.bytes",
                            "builtins.complex", "builtins.slice"})  # fmt: skip
+MAX_ZIP_MEMBERS = 100_000
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
@@ -63,10 +68,29 @@ def operator_types(entries: Iterable[str]) -> frozenset[str]:
     return frozenset(accepted)
 
 
-def skops_trusted(path: Path, uri: str, extra: Iterable[str]) -> list[str]:
+def check_zip(path: Path, uri: str, max_bytes: int) -> None:
+    """A skops file is a zip: refuse one that would expand past MODELDEPLOY_MAX_ARTIFACT_BYTES (a zip bomb).
+
+    zipfile reads a member only up to its declared size, so the declared sizes bound what skops reads.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise LoadRefused(f"cannot read skops artifact {uri}: {type(exc).__name__}: {exc}") from exc
+    expanded = sum(member.file_size for member in members)
+    if expanded > max_bytes or len(members) > MAX_ZIP_MEMBERS:
+        raise LoadRefused(
+            f"skops artifact {uri} expands to {expanded} bytes in {len(members)} files, over "
+            f"MODELDEPLOY_MAX_ARTIFACT_BYTES={max_bytes} (or {MAX_ZIP_MEMBERS} files)"
+        )
+
+
+def skops_trusted(path: Path, uri: str, extra: Iterable[str], max_bytes: int) -> list[str]:
     """The types to pass to `skops.io.load(trusted=...)`, or LoadRefused naming every type outside the policy."""
     import skops.io as sio
 
+    check_zip(path, uri, max_bytes)
     allowed = set(PROJECT_TRUSTED_TYPES) | operator_types(extra)
     try:
         found = sio.get_untrusted_types(file=path)

@@ -147,3 +147,14 @@ def test_a_tree_that_would_read_out_of_bounds_is_refused(tmp_path: Path, field: 
     sio.dump(model, path)
     with pytest.raises(LoadRefused, match=f"tree node 0 is {reason}"):
         load_runtime(_settings(path, tmp_path / "c"))
+
+
+def test_a_skops_zip_bomb_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "bomb.skops"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", b" " * 50_000_000)  # 50 MB of spaces, ~50 kB compressed
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(LoadRefused, match="expands to 50000000 bytes in 1 files, over MODELDEPLOY_MAX_ARTIFACT_BYTES"):
+        load_runtime(_settings(path, tmp_path / "c", max_artifact_bytes=10_000_000))
