@@ -12,9 +12,10 @@ The comparative checks (`maxErrorRateIncrease`, `maxRefusalRateIncrease`: canary
 over the window since the canary started, anytime-valid) are planned and judged by `compare`;
 they do not wait for `minRequests` (a canary failing its first 3 requests is Failed at the
 configured confidence), but a Passed analysis still needs it.
-`maxCostIncrease` (when set) asks for the canary's mean request time over stable's in the same
-window and multiplies it by the plan's pod price factor (`cost.pod_price_factor`): the canary's
-cost per prediction over stable's.
+`maxCostIncrease` (when set) asks for the canary's mean request time over stable's since the
+canary started (as the compared checks) and multiplies it by the plan's pod price factor
+(`cost.pod_price_factor`): the canary's cost per prediction over stable's; times within 1 ms of
+each other count as equal (`cost.cost_check`).
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ def plan(
     if spec.max_latency_p99_seconds is None:
         queries = [q for q in queries if q.name != LATENCY_P99]
     queries += [Query(m.name, substitute(m.query, namespace, model, revision, window)) for m in spec.metrics]
-    if spec.max_cost_increase is not None and stable is not None:
-        queries.append(
-            Query(cost.COST_CHECK, cost.seconds_per_request_ratio_query(namespace, model, revision, stable, window))
-        )
     judge_window = None if since_canary is None else max(since_canary, window)
+    if spec.max_cost_increase is not None and stable is not None:
+        cw = judge_window or window  # the canary's whole life: request times are noisy over seconds
+        queries.append(
+            Query(cost.COST_CHECK, cost.seconds_per_request_ratio_query(namespace, model, revision, stable, cw))
+        )
+        queries.append(Query(cost.COST_STABLE_SECONDS, cost.seconds_per_request_query(namespace, model, stable, cw)))
     compared = compare.plan_queries(spec, namespace, model, revision, stable, judge_window)
     queries += [Query(k, v) for k, v in compared.items()]
     return AnalysisPlan(revision, step, weight, window, tuple(queries), price_factor, judge_window)
@@ -211,7 +214,8 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
         if res.error is not None:
             query_failed(cost.COST_CHECK, cost.COST_CHECK, res)
         elif enough:
-            said, ratio, text = cost.cost_check(spec.max_cost_increase, res.value, p.price_factor)
+            base = results.get(cost.COST_STABLE_SECONDS, QueryResult()).value
+            said, ratio, text = cost.cost_check(spec.max_cost_increase, res.value, p.price_factor, base)
             record(cost.COST_CHECK, cost.COST_CHECK, said, samples=n, value=ratio, threshold=cap, message=text)
     checks += compare.evaluate(spec, q, p.judge_window_seconds, results)
     return AnalysisRecord(

@@ -252,18 +252,26 @@ def replicas_for_peak(
 # --- the analysis gate `maxCostIncrease` --------------------------------------------------------
 
 COST_CHECK = "cost-increase"
+COST_STABLE_SECONDS = "cost-stable-seconds"
+# Request times closer than this are compared as equal: below a millisecond the mean is dominated
+# by scheduling noise on a busy node (two equivalent sub-millisecond models measured 0.19x to 3.2x
+# apart over 5-30 s windows on 2 shared cores), and a millisecond of pod time is not a cost.
+MIN_TIME_DIFFERENCE_SECONDS = 0.001
 _DURATION = "modeldeploy_request_duration_seconds"
 
 
+def seconds_per_request_query(namespace: str, model: str, revision: str, window: int) -> str:
+    """PromQL: one revision's mean request time over the window (answered and refused alike)."""
+    sel = f'{{namespace="{namespace}",model="{model}",revision="{revision}"}}'
+    w = window_text(window)
+    return f"sum(increase({_DURATION}_sum{sel}[{w}])) / sum(increase({_DURATION}_count{sel}[{w}]))"
+
+
 def seconds_per_request_ratio_query(namespace: str, model: str, canary: str, stable: str, window: int) -> str:
-    """PromQL: the canary's mean request time over stable's, same window (answered and refused alike)."""
-
-    def mean(revision: str) -> str:
-        sel = f'{{namespace="{namespace}",model="{model}",revision="{revision}"}}'
-        w = window_text(window)
-        return f"sum(increase({_DURATION}_sum{sel}[{w}])) / sum(increase({_DURATION}_count{sel}[{w}]))"
-
-    return f"({mean(canary)}) / ({mean(stable)})"
+    """PromQL: the canary's mean request time over stable's, same window."""
+    c = seconds_per_request_query(namespace, model, canary, window)
+    s = seconds_per_request_query(namespace, model, stable, window)
+    return f"({c}) / ({s})"
 
 
 def spec_fleet(spec: ModelDeploymentSpec) -> Fleet:
@@ -294,13 +302,24 @@ def pod_price_factor(prices: Prices, spec: ModelDeploymentSpec, stable: CostStat
 
 
 def cost_check(
-    max_increase: float, time_ratio: float | None, price_factor: float
+    max_increase: float, time_ratio: float | None, price_factor: float, stable_seconds: float | None = None
 ) -> tuple[Literal["Passed", "Failed", "Inconclusive"], float | None, str]:
-    """The gate's verdict, value and sentence from the measured time ratio and the price factor."""
+    """The gate's verdict, value and sentence from the measured time ratio, stable's mean request
+    time (request times within MIN_TIME_DIFFERENCE_SECONDS count as equal) and the price factor."""
     if time_ratio is None or not math.isfinite(time_ratio):
         return "Inconclusive", None, "cost per prediction: no request time measured for both revisions"
-    ratio = time_ratio * price_factor
+    close = stable_seconds is not None and abs(time_ratio - 1) * stable_seconds < MIN_TIME_DIFFERENCE_SECONDS
+    time_part = 1.0 if close else time_ratio
+    ratio = time_part * price_factor
     bad = ratio > max_increase
-    priced = f" (request time x{time_ratio:.3g}, pod price per worker x{price_factor:.3g})" if price_factor != 1 else ""
-    msg = f"canary cost per prediction {ratio:.3g}x stable's {'>' if bad else '<='} {max_increase:g}x{priced}"
+    parts = []
+    if close and time_ratio != 1:
+        ms = 1000 * (stable_seconds or 0)
+        parts.append(f"request times {ms:.2g} ms x{time_ratio:.3g} are within 1 ms: equal")
+    elif price_factor != 1:
+        parts.append(f"request time x{time_ratio:.3g}")
+    if price_factor != 1:
+        parts.append(f"pod price per worker x{price_factor:.3g}")
+    why = f" ({', '.join(parts)})" if parts else ""
+    msg = f"canary cost per prediction {ratio:.3g}x stable's {'>' if bad else '<='} {max_increase:g}x{why}"
     return ("Failed" if bad else "Passed"), ratio, msg

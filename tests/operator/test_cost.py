@@ -305,3 +305,38 @@ def test_tiny_costs_per_1k_keep_six_significant_digits() -> None:
     small = assess(PRICES, Fleet(0.25, 0.25, 2), 2_500_000)  # $16.43 a month over 76 million requests
     exact = 2 * (0.25 * 0.04 + 0.25 * 0.005) * 730 / (2_500_000 * 730 / 24 / 1000)
     assert small.per1k_predictions_usd == pytest.approx(exact, rel=1e-5)
+
+
+def test_the_cost_gate_counts_request_times_within_a_millisecond_as_equal_and_uses_the_canarys_life() -> None:
+    from modeldeploy_operator.analysis import QueryResult, evaluate, plan
+
+    a = _gate_spec(2.0).rollout.analysis
+    p = plan(a, "ml", "iris", "can", step=1, weight=20, window=5, stable="stb", since_canary=90)
+    q = {x.name: x.promql for x in p.queries}
+    assert "[90s]" in q["cost-increase"] and "[5s]" not in q["cost-increase"]  # cumulative, like the judge's
+    assert q["cost-stable-seconds"] == (
+        'sum(increase(modeldeploy_request_duration_seconds_sum{namespace="ml",model="iris",revision="stb"}[90s])) / '
+        'sum(increase(modeldeploy_request_duration_seconds_count{namespace="ml",model="iris",revision="stb"}[90s]))'
+    )
+
+    def judge(ratio: float, stable_seconds: float, factor: float = 1.0) -> Any:
+        fp = plan(a, "ml", "iris", "can", step=1, weight=20, window=5, stable="stb", price_factor=factor)
+        res = {"requests": QueryResult(400), "errors": QueryResult(0), "latency-p99": QueryResult(0.01),
+               "cost-increase": QueryResult(ratio), "cost-stable-seconds": QueryResult(stable_seconds)}  # fmt: skip
+        return evaluate(a, fp, res, "2026-12-01T23:00:00Z")
+
+    noise = judge(3.24, 0.0002)  # 0.2 ms against 0.65 ms: seen between two equivalent models on a busy node
+    gate = next(c for c in noise.checks if c.name == "cost-increase")
+    assert gate.verdict == "Passed" and gate.value == 1.0
+    assert (
+        gate.message
+        == "canary cost per prediction 1x stable's <= 2x (request times 0.2 ms x3.24 are within 1 ms: equal)"
+    )
+    assert judge(435.0, 0.0002).verdict == "Failed"  # 0.6 s on 15% of rows: 90 ms per request
+    assert judge(2.5, 0.004).verdict == "Failed"  # 4 ms against 10 ms
+    bigger_pods = next(c for c in judge(1.1, 0.0002, factor=3.0).checks if c.name == "cost-increase")
+    assert (
+        bigger_pods.verdict == "Failed"
+        and bigger_pods.value == 3.0
+        and "pod price per worker x3" in bigger_pods.message
+    )
