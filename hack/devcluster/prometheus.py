@@ -1,8 +1,9 @@
 """Prometheus scraping the cluster's server pods.
 
-Owns: the config, a fresh TSDB per cluster, start/stop on a fixed 127.0.0.1 port (tests stop and
-restart it), and `sd_targets`, the discovery document. Called by harness (Debian's
-/usr/bin/prometheus) and realnode (Prometheus 3 built by hack/build-node-binaries.sh, with
+Owns: the config, a fresh TSDB per cluster, start/stop on a fixed port (tests stop and restart
+it; 127.0.0.1, or the node address on the real node so that pods such as the operator reach
+it), and `sd_targets`, the discovery document. Called by harness (Debian's /usr/bin/prometheus)
+and realnode (Prometheus 3 built by hack/build-node-binaries.sh, with
 kubernetes_sd_configs role pod: the next paragraph does not apply there).
 
 Debian's 2.42 build has no kubernetes_sd_configs ("field kubernetes_sd_configs not found in type
@@ -136,11 +137,12 @@ def kubernetes_config(api_server: str, ca_file: Path, token_file: Path) -> dict[
 
 class Prometheus:
     def __init__(self, state: Path, cfg: dict[str, Any], binary: str | None = None,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:  # fmt: skip
         self.dir = state / "prometheus"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = procs.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
         self.config_file = self.dir / "prometheus.yml"
         self.config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.binary = binary
@@ -155,7 +157,7 @@ class Prometheus:
             [
                 self.binary or find_binary(), f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+                f"--web.listen-address={self.host}:{self.port}", "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d", "--log.level=warn",
             ],
             self.log,

@@ -8,9 +8,10 @@ per machine (a lock: kube-proxy's nftables tables and the kubelet's cgroups are 
 and the teardown of every part. Called by `python -m devcluster run` when DEVCLUSTER_DATAPLANE=real
 (through `up` or devcluster.client.Cluster).
 
-Addresses: everything listens on 127.0.0.1, except the API server and the kubelet, which serve on
-the node address 198.18.0.1 (pods reach the API server through the `kubernetes` Service, the API
-server reaches the kubelet for logs/exec/port-forward). Pods get 198.18.1.x, Services 198.19.x.x.
+Addresses: everything listens on 127.0.0.1, except the API server, the kubelet and Prometheus,
+which serve on the node address 198.18.0.1 (pods reach the API server through the `kubernetes`
+Service and Prometheus at PROMETHEUS_URL; the API server reaches the kubelet for
+logs/exec/port-forward). Pods get 198.18.1.x, Services 198.19.x.x.
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ class RealNode:
         self.prom = prometheus.Prometheus(
             self.state, prometheus.kubernetes_config(self.cp.server, p.ca_cert, token_file),
             binary=str(bins["prometheus"] / "prometheus"), env=node.child_env(bins["prometheus"]),
+            host=network.NODE_IP,  # the operator's pod queries it too
         )  # fmt: skip
         self.prom.start()
         self._mark("prometheus_ready")

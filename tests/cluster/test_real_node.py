@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from devcluster import Cluster, network
-from tests.cluster.kube import ROW, ready_pods, server_deployment, service, train_model
+from tests.cluster.kube import INPUTS, REPO, ROW, ready_pods, server_deployment, service, train_model
 from tests.cluster.test_node_addresses import addresses, offending
 
 pytestmark = pytest.mark.realnode
@@ -222,3 +223,42 @@ def test_gateway_cost_per_request(real_cluster: Cluster, ns: str, store_model: d
     gateway = median_ms(c.gateway_url + path, {"Host": host})
     print(f"\nmedian predict latency: direct {direct:.2f} ms, through Traefik {gateway:.2f} ms, "
           f"ratio {gateway / direct:.2f}, added {gateway - direct:.2f} ms per request")  # fmt: skip
+
+
+def test_helm_installs_the_operator_as_a_pod_that_deploys_a_model(
+    real_cluster: Cluster, store_model: dict[str, str]
+) -> None:
+    """`helm install` with the built image: the operator runs as a pod (uid 10001, read-only root,
+    a `restricted` namespace) under the chart's ServiceAccount, reaches the API server through the
+    `kubernetes` Service and renders a ModelDeployment's server pods, which load the model from
+    the model store and become Ready."""
+    c = real_cluster
+    system, apps = "modeldeploy-system", f"md-{os.urandom(3).hex()}"
+    repo, tag = c.env["IMAGE"].rsplit(":", 1)
+    c.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system, "labels": RESTRICTED}}))
+    c.kubectl("create", "namespace", apps)
+    helm = subprocess.run(
+        [str(c.helm_path), "--kubeconfig", str(c.kubeconfig), "upgrade", "--install", "modeldeploy",
+         str(REPO / "charts" / "modeldeploy"), "-n", system, "--wait", "--timeout", "180s",
+         "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
+         "--set", f"prometheusUrl={c.prometheus_url}", "--set", f"serverImage={c.env['IMAGE']}",
+         "--set", "tickSeconds=1", "--set", "prometheusScrapeIntervalSeconds=2"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert helm.returncode == 0, helm.stdout + helm.stderr
+    (operator,) = json.loads(c.kubectl("get", "pods", "-n", system, "-o", "json"))["items"]
+    name = operator["metadata"]["name"]
+    assert c.kubectl("exec", "-n", system, name, "--", "id", "-u").strip() == "10001"
+    assert operator["spec"]["serviceAccountName"] == "modeldeploy"
+    md = {
+        "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "porosity"},
+        "spec": {"model": {"uri": store_model["uri"], "sha256": store_model["sha256"], "version": "1"},
+                 "inputs": INPUTS, "replicas": 1},
+    }  # fmt: skip
+    c.kubectl("apply", "-n", apps, "-f", "-", input=json.dumps(md))
+    pods = ready_pods(c, apps, "modeldeploy.io/name=porosity", 1, timeout=180)
+    (server,) = pods[0]["spec"]["containers"]
+    assert server["image"] == c.env["IMAGE"]
+    assert network.in_range(pods[0]["status"]["podIP"])
+    assert "porosity" in c.kubectl("logs", "-n", system, name)
+    c.kubectl("delete", "namespace", apps, "--wait=false", check=False)
