@@ -1,7 +1,8 @@
 """Canary against stable over the same window: the judge's rate checks as PromQL and as records.
 
-Owned here: the queries behind `maxErrorRateIncrease` and `maxRefusalRateIncrease` (requests, 5xx
-and 422 of the canary and of the stable revision, both over the window since the canary started:
+Owned here: the queries behind `maxErrorRateIncrease` and `maxRefusalRateIncrease` (answered
+requests and their 5xx, rows that reached the input contract and their 422s, of the canary and of
+the stable revision, both over the window since the canary started:
 cumulative counts are what the anytime-valid judge is valid for, however often it looks) and
 their judgement (`judge.rate_increase`) into `CheckRecord`s with both arms' n, the estimate and
 the interval. Called by `analysis.plan` and `analysis.evaluate`; pure.
@@ -27,10 +28,14 @@ if TYPE_CHECKING:
 REQUESTS_METRIC = "modeldeploy_requests_total"
 ERROR_INCREASE = "error-rate-increase"
 REFUSAL_INCREASE = "refusal-rate-increase"
-# check name -> (spec attribute, code matcher, what is counted)
+# Denominators: the requests the model answered (as the built-in error rate: 2xx and 5xx but 503),
+# and the rows that reached the input contract (those plus the 422s it refused).
+ANSWERED = ("answered", 'outcome=~"success|error"')
+CONTRACT = ("contract", 'code=~"2..|5..|422",code!="503"')
+# check name -> (spec attribute, denominator, events matcher, what is counted)
 RATE_CHECKS = {
-    ERROR_INCREASE: ("max_error_rate_increase", '=~"5.."', "5xx"),
-    REFUSAL_INCREASE: ("max_refusal_rate_increase", '="422"', "422"),
+    ERROR_INCREASE: ("max_error_rate_increase", ANSWERED, 'outcome="error"', "5xx share of answered requests"),
+    REFUSAL_INCREASE: ("max_refusal_rate_increase", CONTRACT, 'code="422"', "422 share of rows"),
 }
 # check name -> (spec attribute, why this operator version cannot evaluate it yet)
 NOT_WIRED = {
@@ -52,7 +57,7 @@ def _threshold(spec: AnalysisSpec, attribute: str) -> float | None:
 
 
 def active(spec: AnalysisSpec) -> bool:
-    return any(_threshold(spec, a) is not None for a, _, _ in RATE_CHECKS.values()) or any(
+    return any(_threshold(spec, a) is not None for a, _, _, _ in RATE_CHECKS.values()) or any(
         _threshold(spec, a) is not None for a, _ in NOT_WIRED.values()
     )
 
@@ -62,11 +67,11 @@ def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable:
     out: dict[str, str] = {}
     for arm, revision in zip(ARMS, (canary, stable), strict=True):
         sel = f'namespace="{namespace}",model="{model}",revision="{revision}"'
-        wanted = [(name, code) for name, (attr, code, _) in RATE_CHECKS.items() if _threshold(spec, attr) is not None]
-        if wanted:
-            out[_key(arm, "requests")] = f"sum(increase({REQUESTS_METRIC}{{{sel}}}[{window}s]))"
-        for name, code in wanted:
-            out[_key(arm, name)] = f"sum(increase({REQUESTS_METRIC}{{{sel},code{code}}}[{window}s]))"
+        for name, (attr, (denominator, n_matcher), matcher, _) in RATE_CHECKS.items():
+            if _threshold(spec, attr) is None:
+                continue
+            out[_key(arm, denominator)] = f"sum(increase({REQUESTS_METRIC}{{{sel},{n_matcher}}}[{window}s]))"
+            out[_key(arm, name)] = f"sum(increase({REQUESTS_METRIC}{{{sel},{matcher}}}[{window}s]))"
     return out
 
 
@@ -80,11 +85,11 @@ def evaluate(
 ) -> list[CheckRecord]:
     """One record per configured comparative check; Error when a query of it failed."""
     records: list[CheckRecord] = []
-    for name, (attr, _, what) in RATE_CHECKS.items():
+    for name, (attr, (denominator, _), _, what) in RATE_CHECKS.items():
         threshold = _threshold(spec, attr)
         if threshold is None or _key("canary", name) not in promql:
             continue
-        keys = [_key(arm, k) for arm in ARMS for k in ("requests", name)]
+        keys = [_key(arm, k) for arm in ARMS for k in (denominator, name)]
         query = " ; ".join(promql[k] for k in keys)
         failed = [results[k].error for k in keys if k in results and results[k].error is not None]
         missing = [k for k in keys if k not in results]
@@ -99,7 +104,7 @@ def evaluate(
             CheckRecord(
                 name=name, query=query, window_seconds=window, samples=nc, samples_stable=ns, value=d.estimate,
                 lower=d.lower, upper=d.upper, more_requests=d.more_canary_requests, threshold=f"<= {threshold:g}",
-                verdict=d.verdict, message=f"{what} share, canary minus stable, since the canary started: "
+                verdict=d.verdict, message=f"{what}, canary minus stable, since the canary started: "
                 + d.describe(),
             )
         )  # fmt: skip

@@ -18,7 +18,8 @@ def results(canary: tuple[float, float, float], stable: tuple[float, float, floa
     """(requests, 5xx, 422) per arm, and the built-in canary queries over the step's window."""
     out = {"requests": QueryResult(canary[0]), "errors": QueryResult(canary[1]), "latency-p99": QueryResult(0.01)}
     for arm, (n, e5, e4) in (("canary", canary), ("stable", stable)):
-        out |= {f"judge:{arm}:requests": QueryResult(n), f"judge:{arm}:error-rate-increase": QueryResult(e5),
+        out |= {f"judge:{arm}:answered": QueryResult(n - e4), f"judge:{arm}:error-rate-increase": QueryResult(e5),
+                f"judge:{arm}:contract": QueryResult(n),
                 f"judge:{arm}:refusal-rate-increase": QueryResult(e4)}  # fmt: skip
     return out
 
@@ -34,12 +35,13 @@ def test_both_arms_are_asked_over_the_same_window_since_the_canary_started() -> 
     q = {x.name: x.promql for x in p.queries}
     assert p.judge_window_seconds == 600
     assert q["judge:canary:error-rate-increase"] == (
-        'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="can",code=~"5.."}[600s]))'
+        'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="can",outcome="error"}[600s]))'
     )
     assert q["judge:stable:refusal-rate-increase"] == (
         'sum(increase(modeldeploy_requests_total{namespace="ml",model="iris",revision="stb",code="422"}[600s]))'
     )
-    assert q["judge:stable:requests"].endswith('revision="stb"}[600s]))')
+    assert q["judge:stable:answered"].endswith('revision="stb",outcome=~"success|error"}[600s]))')
+    assert q["judge:canary:contract"].endswith('revision="can",code=~"2..|5..|422",code!="503"}[600s]))')
     assert not any(
         k.startswith("judge:") for k in {x.name for x in plan(JUDGED, "ml", "iris", "can", 1, 10, 30).queries}
     )
@@ -69,7 +71,7 @@ def test_a_healthy_canary_passes_only_with_the_evidence_and_says_how_much_more_i
 
 def test_a_failed_query_is_an_error_not_a_verdict() -> None:
     p = plan(JUDGED, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600)
-    res = results((6000, 6, 60), (54_000, 54, 540)) | {"judge:stable:requests": QueryResult(error="timeout")}
+    res = results((6000, 6, 60), (54_000, 54, 540)) | {"judge:stable:answered": QueryResult(error="timeout")}
     rec = evaluate(JUDGED, p, res, NOW)
     assert rec.verdict == "Error" and "timeout" in rec.message
 

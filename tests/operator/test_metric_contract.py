@@ -18,7 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from modeldeploy_operator import analysis
+from modeldeploy_operator import analysis, compare
+from modeldeploy_operator.api import AnalysisSpec
 from tests.operator.e2e_helpers import INPUTS, ArtifactServer, start_server, train_models
 
 # Labels Prometheus adds from service discovery (the local cluster's and a real cluster's scrape configs).
@@ -57,7 +58,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[st
 def _abandon_upload(url: str) -> None:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"inst")
+        sock.sendall(b'POST /v1/models/iris:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{"inst')
     deadline = time.monotonic() + 10
     while not _count(httpx.get(f"{url}/metrics").text, "499"):
         assert time.monotonic() < deadline, "the abandoned upload was never counted"
@@ -139,3 +140,18 @@ def test_latency_histogram_has_the_labels_the_p99_query_groups_by(
     assert {"le", "model", "revision"} <= set(buckets[0])
     assert any(s["le"] == "+Inf" for s in buckets)
     assert {s["revision"] for s in buckets} == {"0123abcdef"} and {s["model"] for s in buckets} == {"iris"}
+
+
+def test_canary_against_stable_queries_select_real_series_and_count_what_they_say(
+    scraped: list[tuple[str, dict[str, str], float]],
+) -> None:
+    """Errors over answered requests (like the built-in rate); refusals (422) over the rows that
+    reached the contract: answered plus refused, not 404s, 405s, 503s or abandoned uploads."""
+    spec = AnalysisSpec(max_error_rate_increase=0.01, max_refusal_rate_increase=0.05)
+    queries = compare.queries(spec, "ml", "iris", "0123abcdef", "0123abcdef", 600)
+    assert len(queries) == 8  # n and events of two checks, for each arm
+    counted = {name: sum(v for _, v in _selected(q, scraped)) for name, q in queries.items()}
+    assert all(_selected(q, scraped) for q in queries.values()), queries
+    for arm in ("canary", "stable"):
+        assert counted[f"judge:{arm}:answered"] == 3.0 and counted[f"judge:{arm}:error-rate-increase"] == 1.0
+        assert counted[f"judge:{arm}:contract"] == 4.0 and counted[f"judge:{arm}:refusal-rate-increase"] == 1.0
