@@ -2,8 +2,9 @@
 
 Owned here: the statistics behind the comparative checks of issue 13 (error-rate increase,
 refusal-rate increase, prediction shift, input drift from a reference profile, p99 latency ratio)
-and the `Decision` record each returns. Pure functions of counts; no I/O. Called by the analysis
-(`analysis.py`, for the operator) and by `bench/simulate_judge.py`, which proves the error rates.
+and the `Decision` record each returns. Pure functions of counts; no I/O. Called by `compare`
+(the operator's canary-against-stable checks) and by `bench/simulate_judge.py`, which proves the
+error rates.
 
 **The test.** Every count check asks about a difference of proportions d = p_canary - p_stable
 (or a subset's share, for distributions) against a threshold. The evidence is a *universal
