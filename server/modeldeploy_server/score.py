@@ -11,6 +11,7 @@ Called by `__main__`.
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from collections import Counter
 from typing import Any, TextIO
@@ -24,6 +25,10 @@ from modeldeploy_server.runtime import load_runtime
 from modeldeploy_server.settings import Settings
 
 CHUNK_ROWS = 10_000
+# Plain ASCII decimal numbers (and nan/inf spelled out, which the contract then names): Python's
+# float() also takes "1_000", full-width and Arabic-Indic digits, which no other CSV reader would
+# read as these numbers.
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE | re.ASCII)
 
 
 def _parse(contract: Contract, rows: list[dict[str, str]]) -> tuple[np.ndarray, list[Violation]]:
@@ -36,10 +41,10 @@ def _parse(contract: Contract, rows: list[dict[str, str]]) -> tuple[np.ndarray, 
                 if spec.required:
                     found.append(Violation(i, spec.name, "null", "empty cell for a required feature"))
                 continue
-            try:
-                x[i, j] = float(cell)
-            except ValueError:
+            if NUMBER.fullmatch(cell) is None:
                 found.append(Violation(i, spec.name, "wrong_type", f"string {cell[:40]!r} is not a number"))
+                continue
+            x[i, j] = float(cell)
     return x, found
 
 
@@ -56,12 +61,15 @@ def score(settings: Settings, input_path: str, output_path: str, rejects_path: s
     runtime = load_runtime(settings)
     contract = runtime.contract
     try:
-        with open(input_path, newline="", encoding="utf-8") as handle:
+        with open(input_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LoadRefused(f"cannot read input CSV {input_path}: {exc}") from exc
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # a reader would keep one of the columns' values, silently: refuse the ambiguity
+        raise LoadRefused(f"input CSV {input_path} repeats column(s) {repeated[:8]}; header: {header[:32]}")
     missing = [s.name for s in contract.specs if s.required and s.name not in header]
     if missing:
         raise LoadRefused(f"input CSV {input_path} lacks required feature column(s) {missing}; header: {header}")

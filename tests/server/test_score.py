@@ -51,3 +51,23 @@ def test_score_refuses_a_bad_artifact_and_a_file_without_features(
     result = run_cli(args, art.env(MODELDEPLOY_CACHE_DIR=str(tmp_path / "c"), MODELDEPLOY_MODEL_SHA256="3" * 64))
     assert result.returncode == 2 and "digest mismatch" in result.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_score_refuses_repeated_columns_and_reads_only_plain_numbers(
+    artifacts: dict[str, Artifact], tmp_path: Path
+) -> None:
+    """The hostile-input classes of the HTTP boundary, applied to CSV: a repeated column (a reader keeps
+    one of the two values, silently) is refused naming it; "1_000", other scripts' digits and hex are
+    not numbers (Python's float() reads them); a UTF-8 byte-order mark is harmless."""
+    art = artifacts["porosity"]
+    args = ["score", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"),
+            "--rejects", str(tmp_path / "rejects.csv")]  # fmt: skip
+    env = art.env(MODELDEPLOY_CACHE_DIR=str(tmp_path / "c"), MODELDEPLOY_COMPILE="off")
+    _write(tmp_path / "in.csv", ["RHOB", "NPHI", "GR", "RHOB"], [["-999", "0.2", "80", "2.3"]])
+    result = run_cli(args, env)
+    assert result.returncode == 2 and "repeats column(s) ['RHOB']" in result.stderr, result.stderr
+    _write(tmp_path / "in.csv", ["RHOB", "NPHI", "GR"],
+           [["2.3", "0.2", "1_0"], ["2.3", "0.2", "\u0661\u0662"], ["2.3", "0.2", "0x10"], ["2.3", "0.2", "80"]])
+    (tmp_path / "in.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "in.csv").read_bytes())
+    result = run_cli(args, env)
+    assert result.returncode == 1 and "scored 1 of 4 rows; rejected 3 (wrong_type: 3)" in result.stderr, result.stderr
