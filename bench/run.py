@@ -303,8 +303,8 @@ def main() -> int:
                 batch.append({"model": model, "server": kind, "rows": batch_rows_per_second(servers[kind], big),
                               "inproc": inproc})  # fmt: skip
                 if kind.startswith("modeldeploy"):
-                    batch.append({"model": model, "server": f"{kind} binary",
-                                  "rows": binary_rows_per_second(servers[kind], big, 20), "inproc": inproc})  # fmt: skip
+                    rows = binary_rows_per_second(servers[kind], big, 20)
+                    batch.append({"model": model, "server": f"{kind} binary", "rows": rows, "inproc": inproc})
         finally:
             for server in servers.values():
                 stop(server)
