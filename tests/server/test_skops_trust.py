@@ -158,3 +158,39 @@ def test_a_skops_zip_bomb_is_refused_before_it_is_read(tmp_path: Path) -> None:
     assert path.stat().st_size < 1_000_000
     with pytest.raises(LoadRefused, match="expands to 50000000 bytes in 1 files, over MODELDEPLOY_MAX_ARTIFACT_BYTES"):
         load_runtime(_settings(path, tmp_path / "c", max_artifact_bytes=10_000_000))
+
+
+def test_skops_version_mismatch_is_refused_unless_allowed_and_loads_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import zipfile
+
+    import sklearn
+    import skops.io as sio
+
+    x, y = load_iris(return_X_y=True)
+    clean = tmp_path / "clean.skops"
+    sio.dump(LogisticRegression(max_iter=500).fit(x, y), clean)
+    with zipfile.ZipFile(clean) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    schema = json.loads(members["schema.json"])
+    schema["content"]["content"]["_sklearn_version"]["content"] = json.dumps("0.9.9")
+    members["schema.json"] = json.dumps(schema).encode()
+    path = tmp_path / "old.skops"
+    with zipfile.ZipFile(path, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    with pytest.raises(LoadRefused, match=f"saved with scikit-learn 0.9.9 but this server runs {sklearn.__version__}"):
+        load_runtime(_settings(path, tmp_path / "c"))
+    built = []
+    original = LogisticRegression.__setstate__
+
+    def counting(self: Any, state: dict[str, Any]) -> None:
+        built.append(1)
+        original(self, state)
+
+    monkeypatch.setattr(LogisticRegression, "__setstate__", counting)
+    runtime = load_runtime(_settings(path, tmp_path / "c", allow_version_mismatch=True, compile="off"))
+    assert len(built) == 1  # built once (the old code loaded a mismatched skops file twice)
+    assert np.array_equal(runtime.predict(x), runtime.model.predict(x))
