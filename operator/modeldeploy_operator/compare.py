@@ -7,10 +7,11 @@ cumulative counts are what the anytime-valid judge is valid for, however often i
 their judgement (`judge.rate_increase`) into `CheckRecord`s with both arms' n, the estimate and
 the interval. Called by `analysis.plan` and `analysis.evaluate`; pure.
 
-Not wired yet, for want of server series: `maxPredictionShift`, `maxInputDrift` (per-class /
-per-bin counters) and `maxLatencyP99Ratio` (needs the histogram as a vector, where the query
-runner returns scalars). They are reported as Inconclusive with that reason when set, so that a
-rollout never promotes on a check nobody evaluated.
+`maxLatencyP99Ratio` asks each histogram bucket of answered requests of both revisions (one scalar
+query per bucket) and judges the ratio at bucket resolution (`judge.latency_ratio`). Not wired
+yet, for want of server series: `maxPredictionShift` and `maxInputDrift` (per-class / per-bin
+counters). They are reported as Inconclusive with that reason when set, so that a rollout never
+promotes on a check nobody evaluated.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from modeldeploy_operator import judge
 from modeldeploy_operator.api import AnalysisSpec, CheckRecord
@@ -41,9 +44,14 @@ RATE_CHECKS = {
 NOT_WIRED = {
     "prediction-shift": ("max_prediction_shift", "the server exports no per-class/per-bin prediction counters yet"),
     "input-drift": ("max_input_drift", "the server exports no per-feature bin counters yet"),
-    "latency-p99-ratio": ("max_latency_p99_ratio", "the query runner reads scalars, not the bucket vector"),
 }
 ARMS = ("canary", "stable")
+LATENCY_RATIO = "latency-p99-ratio"
+DURATION_BUCKET_METRIC = "modeldeploy_request_duration_seconds_bucket"
+# The server's histogram buckets as it renders `le` (a contract, pinned by test_metric_contract);
+# one scalar query per bucket and arm, since the query runner reads scalars.
+LE = ("0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0",
+      "10.0", "+Inf")  # fmt: skip
 
 
 def _key(arm: str, what: str) -> str:
@@ -57,9 +65,8 @@ def _threshold(spec: AnalysisSpec, attribute: str) -> float | None:
 
 
 def active(spec: AnalysisSpec) -> bool:
-    return any(_threshold(spec, a) is not None for a, _, _, _ in RATE_CHECKS.values()) or any(
-        _threshold(spec, a) is not None for a, _ in NOT_WIRED.values()
-    )
+    attributes = [a for a, _, _, _ in RATE_CHECKS.values()] + [a for a, _ in NOT_WIRED.values()]
+    return any(_threshold(spec, a) is not None for a in [*attributes, "max_latency_p99_ratio"])
 
 
 def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable: str, window: int) -> dict[str, str]:
@@ -72,6 +79,10 @@ def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable:
                 continue
             out[_key(arm, denominator)] = f"sum(increase({REQUESTS_METRIC}{{{sel},{n_matcher}}}[{window}s]))"
             out[_key(arm, name)] = f"sum(increase({REQUESTS_METRIC}{{{sel},{matcher}}}[{window}s]))"
+        if spec.max_latency_p99_ratio is not None:
+            for le in LE:  # answered requests only, like the built-in p99
+                bucket = f'{sel},outcome=~"success|error",le="{le}"'
+                out[_key(arm, f"le={le}")] = f"sum(increase({DURATION_BUCKET_METRIC}{{{bucket}}}[{window}s]))"
     return out
 
 
@@ -108,6 +119,8 @@ def evaluate(
                 + d.describe(),
             )
         )  # fmt: skip
+    if spec.max_latency_p99_ratio is not None and _key("canary", f"le={LE[-1]}") in promql:
+        records.append(_latency(spec, spec.max_latency_p99_ratio, promql, window, results))
     for name, (attr, why) in NOT_WIRED.items():
         threshold = _threshold(spec, attr)
         if threshold is not None:
@@ -115,6 +128,35 @@ def evaluate(
             records.append(CheckRecord(name=name, query="", threshold=f"<= {threshold:g}", verdict="Inconclusive",
                                        message=text))  # fmt: skip
     return records
+
+
+def _latency(
+    spec: AnalysisSpec, threshold: float, promql: Mapping[str, str], window: int | None,
+    results: Mapping[str, QueryResult],
+) -> CheckRecord:  # fmt: skip
+    """Canary p99 over stable p99 from both arms' cumulative bucket counts (see `judge.latency_ratio`)."""
+    keys = {arm: [_key(arm, f"le={le}") for le in LE] for arm in ARMS}
+    query = promql[keys["canary"][-1]] + f" (and each of the {len(LE)} le buckets, both revisions)"
+    limit = f"<= {threshold:g}"
+    failed = [results[k].error for ks in keys.values() for k in ks if k in results and results[k].error is not None]
+    if failed or any(k not in results for ks in keys.values() for k in ks):
+        text = f"Prometheus query failed: {failed[0] if failed else 'not run'}"
+        return CheckRecord(name=LATENCY_RATIO, query=query, window_seconds=window, verdict="Error", message=text)
+    # increase() extrapolates each bucket on its own: keep the cumulative counts monotone
+    canary, stable = (np.maximum.accumulate([_count(results[k]) for k in keys[arm]]) for arm in ARMS)
+    if canary[-1] <= 0 or stable[-1] <= 0:
+        text = f"{LATENCY_RATIO}: no answered requests yet (canary {canary[-1]:.0f}, stable {stable[-1]:.0f})"
+        return CheckRecord(name=LATENCY_RATIO, query=query, window_seconds=window, threshold=limit,
+                           verdict="Inconclusive", message=text)  # fmt: skip
+    edges = [float(le) for le in LE[:-1]]
+    d = judge.latency_ratio(edges, canary.tolist(), stable.tolist(), threshold, spec.confidence)
+    return CheckRecord(
+        name=LATENCY_RATIO, query=query, window_seconds=window, samples=d.n_canary, samples_stable=d.n_stable,
+        value=d.estimate if math.isfinite(d.estimate) else None, lower=d.lower,
+        upper=d.upper if math.isfinite(d.upper) else None, threshold=limit, verdict=d.verdict,
+        message="p99 of answered requests, canary over stable, since the canary started, at bucket resolution: "
+        + d.describe(),
+    )  # fmt: skip
 
 
 def plan_queries(

@@ -529,14 +529,22 @@ def latency_ratio(
     for name, arr in (("canary", c), ("stable", s)):
         if arr.size != e.size + 1 or np.any(np.diff(arr) < 0) or arr[0] < 0:
             raise ValueError(f"latency buckets: {name} needs {e.size + 1} cumulative counts (last is +Inf)")
-    c_lo, c_hi = _quantile_bounds(e, c, quantile, alpha / 2)
-    s_lo, s_hi = _quantile_bounds(e, s, quantile, alpha / 2)
-    lower = c_lo / s_hi if s_hi > 0 else 0.0
-    upper = c_hi / s_lo if s_lo > 0 else math.inf
+
+    def judged(scale: float) -> tuple[float, float, Verdict]:
+        c_lo, c_hi = _quantile_bounds(e, c * scale, quantile, alpha / 2)
+        s_lo, s_hi = _quantile_bounds(e, s * scale, quantile, alpha / 2)
+        lower = c_lo / s_hi if s_hi > 0 else 0.0
+        upper = c_hi / s_lo if s_lo > 0 else math.inf
+        verdict = _verdict(lower, upper, max_ratio)
+        if verdict == "Inconclusive" and math.isfinite(s_hi) and c_hi <= s_hi:
+            verdict = "Passed"  # at bucket resolution: the canary's p99 is no higher than the top of stable's bucket
+        return lower, upper, verdict
+
+    lower, upper, verdict = judged(1.0)
+    more = None
+    if verdict == "Inconclusive":
+        more = _more_requests(float(c[-1]), lambda x: judged(x)[2] != "Inconclusive")
     est_c, est_s = _quantile(e, c, quantile), _quantile(e, s, quantile)
     estimate = est_c / est_s if est_s > 0 else math.nan
-    verdict = _verdict(lower, upper, max_ratio)
-    if verdict == "Inconclusive" and math.isfinite(s_hi) and c_hi <= s_hi:
-        verdict = "Passed"  # at bucket resolution: the canary's p99 is no higher than the top of stable's bucket
     return Decision("latency-p99-ratio", estimate, lower, upper, max_ratio, confidence, float(c[-1]), float(s[-1]),
-                    verdict, None)  # fmt: skip
+                    verdict, more)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from modeldeploy_operator import compare
 from modeldeploy_operator.analysis import QueryResult, evaluate, plan
 from modeldeploy_operator.api import AnalysisSpec, ModelDeploymentStatus, parse_spec
 from modeldeploy_operator.core import plan_analysis
@@ -92,3 +93,31 @@ def test_the_operator_plans_the_window_from_the_canarys_start() -> None:
     )  # fmt: skip
     p = plan_analysis(spec, st, datetime(2026, 12, 2, 0, 21, tzinfo=UTC), meta=Meta("iris", "ml"), config=Config())
     assert p is not None and p.judge_window_seconds == 660 and p.window_seconds == 30
+
+
+def _buckets(cumulative: list[float], arm: str) -> dict[str, QueryResult]:
+    return {f"judge:{arm}:le={le}": QueryResult(v) for le, v in zip(compare.LE, cumulative, strict=True)}
+
+
+def test_p99_ratio_asks_every_bucket_of_both_arms_and_fails_a_slow_canary() -> None:
+    spec = AnalysisSpec.model_validate({"maxLatencyP99Ratio": 1.5, "maxLatencyP99Seconds": None})
+    p = plan(spec, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=300)
+    q = {x.name: x.promql for x in p.queries}
+    assert len([k for k in q if k.startswith("judge:")]) == 2 * len(compare.LE)
+    assert q["judge:stable:le=0.25"] == (
+        "sum(increase(modeldeploy_request_duration_seconds_bucket"
+        '{namespace="ml",model="iris",revision="stb",outcome=~"success|error",le="0.25"}[300s]))'
+    )
+    fast = [0, 0, 100, 2000, 3900, 3990, 4000, 4000, 4000, 4000, 4000, 4000, 4000, 4000, 4000]
+    slow = [0, 0, 0, 0, 0, 0, 10, 100, 300, 396, 400, 400, 400, 400, 400]
+    base = {"requests": QueryResult(400), "errors": QueryResult(0)}
+    rec = evaluate(spec, p, base | _buckets(slow, "canary") | _buckets(fast, "stable"), NOW)
+    check = next(c for c in rec.checks if c.name == "latency-p99-ratio")
+    assert rec.verdict == "Failed" and check.lower is not None and check.lower > 1.5, check
+    assert (check.samples, check.samples_stable) == (400, 4000)
+    young = evaluate(spec, p, base | _buckets([v / 10 for v in fast], "canary") | _buckets(fast, "stable"), NOW)
+    assert young.verdict == "Inconclusive" and "need about" in young.message  # 400 cannot pin a p99 yet
+    same = evaluate(spec, p, base | _buckets(fast, "canary") | _buckets(fast, "stable"), NOW)
+    assert same.verdict == "Passed", same.message
+    empty = evaluate(spec, p, base | _buckets([0] * 15, "canary") | _buckets(fast, "stable"), NOW)
+    assert empty.verdict == "Inconclusive" and "no answered requests yet" in empty.message

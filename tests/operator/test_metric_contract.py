@@ -155,3 +155,16 @@ def test_canary_against_stable_queries_select_real_series_and_count_what_they_sa
     for arm in ("canary", "stable"):
         assert counted[f"judge:{arm}:answered"] == 3.0 and counted[f"judge:{arm}:error-rate-increase"] == 1.0
         assert counted[f"judge:{arm}:contract"] == 4.0 and counted[f"judge:{arm}:refusal-rate-increase"] == 1.0
+
+
+def test_the_p99_ratio_asks_the_buckets_the_server_has(scraped: list[tuple[str, dict[str, str], float]]) -> None:
+    buckets = {s["le"] for n, s, _ in scraped if n == analysis.DURATION_BUCKET_METRIC}
+    assert buckets == set(compare.LE)
+    spec = AnalysisSpec(max_latency_p99_ratio=1.5)
+    queries = compare.queries(spec, "ml", "iris", "0123abcdef", "0123abcdef", 600)
+    assert all(f'le="{le}"' in queries[f"judge:canary:le={le}"] for le in compare.LE)
+    finite = [sum(v for _, v in _selected(queries[f"judge:canary:le={le}"], scraped)) for le in compare.LE[:-1]]
+    answered = ("success", "error")
+    inf = [(s, v) for n, s, v in scraped if n == analysis.DURATION_BUCKET_METRIC and s["le"] == "+Inf"]
+    everything = sum(v for s, v in inf if s["outcome"] in answered)
+    assert everything == 3.0 and finite == sorted(finite) and finite[-1] <= 3.0  # 2 predictions, 1 model failure
