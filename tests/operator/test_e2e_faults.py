@@ -85,5 +85,5 @@ def test_a_conflict_storm_and_a_hammered_promote_lose_no_decision_and_apply_none
     assert set(counts) == {200}, counts
     lost = conflicts(env, ns)
     with capsys.disabled():
-        print(f"\n[e2e] conflict storm ({writer.writes} label writes, every 0.3 s): {lost:.0f} ticks lost to a 409, "
+        print(f"\n[e2e] conflict storm ({writer.writes} label writes in {took:.0f}s): {lost:.0f} ticks lost to a 409, "
               f"promoted once {took:.0f}s after the change; requests {sum(counts.values())}, failed 0")  # fmt: skip
