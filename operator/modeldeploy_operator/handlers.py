@@ -196,6 +196,7 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
         route=seen.route,
         analysis=results,
         may_start_canary=shell.gate.may_start((namespace, name)),
+        owned_revisions=frozenset(d.removeprefix(f"{name}-") for d in seen.owned_deployments),
     )
     decision = decide(spec, status, observed, now, meta=meta, config=shell.config)
     if shell.cost is not None:  # status.cost, about once a minute; never raises

@@ -187,7 +187,11 @@ class Tick(Report):
         is stable (the one with the most ready pods), so the spec's revision gets a canary and the
         serving one is neither replaced at once nor pruned (M7)."""
         serving = sorted(
-            ((state.ready_replicas, rev) for rev, state in self.obs.revisions.items() if rev != self.rev),
+            (
+                (state.ready_replicas, rev)
+                for rev, state in self.obs.revisions.items()
+                if rev != self.rev and (self.obs.owned_revisions is None or rev in self.obs.owned_revisions)
+            ),
             reverse=True,
         )
         if not serving or serving[0][0] <= 0:

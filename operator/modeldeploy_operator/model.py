@@ -86,6 +86,8 @@ class Observed:
     route: RouteState | None = None
     analysis: tuple[AnalysisPlan, Mapping[str, QueryResult]] | None = None
     may_start_canary: bool = True  # False while the operator's cap on concurrent canaries is reached
+    # revisions whose Deployment this object owns (None: not known; the fakes of the core's tests)
+    owned_revisions: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -307,3 +307,22 @@ def test_a_timed_pause_writes_no_new_status_every_tick() -> None:
     before = sim.status.model_dump()
     sim.run(20)  # no check due (interval 60 s), nothing happens: the same status
     assert sim.status.model_dump() == before, sim.status.message
+
+
+def test_pods_of_a_revision_this_object_does_not_own_are_never_adopted() -> None:
+    # a ModelDeployment deleted and created again under the same name: the old one's pods are
+    # still there until garbage collection, but they are not this object's to serve
+    from modeldeploy_operator.api import ModelDeploymentStatus, parse_spec
+    from modeldeploy_operator.core import decide
+    from modeldeploy_operator.model import Config, Meta, Observed, RevisionState
+
+    spec = parse_spec(spec_dict())
+    seen = {"0123456789": RevisionState(ready_replicas=2)}
+    meta, config, now = Meta("iris", "ml", "uid-2", 1), Config(), Sim(spec_dict()).now
+    d = decide(spec, ModelDeploymentStatus(), Observed(revisions=seen, owned_revisions=frozenset()), now,
+               meta=meta, config=config)  # fmt: skip
+    assert d.status.stable_revision != "0123456789" and r.STABLE_ADOPTED not in [e.reason for e in d.events]
+    owned = Observed(revisions=seen, owned_revisions=frozenset({"0123456789"}))
+    assert decide(spec, ModelDeploymentStatus(), owned, now, meta=meta, config=config).status.stable_revision == (
+        "0123456789"
+    )
