@@ -87,3 +87,20 @@ def test_a_conflict_storm_and_a_hammered_promote_lose_no_decision_and_apply_none
     with capsys.disabled():
         print(f"\n[e2e] conflict storm ({writer.writes} label writes in {took:.0f}s): {lost:.0f} ticks lost to a 409, "
               f"promoted once {took:.0f}s after the change; requests {sum(counts.values())}, failed 0")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "analysis", "refusal"),
+    [("iris.v2", None, "metadata.name must be a DNS-1035 label"),
+     ("a" * 53, None, "metadata.name must be a DNS-1035 label"),
+     ("iris", {"metrics": [{"name": "requests", "query": "sum(x)", "min": 1}]},
+      "the name is reserved for a built-in measurement")],
+)  # fmt: skip
+def test_the_api_server_refuses_what_the_operator_could_not_reconcile(
+    e2e: E2E, name: str, analysis: dict[str, object] | None, refusal: str
+) -> None:
+    # issue 11 M1, M10: the CRD's CEL rules, evaluated by the real API server
+    ns = e2e.namespaces["storm"]
+    obj = h.model_deployment(name, e2e.models["v1"], e2e.store.url, "1", analysis=analysis)
+    with pytest.raises(RuntimeError, match=refusal):
+        h.apply(e2e.kubeconfig, ns, obj)
