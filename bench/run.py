@@ -209,18 +209,36 @@ def batch_rows_per_second(server: Server, x: np.ndarray, repeats: int = 5) -> fl
 
 def binary_rows_per_second(server: Server, x: np.ndarray, repeats: int = 5) -> float:
     """10k-row V2 requests with the binary tensor extension (what tritonclient and kserve send by
-    default): a JSON header, then the raw FP64 rows; the answer comes back binary too."""
+    default): a JSON header, then the raw FP64 rows; the answer comes back binary too. Sent from a
+    raw keep-alive socket: at this size a Python HTTP client's own copying costs more than the server
+    (httpx measured a third of the rate of the same requests from a plain socket)."""
     tensor = {"name": "input-0", "shape": list(x.shape), "datatype": "FP64",
               "parameters": {"binary_data_size": x.nbytes}}  # fmt: skip
     header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
     body = header + np.ascontiguousarray(x, dtype="<f8").tobytes()
-    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
-    with httpx.Client(timeout=120) as client:
-        client.post(server.url, content=body, headers=headers)
+    url = httpx.URL(server.url)
+    request = (f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\n"
+               "Content-Type: application/octet-stream\r\n"
+               f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((url.host, url.port or 80), timeout=120) as sock:
+
+        def one() -> None:
+            sock.sendall(request + body)
+            received = bytearray()
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(1 << 20)
+            head, _, rest = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head[:300]
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))  # fmt: skip
+            answer = bytearray(rest)
+            while len(answer) < length:
+                answer += sock.recv(1 << 20)
+
+        one()
         started = time.perf_counter()
         for _ in range(repeats):
-            response = client.post(server.url, content=body, headers=headers)
-            assert response.status_code == 200, response.text[:300]
+            one()
         return len(x) * repeats / (time.perf_counter() - started)
 
 

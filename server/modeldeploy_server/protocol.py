@@ -164,7 +164,8 @@ def _binary(name: str, params: Any, buffer: memoryview, offset: int, datatype: s
     if size != total * dtype.itemsize:
         detail = f"binary_data_size {size} is not {total} values of {datatype} ({total * dtype.itemsize} bytes)"
         raise _shape_error(name, detail)
-    return np.frombuffer(buffer[offset : offset + size], dtype=dtype).astype(np.float64), offset + size
+    values = np.frombuffer(buffer[offset : offset + size], dtype=dtype)  # read-only: nothing writes to it
+    return (values if values.dtype == np.float64 else values.astype(np.float64)), offset + size
 
 
 Tensor = tuple[str, list[int], str, Any]  # name, shape, datatype, flat values (a list, or float64 array)
