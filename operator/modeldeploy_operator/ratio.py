@@ -20,7 +20,8 @@ Worked examples (r stable replicas, w requested weight -> c canary pods, effecti
     r=3,  w=50  -> c=3   (3/6   = 50%)
     r=2,  w=75  -> c=2   (2/4   = 50%; capped at r)
     r=5,  w=0   -> c=0   (0%)
-    r=5,  w=100 -> c=5   (promotion size; the stable Service switches to the canary)
+    r=5,  w=100 -> c=5   (5/10 = 50%: the promotion size; 100% only once the stable Service
+                          switches to the canary, so the share reported before that is 50%)
 
 With a traffic router (Gateway API weights) the share is set by the route, and the canary only
 needs enough pods for its share of the load: c = clamp(ceil(r * w / 100), 1, r) for w > 0:
@@ -43,7 +44,7 @@ def replica_ratio(stable_replicas: int, weight: int) -> tuple[int, int]:
     if weight == 0:
         return 0, 0
     if weight == 100:
-        return stable_replicas, 100
+        return stable_replicas, 50  # r beside r: half, whatever was asked (L12)
     exact = Decimal(stable_replicas * weight) / Decimal(100 - weight)
     canary = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     canary = min(max(canary, 1), stable_replicas)

@@ -17,7 +17,7 @@ from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
         (3, 50, 3, 50),
         (2, 75, 2, 50),
         (5, 0, 0, 0),
-        (5, 100, 5, 100),
+        (5, 100, 5, 50),  # r beside r is half the pods, not 100% (issue 11 L12)
         (1, 1, 1, 50),
         (100, 1, 1, 1),
         (99, 50, 99, 50),
