@@ -167,7 +167,9 @@ def cmd_annotate(cluster: Cluster, args: argparse.Namespace) -> int:
 
 def cmd_undo(cluster: Cluster, args: argparse.Namespace) -> int:
     obj = cluster.get(args.name)
-    target = undo_target(obj, args.to_version, revision_models(obj, cluster.revision_deployments(args.name)))
+    deployments = cluster.revision_deployments(args.name)
+    # by itself, undo never goes back to a rolled-back model; --to-version may name one
+    target = undo_target(obj, args.to_version, revision_models(obj, deployments, skip_failed=args.to_version is None))
     cluster.patch(args.name, undo_patch(obj, target))
     was = obj.get("spec", {}).get("model", {}).get("version", "?")
     print(f'modeldeployment "{args.name}" model set back from version {was} to {target["version"]} ({target["uri"]})')

@@ -154,14 +154,18 @@ def _full_model(model: dict[str, Any]) -> dict[str, Any]:
 SERVER_ENV_KEYS = {f"MODELDEPLOY_MODEL_{key.upper()}": key for key in MODEL_KEYS}
 
 
-def revision_models(obj: dict[str, Any], deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def revision_models(
+    obj: dict[str, Any], deployments: list[dict[str, Any]], skip_failed: bool = False
+) -> list[dict[str, Any]]:
     """spec.model of every revision still running, read back from its Deployment's server env.
 
     The operator renders MODELDEPLOY_MODEL_{URI,SHA256,FORMAT,VERSION,METHOD} into each revision's
     pod template, so the stable revision that keeps serving after a rollback is the model `undo`
-    restores. Stable first, then the others (newest first by creation time).
+    restores. Stable first, then the others (newest first by creation time); with `skip_failed`,
+    not the rolled-back revision (status.failedRevision), which `undo` never picks by itself.
     """
     stable = (obj.get("status") or {}).get("stableRevision")
+    failed = (obj.get("status") or {}).get("failedRevision") if skip_failed else None
     owned = [
         d
         for d in deployments
@@ -171,6 +175,8 @@ def revision_models(obj: dict[str, Any], deployments: list[dict[str, Any]]) -> l
     owned.sort(key=lambda d: d["metadata"].get("labels", {}).get(LABEL_REVISION) != stable)
     models = []
     for dep in owned:
+        if failed is not None and dep["metadata"].get("labels", {}).get(LABEL_REVISION) == failed:
+            continue
         containers = dep["spec"]["template"]["spec"].get("containers") or []
         env = {e["name"]: e.get("value") for c in containers if c.get("name") == "server" for e in c.get("env") or []}
         model = {key: env.get(var) for var, key in SERVER_ENV_KEYS.items()}
