@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build (once) and cache the real node's binaries: containerd + its v2 shim + ctr, kubelet and
 # kube-proxy (from the same generated k8s.io/kubernetes wrapper module hack/build-binaries.sh
-# uses), Prometheus 3 with promtool, and Traefik v3 (the Gateway API implementation). runc and the
+# uses), Prometheus 3 with promtool, Traefik v3 (the Gateway API implementation) and CoreDNS
+# (cluster DNS). runc and the
 # CNI plugins come from Debian (hack/install-system-deps.sh).
 #
 # Each part lives in its own cache folder keyed by its pin in hack/versions.env, so changing one pin
 # rebuilds only that part. Prints the folders, one per line, "<part> <folder>".
-# usage: build-node-binaries.sh [containerd|kube|prometheus|traefik]...   (default: all)
+# usage: build-node-binaries.sh [containerd|kube|prometheus|traefik|coredns]...   (default: all)
 # NODE_BINARIES_CHECK_ONLY=1: build nothing, fail when a part is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -117,14 +118,27 @@ build_traefik() {
   echo "traefik $out"
 }
 
+build_coredns() {
+  local out="$cache_root/bin/coredns-$COREDNS_VERSION"
+  [[ -x "$out/coredns" ]] && { log "coredns: cached"; echo "coredns $out"; return; }
+  check_only coredns
+  mkdir -p "$out"
+  log "coredns $COREDNS_VERSION: building"
+  (GOBIN="$work/coredns-gobin" GOFLAGS= nice_go install -v -trimpath -ldflags "-s -w" \
+      "github.com/coredns/coredns@$COREDNS_VERSION" 2>&1) | progress coredns
+  mv -f "$work/coredns-gobin/coredns" "$out/coredns"
+  echo "coredns $out"
+}
+
 parts=("$@")
-(( ${#parts[@]} )) || parts=(containerd kube prometheus traefik)
+(( ${#parts[@]} )) || parts=(containerd kube prometheus traefik coredns)
 for p in "${parts[@]}"; do
   case $p in
     containerd) timed containerd build_containerd ;;
     kube) timed kubelet+kube-proxy build_kube_node ;;
     prometheus) timed prometheus build_prometheus ;;
     traefik) timed traefik build_traefik ;;
+    coredns) timed coredns build_coredns ;;
     *) log "unknown part: $p"; exit 2 ;;
   esac
 done

@@ -195,7 +195,8 @@ class Node:
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                "x509": {"clientCAFile": str(self.ca_cert)}},
             "authorization": {"mode": "Webhook"},
-            "clusterDomain": "cluster.local", "resolvConf": str(resolv),
+            # cluster DNS: CoreDNS on the node address (devcluster.dns)
+            "clusterDomain": "cluster.local", "clusterDNS": [network.NODE_IP], "resolvConf": str(resolv),
             "podLogsDir": str(kdir / "pod-logs"), "maxPods": 110,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
                              "nodefs.inodesFree": "1%"},
@@ -206,7 +207,8 @@ class Node:
     def start_kubelet(self) -> None:
         kdir = self.dir / "kubelet"
         kdir.mkdir(parents=True, exist_ok=True)
-        # pods' resolv.conf: the node address, where nothing answers, so no lookup leaves the node
+        # dnsPolicy Default pods: the node address too (CoreDNS answers only cluster names), so no
+        # lookup leaves the node
         (kdir / "resolv.conf").write_text(f"nameserver {network.NODE_IP}\n")
         (kdir / "config.yaml").write_text(yaml.safe_dump(self.kubelet_config(), sort_keys=False))
         kubeconfig = _kubeconfig(kdir / "kubeconfig", self.server, self.ca_cert, f"system:node:{NODE_NAME}",

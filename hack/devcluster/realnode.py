@@ -1,15 +1,16 @@
 """The cluster daemon with a real node (DEVCLUSTER_DATAPLANE=real): runs it until SIGTERM (test harness).
 
 Owns: start-up order (guard route and bridge -> control plane on the node address -> containerd
-with the pause image and the project's image imported -> kubelet -> node Ready -> kube-proxy ->
+with the pause image and the project's image imported -> cluster DNS (CoreDNS on 198.18.0.1:53)
+-> kubelet -> node Ready -> kube-proxy ->
 Traefik and its Gateway -> Prometheus 3 (kubernetes_sd_configs) -> the model store Service), the
 env file and status.json, the control endpoint (/status, Prometheus stop/start), one real node
 per machine (a lock: kube-proxy's nftables tables and the kubelet's cgroups are machine-wide),
 and the teardown of every part. Called by `python -m devcluster run` when DEVCLUSTER_DATAPLANE=real
 (through `up` or devcluster.client.Cluster).
 
-Addresses: everything listens on 127.0.0.1, except the API server, the kubelet and Prometheus,
-which serve on the node address 198.18.0.1 (pods reach the API server through the `kubernetes`
+Addresses: everything listens on 127.0.0.1, except the API server, the kubelet, CoreDNS and
+Prometheus, which serve on the node address 198.18.0.1 (pods reach the API server through the `kubernetes`
 Service and Prometheus at PROMETHEUS_URL; the API server reaches the kubelet for
 logs/exec/port-forward). Pods get 198.18.1.x, Services 198.19.x.x.
 """
@@ -34,7 +35,7 @@ from typing import IO, Any
 
 import yaml
 
-from devcluster import controlplane, network, node, procs, prometheus, traefik
+from devcluster import controlplane, dns, network, node, procs, prometheus, traefik
 
 LOCK_FILE = Path("/run/lock/modeldeploy-node.lock")
 MODEL_STORE_NAMESPACE = "modeldeploy-store"
@@ -113,6 +114,7 @@ class RealNode:
         self.node: node.Node | None = None
         self.traefik: traefik.Traefik | None = None
         self.prom: prometheus.Prometheus | None = None
+        self.dns: dns.CoreDns | None = None
         self.ip_forward: str | None = None
         self.image = ""
         self.store_dir = self.state / "model-store"
@@ -223,6 +225,10 @@ class RealNode:
         for ref, archive in ((pause_ref, pause_archive), (self.image, image_archive)):
             if self.node.import_image(archive, ref):
                 self._mark(f"imported {ref}")
+        self.dns = dns.CoreDns(self.state, bins["coredns"] / "coredns", self.cp.kubeconfig,
+                               node.child_env(bins["coredns"]))  # fmt: skip
+        self.dns.start()
+        self._mark("dns_ready")
         self.node.start_kubelet()
         self._wait(self._node_ready, 120, "node Ready")
         self._mark("node_ready")
@@ -344,14 +350,14 @@ class RealNode:
         out: dict[str, int] = {}
         for group in (self.cp.procs if self.cp else {}, self.node.procs if self.node else {}):
             out.update({name: p.pid for name, p in group.items() if p.poll() is None})
-        for name, part in (("traefik", self.traefik), ("prometheus", self.prom)):
+        for name, part in (("traefik", self.traefik), ("prometheus", self.prom), ("coredns", self.dns)):
             if part is not None and part.proc is not None and part.proc.poll() is None:
                 out[name] = part.proc.pid
         return out
 
     def _teardown(self) -> None:
         t0 = time.monotonic()
-        for part in (self.prom, self.traefik):
+        for part in (self.prom, self.traefik, self.dns):
             if part is not None:
                 part.stop()
         done: list[str] = []

@@ -1,7 +1,7 @@
 """The network rule, checked on every config the local cluster renders (no cluster needed).
 
 Every IPv4 address any component is configured with (control plane flags, containerd, CNI,
-kubelet, kube-proxy, Traefik, Prometheus, the model store, the Gateway) is loopback or inside
+kubelet, kube-proxy, CoreDNS, Traefik, Prometheus, the model store, the Gateway) is loopback or inside
 198.18.0.0/15; the address plan itself stays inside that range. tests/cluster/test_real_node.py
 checks the running node's files and listening sockets the same way.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import controlplane, network, node, prometheus, realnode, traefik
+from devcluster import controlplane, dns, network, node, prometheus, realnode, traefik
 from devcluster.procs import is_local_address
 
 IPV4 = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?:/(\d{1,2}))?(?![\d.])")
@@ -80,6 +80,7 @@ def _rendered(tmp_path: Path) -> dict[str, Any]:
         "prometheus (real node)": yaml.safe_dump(prometheus.kubernetes_config(server, pki.ca_cert, tmp_path / "t")),
         "prometheus (process kubelet)": yaml.safe_dump(prometheus.config("http://127.0.0.1:1/sd/pods")),
         "model store": realnode.model_store_manifests("localhost/modeldeploy/modeldeploy:dev", tmp_path),
+        "coredns": dns.corefile(tmp_path / "kubeconfig", "devcluster", 1053),
     }
 
 
@@ -88,7 +89,7 @@ def test_every_component_is_configured_with_local_addresses_only(tmp_path: Path)
     bad = {name: offending(text) for name, text in rendered.items() if offending(text)}
     assert bad == {}, f"addresses outside loopback and 198.18.0.0/15: {bad}"
     # and the configs do carry addresses: the check above is not vacuous
-    for name in ("apiserver (real node)", "kubelet", "kube-proxy", "cni", "traefik"):
+    for name in ("apiserver (real node)", "kubelet", "kube-proxy", "cni", "traefik", "coredns"):
         assert addresses(rendered[name]), name
     assert network.NODE_IP in rendered["kubelet"] and network.SERVICE_CIDR in rendered["apiserver (real node)"]
 

@@ -120,7 +120,7 @@ def test_configs_and_listening_sockets_are_local(real_cluster: Cluster) -> None:
             hexip = f[1].split(":")[0]
             ip = ".".join(str(int(hexip[i : i + 2], 16)) for i in (6, 4, 2, 0))
             listening.append((inodes[f[9]], ip))
-    assert {name for name, _ in listening} >= {"kube-apiserver", "etcd", "kubelet", "traefik", "prometheus"}
+    assert {name for name, _ in listening} >= {"kube-apiserver", "etcd", "kubelet", "traefik", "prometheus", "coredns"}
     assert [(n, ip) for n, ip in listening if offending(ip) or ip == "0.0.0.0"] == []
 
 
@@ -147,6 +147,12 @@ def test_restricted_server_pod_behind_service_gateway_and_prometheus(real_cluste
     denied = c.kubectl("exec", "-n", ns, pod, "--", "touch", "/opt/x", check=False)
     assert "Read-only file system" in denied
     assert c.kubectl("logs", "-n", ns, pod).strip(), "kubectl logs reaches the kubelet"
+    # cluster DNS: a Service name resolves inside the pod; a name outside the cluster does not
+    resolve = "import socket,sys; print(socket.gethostbyname(sys.argv[1]))"
+    store = c.kubectl("exec", "-n", ns, pod, "--", "python", "-c", resolve, "model-store.modeldeploy-store")
+    assert store.strip() == c.env["MODEL_STORE_URL"].removeprefix("http://")
+    outside = c.kubectl("exec", "-n", ns, pod, "--", "python", "-c", resolve, "example.org", check=False)
+    assert "gaierror" in outside
     body = {"instances": [ROW]}
     with httpx.Client(timeout=10, trust_env=False) as http:
         direct = http.post(f"http://{ips['stable']}:8080/v1/models/porosity:predict", json=body)
