@@ -109,4 +109,10 @@ rm -f "$archive.tmp"
 buildah push --quiet "$IMAGE" "oci-archive:$archive.tmp:$IMAGE" >&2
 mv "$archive.tmp" "$archive"
 log "image $IMAGE: built in $(( $(date +%s) - s )) s, archive $(du -m "$archive" | cut -f1) MB"
+# earlier builds: their archives and tags (the build cache keeps the layers still in use)
+for old in "$out"/modeldeploy-*.oci.tar; do [[ $old == "$archive" ]] || rm -f "$old"; done
+for w in "$out"/wheels-*; do [[ $w == "$wheels" ]] || rm -rf "$w"; done
+for ref in $(buildah images --noheading --format '{{.Name}}:{{.Tag}}' | grep '^localhost/modeldeploy/modeldeploy:'); do
+  [[ $ref == "$IMAGE" ]] || buildah rmi "$ref" >/dev/null 2>&1 || true
+done
 echo "IMAGE=$IMAGE"; echo "ARCHIVE=$archive"

@@ -172,8 +172,14 @@ class Node:
         return set(self.ctr("images", "ls", "-q").split())
 
     def import_image(self, archive: Path, ref: str) -> bool:
-        """Import an OCI archive unless ref is already there; True when it imported."""
-        if ref in self.images():
+        """Import an OCI archive unless ref is already there; True when it imported. Other tags of
+        the same repository (earlier builds) are removed: containerd's store is kept between runs."""
+        images = self.images()
+        repo = ref.rsplit(":", 1)[0]
+        stale = [i for i in images if i.rsplit(":", 1)[0] == repo and i != ref]
+        if stale:
+            self.ctr("images", "rm", *stale, check=False)
+        if ref in images:
             return False
         self.ctr("images", "import", str(archive))
         if ref not in self.images():
