@@ -193,7 +193,8 @@ def summary(c: Cluster, kube: k.Kube, op: Operator, traffic: Traffic, watch: k.W
         f"  .venv/bin/kubectl --kubeconfig {c.kubeconfig} get mdep -n {NAMESPACE}\n"
         f"  KUBECONFIG={c.kubeconfig} .venv/bin/modeldeploy status {NAME} -n {NAMESPACE}\n"
         f"  .venv/bin/kubectl --kubeconfig {c.kubeconfig} describe mdep {NAME} -n {NAMESPACE}\n"
-        f"  curl -H 'Host: {HOST}' -H 'Content-Type: application/json' {c.gateway_url}/v1/models/{NAME}:predict -d '{{\"instances\": [[13.2, 2.3, 2.4, 19, "
+        f"  curl -H 'Host: {HOST}' -H 'Content-Type: application/json' {c.gateway_url}/v1/models/{NAME}:predict \\\n"
+        f"    -d '{{\"instances\": [[13.2, 2.3, 2.4, 19, "
         f"100, 2.3, 2.0, 0.36, 1.6, 5.1, 0.96, 2.6, 750]]}}'\n"
         f"Stop: make demo-down (operator and model store, then the cluster: make cluster-down)."
     )
