@@ -43,7 +43,7 @@ from modeldeploy_operator import metrics as m
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus, SpecError, name_problem, parse_spec
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.costwatch import CostWatch
-from modeldeploy_operator.kube import Kube, namespace_going
+from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER, Kube, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import APPLY_FAILED, STATUS_UNREADABLE
@@ -165,10 +165,19 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
     if obj is None:
         return GONE
     md = obj.get("metadata") or {}
-    if md.get("deletionTimestamp"):  # being deleted: its children go with it (garbage collection)
-        return DELETING
     meta = Meta(name, namespace, md.get("uid") or "", md.get("generation"))
     rv = str(md.get("resourceVersion") or "")
+    finalizers = md.get("finalizers") or []
+    if LEGACY_FINALIZER in finalizers and FINALIZER in finalizers:
+        # kopf now holds the object under our own name: the old marker would block deletion forever
+        try:
+            shell.kube.drop_finalizer(meta, rv, LEGACY_FINALIZER)
+        except ApiException as err:
+            if err.status not in (404, 409):
+                raise
+        return CONFLICT  # the object changed: decide from a fresh read next tick
+    if md.get("deletionTimestamp"):  # being deleted: its children go with it (garbage collection)
+        return DELETING
     raw_status = dict(obj.get("status") or {})
     try:
         status = ModelDeploymentStatus.model_validate(raw_status)
@@ -277,6 +286,7 @@ def register(
         # our Events carry specific reasons: no log line becomes a generic "Logging" Event
         settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
+        settings.persistence.finalizer = FINALIZER
         kube = Kube(api_client(), operator_settings.api_timeout_seconds)
         prom = Prometheus(
             operator_settings.prometheus_url,

@@ -29,7 +29,10 @@ FIELD_MANAGER = "modeldeploy-operator"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
-KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+# The finalizer kopf puts on each ModelDeployment (its timers need one), under our own name
+# (`handlers` sets it in kopf's settings); objects of older operators carry kopf's default.
+FINALIZER = f"{GROUP}/finalizer"
+LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 
 
 def namespace_going(err: ApiException) -> bool:
@@ -236,9 +239,9 @@ class Kube:
             )
             obj = cast(dict[str, Any], got)
             finalizers = obj["metadata"].get("finalizers") or []
-            if KOPF_FINALIZER not in finalizers:
+            if not {FINALIZER, LEGACY_FINALIZER} & set(finalizers):
                 return False
-            kept = [f for f in finalizers if f != KOPF_FINALIZER]
+            kept = [f for f in finalizers if f not in (FINALIZER, LEGACY_FINALIZER)]
             body = {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}}
             _drain(
                 self.custom.patch_namespaced_custom_object(
@@ -251,6 +254,20 @@ class Kube:
                 return False
             raise
         return True
+
+    def drop_finalizer(self, meta: Meta, resource_version: str, finalizer: str) -> None:
+        """Remove one finalizer, only if the object is still at `resource_version` (409 otherwise)."""
+        got = self.get(meta.namespace, meta.name)
+        if got is None:
+            return
+        kept = [f for f in got["metadata"].get("finalizers") or [] if f != finalizer]
+        body = {"metadata": {"finalizers": kept, "resourceVersion": resource_version}}
+        _drain(
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta.namespace, PLURAL, meta.name, body,
+                _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
+            )
+        )  # fmt: skip
 
     def set_weights(self, namespace: str, w: RouteWeights, route: dict[str, Any]) -> None:
         rules = route.get("spec", {}).get("rules", [])

@@ -141,6 +141,11 @@ class FakeCluster:
     def release(self, meta: Meta) -> bool:
         return False
 
+    def drop_finalizer(self, meta: Meta, rv: str, finalizer: str) -> None:
+        self._check(rv)
+        self.obj["metadata"]["finalizers"] = [f for f in self.obj["metadata"]["finalizers"] if f != finalizer]
+        self._bump()
+
 
 class Operator:
     """The real kopf handler (from `handlers.register`) with fake clients in its memo."""

@@ -154,3 +154,22 @@ def test_a_child_the_api_server_refuses_is_said_once_as_an_event(monkeypatch: py
         op.tick()
     failed = [e for e in world.events if e.reason == r.APPLY_FAILED]
     assert len(failed) == 1 and "422" in failed[0].message and "quantities must match" in failed[0].message
+
+
+def test_the_operator_owns_its_finalizer_and_migrates_kopfs_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aesthetics review, change 4: `modeldeploy.io/finalizer`, not kopf's generic marker; objects
+    # created by an older operator carry the old one, which would block their deletion forever
+    from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER
+
+    sim, world = paused_canary()
+    world.obj["metadata"]["finalizers"] = [LEGACY_FINALIZER, FINALIZER]  # kopf added ours beside the old
+    op = Operator(world, FakeProm(), monkeypatch)
+    op.tick()
+    assert world.obj["metadata"]["finalizers"] == [FINALIZER]
+    world.obj["metadata"]["finalizers"] = [LEGACY_FINALIZER]  # ours not added yet: keep the old one
+    op.tick()
+    assert world.obj["metadata"]["finalizers"] == [LEGACY_FINALIZER]
+    world.obj["metadata"]["finalizers"] = [LEGACY_FINALIZER, FINALIZER]
+    world.obj["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"  # deleted before the migration
+    op.tick()
+    assert world.obj["metadata"]["finalizers"] == [FINALIZER]  # kopf removes its own; nothing left blocking
