@@ -344,6 +344,11 @@ class WeightWatch:
                 self.changes.append((time.time(), w))
             self._stop.wait(0.2)
 
+    def settle(self, weight: int = 0, timeout: float = 15) -> None:
+        """Wait until the route's canary weight is `weight`: status is written before the route (so a
+        decision survives a failed route write), so a phase can be seen a moment before its weight."""
+        wait_for(lambda: self.changes and self.changes[-1][1] == weight, timeout, f"canary weight {weight}")
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)

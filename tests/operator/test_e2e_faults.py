@@ -71,6 +71,7 @@ def test_a_conflict_storm_and_a_hammered_promote_lose_no_decision_and_apply_none
         final = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=120,
                                  also=lambda o: o["status"].get("stableVersion") == "2")  # fmt: skip
         took = time.time() - started
+        watch.settle(0)
     finally:
         writer.stop()
         traffic.stop()

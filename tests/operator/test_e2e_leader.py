@@ -56,6 +56,7 @@ def test_only_the_leader_acts_and_a_killed_leader_is_replaced_by_the_standby(e2e
         took_over = time.time() - killed
         final = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=120,
                                  also=lambda o: o["status"].get("stableVersion") == "2")  # fmt: skip
+        watch.settle(0)
     finally:
         traffic.stop()
         watch.stop()

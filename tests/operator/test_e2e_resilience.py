@@ -92,6 +92,7 @@ def test_a_killed_operator_is_replaced_and_the_new_one_finishes_the_rollout(e2e:
                                   namespace=",".join(env.namespaces.values())).start()  # fmt: skip
         final = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=120,
                                  also=lambda o: o["status"].get("stableVersion") == "2")  # fmt: skip
+        watch.settle(0)
     finally:
         traffic.stop()
         watch.stop()
