@@ -9,7 +9,6 @@ devcluster.realnode.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from devcluster import network, procs
@@ -29,32 +28,16 @@ def corefile(kubeconfig: Path, context: str, ready_port: int) -> str:
     )
 
 
-class CoreDns:
+class CoreDns(procs.HttpReadyProcess):
     def __init__(self, state: Path, binary: Path, kubeconfig: Path, env: dict[str, str]) -> None:
-        self.dir = state / "coredns"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.binary = binary
+        super().__init__("coredns", binary, state / "logs" / "coredns.log", env, state / "coredns")
         self.ready_port = procs.free_port()
-        self.log = state / "logs" / "coredns.log"
-        self.env = env
         self.config_file = self.dir / "Corefile"
         self.config_file.write_text(corefile(kubeconfig, "devcluster", self.ready_port))
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.proc = procs.spawn([str(self.binary), "-conf", str(self.config_file)], self.log, env=self.env,
-                                cwd=self.dir)  # fmt: skip
-        procs.wait_until(self._ready, timeout, 0.2, f"coredns /ready (log {self.log})")
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.ready_port}/ready"
 
-    def _ready(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"coredns exited; see {self.log}")
-        try:
-            return procs.http_get(f"http://127.0.0.1:{self.ready_port}/ready", 1.0)[0] == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            procs.stop(self.proc, grace=5.0)
-            self.proc = None
+    def argv(self) -> list[str]:
+        return [str(self.binary), "-conf", str(self.config_file)]

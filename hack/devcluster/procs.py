@@ -1,8 +1,9 @@
 """Child processes of the harness: each in its own process group, killed with the harness.
 
 Owns: spawning (new session + parent-death signal so nothing outlives the harness), stopping a
-process group with SIGTERM then SIGKILL, free loopback ports, the local-address rule. Called by
-controlplane, prometheus, kubelet and realnode.
+process group with SIGTERM then SIGKILL, free loopback ports, the local-address rule, and the
+shape of a host process that is ready on an HTTP GET. Called by controlplane, prometheus, kubelet,
+realnode, dns and traefik.
 """
 
 from __future__ import annotations
@@ -181,3 +182,45 @@ def kill_stale_pods(state: Path) -> int:
             except (ProcessLookupError, PermissionError):
                 pass
     return killed
+
+
+class HttpReadyProcess:
+    """A long-running host process that is ready when an HTTP GET on `ready_url` answers 200.
+
+    Subclasses give `ready_url` and `argv()`; used by devcluster.dns and devcluster.traefik.
+    """
+
+    grace = 5.0
+
+    def __init__(self, name: str, binary: Path, log: Path, env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.binary = binary
+        self.log = log
+        self.env = env
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ready_url(self) -> str:
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.proc = spawn(self.argv(), self.log, env=self.env, cwd=self.dir)
+        wait_until(self._ready, timeout, 0.2, f"{self.name} {self.ready_url} (log {self.log})")
+
+    def _ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited; see {self.log}")
+        try:
+            return http_get(self.ready_url, 1.0)[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, grace=self.grace)
+            self.proc = None

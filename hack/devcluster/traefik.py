@@ -13,7 +13,6 @@ the entry point's (a free loopback port); GATEWAY_URL is http://127.0.0.1:<that 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import yaml
@@ -40,16 +39,12 @@ def gateway_manifests(port: int) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-class Traefik:
+class Traefik(procs.HttpReadyProcess):
     def __init__(self, state: Path, binary: Path, server: str, ca_cert: Path, token: str, env: dict[str, str]) -> None:
-        self.dir = state / "traefik"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.binary = binary
+        super().__init__("traefik", binary, state / "logs" / "traefik.log", env, state / "traefik")
         self.port = procs.free_port()
         self.ping_port = procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = state / "logs" / "traefik.log"
-        self.env = env
         token_file = self.dir / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)
@@ -70,22 +65,10 @@ class Traefik:
         self.config_file = self.dir / "traefik.yml"
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         self.config_file.chmod(0o600)
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.proc = procs.spawn([str(self.binary), f"--configFile={self.config_file}"], self.log,
-                                env=self.env, cwd=self.dir)  # fmt: skip
-        procs.wait_until(self._ready, timeout, 0.2, f"traefik /ping on 127.0.0.1:{self.ping_port} (log {self.log})")
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.ping_port}/ping"
 
-    def _ready(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"traefik exited; see {self.log}")
-        try:
-            return procs.http_get(f"http://127.0.0.1:{self.ping_port}/ping", 1.0)[0] == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            procs.stop(self.proc, grace=5.0)
-            self.proc = None
+    def argv(self) -> list[str]:
+        return [str(self.binary), f"--configFile={self.config_file}"]
