@@ -6,11 +6,14 @@ ModelDeployment through ownerReferences (so deleting it garbage-collects them).
 
 The pod template renders the server settings contract of the team brief exactly: container
 `server`, command `modeldeploy-server`, port 8080 named `http`, the MODELDEPLOY_* environment,
-readiness on /v2/health/ready, liveness on /v2/health/live, Prometheus scrape annotations.
+readiness on /v2/health/ready, liveness on /v2/health/live, Prometheus scrape annotations; and a
+security context that Pod Security Admission `restricted` admits (uid 10001, read-only root
+filesystem, an emptyDir at /tmp).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +50,23 @@ def deployment_name(name: str, revision: str) -> str:
 
 
 DRAIN_SECONDS = 5  # preStop: the pod keeps serving this long after it leaves the endpoints
+
+
+# Pod Security Admission `restricted`: the image's non-root user, no privilege escalation, no
+# capabilities, the runtime's default seccomp profile; the root filesystem is read-only and the
+# only writable place is an emptyDir at /tmp.
+SERVER_UID = 10001
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": SERVER_UID,
+    "runAsGroup": SERVER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def pod_labels(name: str, revision: str) -> dict[str, str]:
@@ -104,6 +124,9 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        # the server's artifact download cache (the image sets XDG_CACHE_HOME=/tmp/.cache)
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     resources = spec.serving.resources
     if resources is not None:
@@ -116,6 +139,8 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
         "terminationGracePeriodSeconds": 30 + DRAIN_SECONDS,
         # the server never calls the Kubernetes API: no token unless asked for
         "automountServiceAccountToken": serving.automount_service_account_token,
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
     if serving.service_account_name is not None:
         pod_spec["serviceAccountName"] = serving.service_account_name

@@ -158,6 +158,28 @@ def test_server_pods_get_no_service_account_token_unless_asked() -> None:
     assert "envFrom" not in pod["spec"]["containers"][0]
 
 
+def test_server_pods_meet_the_restricted_pod_security_level() -> None:
+    """The fields Pod Security Admission `restricted` checks (and a read-only root filesystem,
+    with the only writable place an emptyDir at /tmp, where the image keeps its artifact cache)."""
+    from modeldeploy_operator.api import parse_spec
+    from modeldeploy_operator.children import pod_template
+    from tests.operator.sim import spec_dict
+
+    pod = pod_template("iris", parse_spec(spec_dict()), "abc", "img")["spec"]
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    # each pod gets its own copy: mutating one rendering must not change the next
+    c["securityContext"]["capabilities"]["drop"].append("x")
+    again = pod_template("iris", parse_spec(spec_dict()), "abc", "img")["spec"]["containers"][0]
+    assert again["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
 def test_a_service_account_and_artifact_credentials_can_be_given() -> None:
     from modeldeploy_operator.api import parse_spec
     from modeldeploy_operator.children import pod_template
