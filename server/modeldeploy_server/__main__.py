@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from modeldeploy_server.errors import LoadRefused
 from modeldeploy_server.settings import ENV_PREFIX, Settings
@@ -45,6 +46,9 @@ def _settings() -> Settings:
         first = exc.errors()[0]
         where = ENV_PREFIX + ".".join(str(p) for p in first["loc"]).upper()
         raise LoadRefused(f"invalid setting {where}: {first['msg']} (got {str(first.get('input'))[:200]!r})") from None
+    except SettingsError as exc:  # a complex setting (MODELDEPLOY_INPUTS) that is not JSON
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise LoadRefused(f"invalid setting {ENV_PREFIX}{field.upper()}: not valid JSON") from None
 
 
 def _fresh_multiprocess_dir() -> str:

@@ -171,18 +171,27 @@ def s3_request(uri: str, endpoint: str | None, env: dict[str, str], now: datetim
     return url, headers
 
 
+SCHEMES = ("file", "http", "https", "s3")
+
+
+def _scheme(uri: str) -> str:
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme not in SCHEMES:
+        raise LoadRefused(f"model URI {uri!r} has unsupported scheme {scheme!r}; supported: {', '.join(SCHEMES)}")
+    return scheme
+
+
 def _chunks(settings: Settings) -> Iterator[bytes]:
     uri = settings.model_uri
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    scheme = _scheme(uri)
     limits = _Limits(settings)
     if scheme == "file":
         return _file_chunks(uri, limits)
     if scheme in ("http", "https"):
         return _http_chunks(uri, {}, limits, uri, s3=False)
-    if scheme == "s3":
-        url, headers = s3_request(uri, settings.s3_endpoint, dict(os.environ), datetime.now(UTC))
-        return _http_chunks(url, headers, limits, uri, s3=True)
-    raise LoadRefused(f"model URI {uri!r} has unsupported scheme {scheme!r}; supported: file, http, https, s3")
+    # the remaining scheme: s3
+    url, headers = s3_request(uri, settings.s3_endpoint, dict(os.environ), datetime.now(UTC))
+    return _http_chunks(url, headers, limits, uri, s3=True)
 
 
 def _remove_stale_partials(cache: Path, deadline_seconds: float) -> None:
@@ -205,6 +214,7 @@ def fetch_verified(settings: Settings) -> tuple[Path, str]:
     """Stream the artifact into the cache; return (path, sha256). Refuses on any digest mismatch."""
     if not settings.model_uri:
         raise LoadRefused("MODELDEPLOY_MODEL_URI is not set: nothing to serve")
+    _scheme(settings.model_uri)  # a URI this server could never fetch is refused, cached copy or not
     cache = settings.cache_dir
     expected = settings.model_sha256
     if expected is not None and (cache / f"{expected}.artifact").is_file():

@@ -33,8 +33,9 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=128)
-    min: float | None = None
-    max: float | None = None
+    # finite: a NaN bound would switch the range check off (no value compares below NaN)
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
     null_values: tuple[float, ...] = ()
     required: bool = True
 
@@ -63,6 +64,17 @@ class Settings(BaseSettings):
     model_method: Literal["predict", "predict_proba"] = "predict"
     model_revision: str = Field(default="", description="Revision hash; the `revision` metric label.")
     inputs: list[InputSpec] = Field(default_factory=list, description="JSON: the spec.inputs list.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_input_names(cls, inputs: list[InputSpec]) -> list[InputSpec]:
+        seen: set[str] = set()
+        for spec in inputs:
+            if spec.name in seen:
+                raise ValueError(f"input {spec.name!r} is declared twice (a row keyed by name could give only one)")
+            seen.add(spec.name)
+        return inputs
+
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)

@@ -140,11 +140,41 @@ def test_inputs_that_do_not_fit_the_model_are_refused(artifacts: dict[str, Artif
     [({"MODELDEPLOY_MODEL_URI": "ftp://x/model.joblib"}, "unsupported scheme 'ftp'"),
      ({"MODELDEPLOY_MODEL_URI": "file:///nonexistent/model.joblib"}, "cannot read model artifact"),
      ({"MODELDEPLOY_MODEL_SHA256": "xyz"}, "invalid setting MODELDEPLOY_MODEL_SHA256"),
-     ({"MODELDEPLOY_INPUTS": "[{\"name\": \"a\", \"min\": 3, \"max\": 1}]"}, "invalid setting MODELDEPLOY_INPUTS")],
+     ({"MODELDEPLOY_INPUTS": "[{\"name\": \"a\", \"min\": 3, \"max\": 1}]"}, "invalid setting MODELDEPLOY_INPUTS"),
+     # a NaN bound would switch the range check off (no value compares below NaN)
+     ({"MODELDEPLOY_INPUTS": '[{"name": "a", "min": NaN}, {"name": "b"}, {"name": "c"}, {"name": "d"}]'},
+      "invalid setting MODELDEPLOY_INPUTS.0.MIN"),
+     ({"MODELDEPLOY_INPUTS": '[{"name": "a", "max": Infinity}, {"name": "b"}, {"name": "c"}, {"name": "d"}]'},
+      "invalid setting MODELDEPLOY_INPUTS.0.MAX"),
+     # a row keyed by name could only give one of two same-named features
+     ({"MODELDEPLOY_INPUTS": '[{"name": "a"}, {"name": "a"}, {"name": "c"}, {"name": "d"}]'},
+      "input 'a' is declared twice"),
+     # not JSON at all: one line, not a traceback
+     ({"MODELDEPLOY_INPUTS": "not json"}, "invalid setting MODELDEPLOY_INPUTS: not valid JSON")],
 )  # fmt: skip
 def test_bad_settings_are_refused_with_one_line(artifacts: dict[str, Artifact], override: dict[str, str],
-                                                 fragment: str) -> None:  # fmt: skip
-    assert fragment in _refused(run_cli([], artifacts["pipe"].env(**override)))
+                                                 fragment: str, tmp_path: Path) -> None:  # fmt: skip
+    # a cache of its own: a verified copy in the machine's cache would be served for a missing file
+    env = artifacts["pipe"].env(MODELDEPLOY_CACHE_DIR=str(tmp_path), **override)
+    assert fragment in _refused(run_cli([], env))
+
+
+def test_an_unsupported_scheme_is_refused_even_with_a_cached_copy(tmp_path: Path) -> None:
+    """The cache is content-addressed, so a digest hit needs no fetch; but a URI this server could
+    never fetch is a configuration error and is refused whatever the cache holds."""
+    import hashlib
+
+    from modeldeploy_server.fetch import fetch_verified
+    from modeldeploy_server.settings import Settings
+
+    data = b"verified bytes"
+    digest = hashlib.sha256(data).hexdigest()
+    (tmp_path / f"{digest}.artifact").write_bytes(data)
+    ok = Settings(model_uri="file:///nowhere/model.joblib", model_sha256=digest, cache_dir=tmp_path)
+    assert fetch_verified(ok) == (tmp_path / f"{digest}.artifact", digest)
+    bad = ok.model_copy(update={"model_uri": "ftp://x/model.joblib"})
+    with pytest.raises(LoadRefused, match="unsupported scheme 'ftp'"):
+        fetch_verified(bad)
 
 
 def test_skops_loads_with_trusted_types_and_refuses_untrusted(artifacts: dict[str, Artifact], tmp_path: Path) -> None:
