@@ -177,6 +177,16 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
                 raise
         return CONFLICT  # the object changed: decide from a fresh read next tick
     if md.get("deletionTimestamp"):  # being deleted: its children go with it (garbage collection)
+        # Our finalizer guards nothing (kopf needs one for its timers; the children are owned). In a
+        # namespace being deleted a namespaced kopf no longer watches, so it would never drop it and
+        # the namespace would stay Terminating: release it ourselves (kopf's own removal may race; fine).
+        if {FINALIZER, LEGACY_FINALIZER} & set(finalizers):
+            try:
+                if shell.kube.release(meta):
+                    log.info("%s/%s: being deleted; released the finalizer", namespace, name)
+            except ApiException as err:
+                if err.status not in (404, 409):
+                    raise
         return DELETING
     raw_status = dict(obj.get("status") or {})
     try:

@@ -139,7 +139,15 @@ class FakeCluster:
         self.desired = want
 
     def release(self, meta: Meta) -> bool:
-        return False
+        from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER
+
+        held = self.obj["metadata"].get("finalizers") or []
+        kept = [f for f in held if f not in (FINALIZER, LEGACY_FINALIZER)]
+        if kept == held:
+            return False
+        self.obj["metadata"]["finalizers"] = kept
+        self._bump()
+        return True
 
     def drop_finalizer(self, meta: Meta, rv: str, finalizer: str) -> None:
         self._check(rv)

@@ -52,6 +52,7 @@ def test_prometheus_outage_holds_the_canary_and_it_continues_afterwards(e2e: E2E
         up_at = time.time()
         final = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=120,
                                  also=lambda o: o["status"].get("stableVersion") == "2")  # fmt: skip
+        watch.settle(0)  # status is written before the route: the weight reaches 0 a moment later
     finally:
         if stopped:
             env.cluster.start_prometheus()

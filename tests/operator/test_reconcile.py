@@ -172,4 +172,8 @@ def test_the_operator_owns_its_finalizer_and_migrates_kopfs_default(monkeypatch:
     world.obj["metadata"]["finalizers"] = [LEGACY_FINALIZER, FINALIZER]
     world.obj["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"  # deleted before the migration
     op.tick()
-    assert world.obj["metadata"]["finalizers"] == [FINALIZER]  # kopf removes its own; nothing left blocking
+    assert world.obj["metadata"]["finalizers"] == [FINALIZER]
+    # being deleted, the finalizer guards nothing: released (a namespaced kopf stops watching a
+    # namespace being deleted and would never drop it; the namespace would stay Terminating)
+    op.tick()
+    assert world.obj["metadata"]["finalizers"] == []

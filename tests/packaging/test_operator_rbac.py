@@ -83,10 +83,16 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
     container = _chart_container(kube, release, release_ns, flags)
     sa_kubeconfig = kube.token_kubeconfig(release_ns, f"{release}-modeldeploy", tmp_path / "sa-kubeconfig")
     port = _free_port()
-    # the image's ENV and installed entrypoints, then the chart's env, then loopback-only overrides
+    # the image's ENV and installed entrypoints, then the chart's env (downward-API fields resolved as
+    # the kubelet would for a pod in the release namespace), then loopback-only overrides
+    pod_fields = {"metadata.namespace": release_ns, "metadata.name": f"{release}-modeldeploy-test"}
+    chart_env = {
+        e["name"]: e["value"] if "value" in e else pod_fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in container["env"]
+    }
     env = (
         image_env(image_venv)
-        | {e["name"]: e["value"] for e in container["env"]}
+        | chart_env
         | {
             "KUBECONFIG": str(sa_kubeconfig),
             "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": kube.prometheus_url,
