@@ -26,7 +26,8 @@ def test_a_slow_canary_is_rolled_back_on_its_p99_over_stables(e2e: E2E, say: Cal
     check = next(c for c in st["lastAnalysis"]["checks"] if c["name"] == "latency-p99-ratio")
     assert check["verdict"] == "Failed" and check["lower"] > 1.5, check
     assert check["samples"] > 0 and check["samplesStable"] > 0, check
-    absolute = next(c for c in st["lastAnalysis"]["checks"] if c["name"] == "latency-p99")
-    assert absolute["verdict"] == "Passed", absolute  # the ratio alone decided
+    # the ratio alone decided: the absolute gate (100 s) never failed (it may not have been judged yet)
+    absolute = [c for c in st["lastAnalysis"]["checks"] if c["name"] == "latency-p99"]
+    assert all(c["verdict"] != "Failed" for c in absolute), absolute
     assert "latency-p99-ratio" in st["message"], st["message"]
     say(f"slow canary rolled back on the ratio: {st['message']}")
