@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from modeldeploy_operator import analysis
+from modeldeploy_operator import analysis, reasons
 from modeldeploy_operator.analysis import AnalysisPlan, QueryResult
 from modeldeploy_operator.api import ModelDeploymentStatus, parse_spec
 from modeldeploy_operator.children import deployment_name
@@ -224,3 +224,15 @@ def deployment_names(d: Decision) -> list[str]:
 
 
 __all__ = ["Sim", "profile", "spec_dict", "deployment_name", "deployment_names", "HEALTHY", "START"]
+
+
+def deployed(**rollout: object) -> Sim:
+    sim = Sim(spec_dict(**rollout))  # type: ignore[arg-type]
+    sim.run(10, until=lambda s: s.phase() == reasons.PHASE_HEALTHY)
+    assert sim.phase() == reasons.PHASE_HEALTHY
+    return sim
+
+
+def cond(sim: Sim, type_: str) -> tuple[str, str]:
+    c = next(c for c in sim.status.conditions if c.type == type_)
+    return c.status, c.reason

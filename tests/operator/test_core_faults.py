@@ -8,24 +8,12 @@ requests (annotations) that stay on the object because clearing them failed. One
 from __future__ import annotations
 
 from modeldeploy_operator import reasons as r
-from tests.operator.sim import Sim, profile, spec_dict
+from tests.operator.sim import Sim, cond, deployed, profile, spec_dict
 
 BAD = profile(requests=812, errors=34)  # 4.2% 5xx
 LOW = profile(requests=12)
 DEAD = profile(requests=0)
 REFUSAL = "modeldeploy-server: refused: sha256 of http://127.0.0.1:9/iris/2/model.joblib is 0f0f..., not abab..."
-
-
-def deployed(**rollout: object) -> Sim:
-    sim = Sim(spec_dict(**rollout))  # type: ignore[arg-type]
-    sim.run(10, until=lambda s: s.phase() == r.PHASE_HEALTHY)
-    assert sim.phase() == r.PHASE_HEALTHY
-    return sim
-
-
-def cond(sim: Sim, type_: str) -> tuple[str, str]:
-    c = next(c for c in sim.status.conditions if c.type == type_)
-    return c.status, c.reason
 
 
 def at_weight(sim: Sim, weight: int) -> None:

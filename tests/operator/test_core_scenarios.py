@@ -7,23 +7,11 @@ import json
 import pytest
 
 from modeldeploy_operator import reasons as r
-from tests.operator.sim import Sim, profile, spec_dict
+from tests.operator.sim import Sim, cond, deployed, profile, spec_dict
 
 BAD = profile(requests=812, errors=34)  # 4.2% 5xx
 LOW = profile(requests=12)
 DOWN = profile(fail="ConnectionError talking to http://127.0.0.1:9090: connection refused")
-
-
-def deployed(**rollout: object) -> Sim:
-    sim = Sim(spec_dict(**rollout))  # type: ignore[arg-type]
-    sim.run(10, until=lambda s: s.phase() == r.PHASE_HEALTHY)
-    assert sim.phase() == r.PHASE_HEALTHY
-    return sim
-
-
-def cond(sim: Sim, type_: str) -> tuple[str, str]:
-    c = next(c for c in sim.status.conditions if c.type == type_)
-    return c.status, c.reason
 
 
 def test_first_deploy_goes_straight_to_stable() -> None:
