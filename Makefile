@@ -44,7 +44,7 @@ typecheck: $(INSTALLED) ## mypy --strict over both packages.
 	$(BIN)/mypy
 
 .PHONY: test
-test: $(INSTALLED) binaries lint typecheck ## Install everything, lint, type-check and run the whole test suite.
+test: $(INSTALLED) binaries node-binaries image lint typecheck ## Install and build everything, lint, type-check and run the whole test suite (on the real node).
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -54,6 +54,11 @@ test-unit: $(INSTALLED) ## Only the tests that need no cluster.
 .PHONY: bench
 bench: $(INSTALLED) ## Server vs MLServer 1.7.1 and KServe 0.21 under wrk (venvs in ~/.cache/modeldeploy); writes bench/README.md.
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+.PHONY: bench-operator
+bench-operator: $(INSTALLED) binaries ## The operator at 10, 100 and 1,000 ModelDeployments on kwok fake nodes; writes bench/README.md.
+	bash hack/build-kwok.sh >/dev/null
+	$(BIN)/python bench/operator_scale.py $(BENCH_OPERATOR_ARGS)
 
 ##@ Packaging
 
@@ -87,17 +92,16 @@ image: $(INSTALLED) ## Build the image with buildah (no Docker daemon, no networ
 	bash hack/build-image.sh
 	bash hack/build-image.sh pause
 
-# DEVCLUSTER_DATAPLANE=real make cluster-up: the real node (containerd, kubelet, Traefik, Prometheus 3).
 .PHONY: cluster-up
-cluster-up: $(INSTALLED) binaries $(if $(filter real,$(DEVCLUSTER_DATAPLANE)),node-binaries image) ## Start the local cluster in the background; env in .cache/cluster/env.
+cluster-up: $(INSTALLED) binaries node-binaries image ## Start the local cluster (real node: containerd, kubelet, Traefik, Prometheus 3) in the background; env in .cache/cluster/env.
 	PYTHONPATH=hack $(BIN)/python -m devcluster up
 
 .PHONY: cluster-down
-cluster-down: ## Stop the local cluster started by cluster-up (every process, pods included).
+cluster-down: ## Stop the local cluster started by cluster-up (every process and pod; the node's network and cgroups).
 	PYTHONPATH=hack $(BIN)/python -m devcluster down
 
 .PHONY: cluster-status
-cluster-status: ## Show the local cluster's pods (ip, pid, ready, restarts) and URLs.
+cluster-status: ## Show the local cluster's env, start-up timings and component pids.
 	PYTHONPATH=hack $(BIN)/python -m devcluster status
 
 .PHONY: clean
@@ -107,11 +111,11 @@ clean: ## Remove the virtual environment and local caches of this clone.
 ##@ Demo
 
 .PHONY: demo
-demo: $(INSTALLED) binaries ## The main job: local cluster, operator, a model promoted and a bad one rolled back (a few minutes).
+demo: $(INSTALLED) binaries node-binaries image ## The main job: local cluster, operator, a model promoted and a bad one rolled back (a few minutes).
 	PYTHONPATH=hack $(BIN)/python -m modeldeploy_demo
 
 .PHONY: demo-down
-demo-down: ## Stop what the demo left running: the operator, the model store, then the local cluster.
+demo-down: ## Stop what the demo left running: the operator, then the local cluster.
 	PYTHONPATH=hack $(BIN)/python -c 'from pathlib import Path; from modeldeploy_demo.workload import stop_pid_file as s; \
-	  d = Path(".cache/demo"); s(d / "operator.pid", "modeldeploy-operator"); s(d / "store.pid", "http.server")'
+	  s(Path(".cache/demo/operator.pid"), "modeldeploy-operator")'
 	PYTHONPATH=hack $(BIN)/python -m devcluster down

@@ -1,15 +1,12 @@
-"""Shared pytest fixtures. `cluster`: the real local cluster (hack/devcluster), started lazily.
+"""Shared pytest fixtures. `cluster`: the local cluster with its real node (hack/devcluster), started lazily.
 
-The cluster starts only when a test asks for the fixture, once per session, in its own state
-folder `.cache/pytest-cluster/<pid>/` (several sessions may run side by side); it stops, with
-every pod process, at the end of the session. Pod logs stay in that folder's `logs/`.
-Tests marked `bench` or `realnode` are deselected unless `-m` names them.
+The cluster (control plane, containerd, kubelet, kube-proxy, CoreDNS, Traefik and its Gateway,
+Prometheus 3, the model store Service; devcluster.realnode) starts only when a test asks for the
+fixture, once per session, in `.cache/pytest-realnode/<pid>/`; one per machine at a time (a
+second session waits for the lock). It stops, with every pod, at the end of the session.
+Tests marked `bench` are deselected unless `-m` names them.
 With MODELDEPLOY_CLUSTER=attach the session uses the cluster `make cluster-up` started instead
 (and leaves it running).
-
-`real_cluster`: the same with the real node (containerd, kubelet, kube-proxy, Traefik, Prometheus
-3; devcluster.realnode), in `.cache/pytest-realnode/<pid>/`; one per machine at a time. With
-MODELDEPLOY_CLUSTER=attach it uses `DEVCLUSTER_DATAPLANE=real make cluster-up`'s.
 
 Python API (devcluster.Cluster): attributes `kubeconfig` (Path), `env` (dict of the env file:
 KUBECONFIG, PROMETHEUS_URL, GATEWAY_URL, ...), `prometheus_url`, `gateway_url`, `api_server`,
@@ -35,9 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Benchmarks (marker `bench`) and real-node tests (`realnode`) run only when asked for:
-    `pytest -m bench`, `pytest -m realnode`."""
-    for marker in ("bench", "realnode"):
+    """Benchmarks (marker `bench`) run only when asked for: `pytest -m bench`."""
+    for marker in ("bench",):
         if marker in (config.option.markexpr or ""):
             continue
         skipped = [item for item in items if item.get_closest_marker(marker)]
@@ -46,30 +42,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if not item.get_closest_marker(marker)]
 
 
-def _session_cluster(folder: str, dataplane: str) -> Iterator[Cluster]:
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
     if os.environ.get("MODELDEPLOY_CLUSTER") == "attach":
         yield Cluster.attach()
         return
-    root = REPO / ".cache" / folder
+    root = REPO / ".cache" / "pytest-realnode"
     if root.exists():  # folders of sessions that are over: their pytest process is gone
         for old in root.iterdir():
             if old.name.isdigit() and not Path(f"/proc/{old.name}").exists():
                 stop_by_pid_file(old, timeout=60)  # and any process such a session left behind
                 shutil.rmtree(old, ignore_errors=True)
-    c = Cluster.start(root / str(os.getpid()), dataplane=dataplane)
+    c = Cluster.start(root / str(os.getpid()))
     try:
         yield c
     finally:
         c.stop()
-        for sub in ("etcd", "prometheus", "pods", "node"):
+        for sub in ("etcd", "prometheus", "node", "model-store"):
             shutil.rmtree(c.state_dir / sub, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    yield from _session_cluster("pytest-cluster", "process")
-
-
-@pytest.fixture(scope="session")
-def real_cluster() -> Iterator[Cluster]:
-    yield from _session_cluster("pytest-realnode", "real")

@@ -2,15 +2,13 @@
 
 Owns: the CLI used by `make cluster-up` / `make cluster-down`. `up` starts the harness detached
 (the shell gets its prompt back once everything is ready) and prints the env file; `down` stops
-it by pid file; `run` is the harness itself in the foreground (the real node's,
-devcluster.realnode, when DEVCLUSTER_DATAPLANE=real).
+it by pid file; `run` is the harness itself in the foreground (devcluster.realnode).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,13 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     state: Path = args.state.resolve()
     try:
         if args.command == "run":
-            if os.environ.get("DEVCLUSTER_DATAPLANE") == "real":
-                from devcluster import realnode
+            from devcluster import realnode
 
-                return realnode.main(state, args.parent_pid)
-            from devcluster import harness
-
-            return harness.main(state, args.parent_pid)
+            return realnode.main(state, args.parent_pid)
         if args.command == "up":
             try:
                 cluster = Cluster.attach(state)  # idempotent: an already running cluster is fine

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devcluster import controlplane, procs
+from devcluster import controlplane, procs, realnode
 
 T = TypeVar("T")
 REPO = controlplane.REPO
@@ -64,24 +64,16 @@ class Cluster:
 
     # --- life cycle --------------------------------------------------------------------------
     @classmethod
-    def start(cls, state_dir: Path = DEFAULT_STATE, timeout: float = 300.0, detach: bool = False,
-              dataplane: str | None = None) -> Cluster:  # fmt: skip
-        """Start a cluster whose files live in state_dir; it dies with this process unless detach.
-        dataplane: "process" (the process kubelet) or "real" (devcluster.realnode); default from
-        the environment variable DEVCLUSTER_DATAPLANE, else "process"."""
-        dataplane = dataplane or os.environ.get("DEVCLUSTER_DATAPLANE") or "process"
-        if dataplane not in ("process", "real"):
-            raise ClusterError(f"DEVCLUSTER_DATAPLANE={dataplane!r}: expected 'process' or 'real'")
+    def start(cls, state_dir: Path = DEFAULT_STATE, timeout: float = 300.0, detach: bool = False) -> Cluster:
+        """Start a cluster (devcluster.realnode) whose files live in state_dir; it dies with this
+        process unless detach. One per machine: a second one waits for the first to stop."""
         state_dir = state_dir.resolve()
         if (state_dir / "harness.pid").exists() and _alive(int((state_dir / "harness.pid").read_text() or 0)):
             raise ClusterError(f"a cluster is already running in {state_dir} (make cluster-down stops it)")
         controlplane.binaries_dir(build=True)  # builds once when missing (many minutes cold)
-        if dataplane == "real":
-            from devcluster import realnode
-
-            realnode.build_node_binaries(build=True)  # containerd, kubelet, Prometheus 3, Traefik
-            realnode.build_image()  # the project's image (cached by content)
-            realnode.build_image("pause")
+        realnode.build_node_binaries(build=True)  # containerd, kubelet, Prometheus 3, Traefik, CoreDNS
+        realnode.build_image()  # the project's image (cached by content)
+        realnode.build_image("pause")
         (state_dir / "logs").mkdir(parents=True, exist_ok=True)
         for stale in ("env", "ready", "status.json"):
             (state_dir / stale).unlink(missing_ok=True)
@@ -89,7 +81,6 @@ class Cluster:
         if not detach:
             argv += ["--parent-pid", str(os.getpid())]
         env = dict(os.environ)
-        env["DEVCLUSTER_DATAPLANE"] = dataplane
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "hack"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         log = open(state_dir / "logs" / "harness.log", "ab")  # noqa: SIM115 - the child's stdout
         try:
@@ -122,7 +113,6 @@ class Cluster:
         if self._proc is not None:
             _terminate(self._proc, timeout)
             self._proc = None
-            procs.kill_stale_pods(self.state_dir)  # only finds something if the harness itself crashed
 
     def __enter__(self) -> Cluster:
         return self
@@ -155,7 +145,7 @@ class Cluster:
         return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
     def status(self) -> dict[str, Any]:
-        """The harness's live view: pods it runs (ip, pid, ready, restarts), Prometheus state."""
+        """The harness's live view: env, start-up timings, Prometheus state, component pids."""
         code, body = procs.http_get(self.control_url + "/status", 5.0)
         if code != 200:
             raise ClusterError(f"status: HTTP {code}")
@@ -169,6 +159,14 @@ class Cluster:
     def start_prometheus(self) -> None:
         """Start Prometheus again on the same port with the same TSDB; returns once it is ready."""
         self._control("/prometheus/start")
+
+    def restart_component(self, name: str) -> float:
+        """Restart kube-apiserver or etcd (same flags and data); returns once the API server is
+        ready again, with the seconds the restart took."""
+        code, body = procs.http_post(self.control_url + f"/controlplane/restart/{name}", 150.0)
+        if code != 200:
+            raise ClusterError(f"restart {name}: HTTP {code}: {body[:300]!r}")
+        return float(json.loads(body)["seconds"])
 
     def _control(self, path: str) -> None:
         code, body = procs.http_post(self.control_url + path, 90.0)
@@ -187,12 +185,8 @@ class Cluster:
         return result
 
     def pod_log(self, namespace: str, pod: str) -> str:
-        """stdout+stderr of a pod's server process (all restarts), as the process kubelet wrote it;
-        on the real node, `kubectl logs` of the pod's current container."""
-        if self.env.get("DEVCLUSTER_DATAPLANE") == "real":
-            return self.kubectl("logs", "-n", namespace, pod, "--all-containers", check=False)
-        path = self.log_dir / f"{namespace}_{pod}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        """`kubectl logs` of the pod's current containers."""
+        return self.kubectl("logs", "-n", namespace, pod, "--all-containers", check=False)
 
     @staticmethod
     def wait_for(predicate: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25,
@@ -239,9 +233,8 @@ def stop_by_pid_file(state_dir: Path, timeout: float = 60.0) -> bool:
     """Stop a detached harness (make cluster-down). False when none was running."""
     pid_file = state_dir / "harness.pid"
     pid = int(pid_file.read_text() or 0) if pid_file.exists() else 0
-    if not _alive(pid):  # nothing running; but a crashed harness may have left pod processes
+    if not _alive(pid):
         pid_file.unlink(missing_ok=True)
-        procs.kill_stale_pods(state_dir)
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -251,5 +244,4 @@ def stop_by_pid_file(state_dir: Path, timeout: float = 60.0) -> bool:
         os.killpg(pid, signal.SIGKILL)
     for name in ("ready", "harness.pid"):
         (state_dir / name).unlink(missing_ok=True)
-    procs.kill_stale_pods(state_dir)
     return True

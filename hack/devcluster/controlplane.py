@@ -2,15 +2,13 @@
 
 Owns: locating the cached binaries (hack/versions.env key, KUBEBUILDER_ASSETS), their flags,
 ports on 127.0.0.1, the admin kubeconfig, waiting for /readyz, applying the Gateway API CRDs.
-Called by harness and realnode (start/stop).
+Called by realnode (start/stop).
 
-With the process kubelet (harness) the EndpointSlice and Endpoints controllers are disabled: the
-API server's validation refuses loopback addresses in EndpointSlices ("may not be in the loopback
-range (127.0.0.0/8, ::1/128)"), and every pod that runs there has a 127.x address; the harness
-resolves Services to ready pod addresses itself (devcluster.endpoints). With the real node
-(`node` set: devcluster.realnode) the API server listens on the node address in 198.18.0.0/15,
-Services get 198.19.0.0/16 addresses, every controller runs, and the API server reaches the
-kubelet with a client certificate.
+With the real node (`node` set: devcluster.realnode) the API server listens on the node address
+in 198.18.0.0/15, Services get 198.19.0.0/16 addresses, every controller runs, and the API server
+reaches the kubelet with a client certificate. Without `node` (a control plane alone on loopback,
+which no harness starts any more) the EndpointSlice controllers are off: the API server refuses
+loopback addresses in EndpointSlices.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +74,7 @@ class ControlPlane:
     kcm_port: int = field(default_factory=procs.free_port)
     sched_port: int = field(default_factory=procs.free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)  # how each was started (restart)
     # the real node: (node name, node IP, Service CIDR, `kubernetes` Service IP); None: process kubelet
     node: tuple[str, str, str, str] | None = None
 
@@ -162,7 +162,22 @@ class ControlPlane:
         ])  # fmt: skip
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self.argv[name] = argv
         self.procs[name] = procs.spawn(argv, self.logs / f"{name}.log")
+
+    def restart(self, name: str, timeout: float = 120.0) -> float:
+        """Stop one component (SIGTERM, as a node reboot or an upgrade would) and start it again
+        with the same flags and data; returns once the API server is ready again, with the seconds
+        it took (fault tests: kube-apiserver or etcd restarted in the middle of a rollout)."""
+        if name not in self.argv:
+            raise ValueError(f"no component {name!r}: one of {', '.join(sorted(self.argv))}")
+        started = time.monotonic()
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            procs.stop(proc, grace=10.0)
+        self._spawn(name, self.argv[name])
+        self.wait_ready(timeout)
+        return time.monotonic() - started
 
     def _get(self, path: str) -> tuple[int, str]:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))

@@ -163,27 +163,6 @@ def http_post(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
         return int(e.code), e.read()
 
 
-def kill_stale_pods(state: Path) -> int:
-    """SIGKILL every process still working inside state/pods/ (server processes and their workers
-    that a crashed harness left behind); how many. Processes are found by their working folder."""
-    pods_dir = str((state / "pods").resolve()) + os.sep
-    killed = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if (cwd + os.sep).startswith(pods_dir):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
-    return killed
-
-
 class HttpReadyProcess:
     """A long-running host process that is ready when an HTTP GET on `ready_url` answers 200.
 

@@ -1,23 +1,15 @@
-"""Prometheus scraping the cluster's server pods.
+"""Prometheus 3 scraping the cluster's server pods, found by kubernetes_sd_configs (role pod).
 
 Owns: the config, a fresh TSDB per cluster, start/stop on a fixed port (tests stop and restart
-it; 127.0.0.1, or the node address on the real node so that pods such as the operator reach
-it), and `sd_targets`, the discovery document. Called by harness (Debian's /usr/bin/prometheus)
-and realnode (Prometheus 3 built by hack/build-node-binaries.sh, with
-kubernetes_sd_configs role pod: the next paragraph does not apply there).
-
-Debian's 2.42 build has no kubernetes_sd_configs ("field kubernetes_sd_configs not found in type
-config.ScrapeConfig": the packagers leave client-go out), so the harness plays Kubernetes service
-discovery: it serves the pods it reads from the API server over http_sd_configs (1 s refresh)
-with the very `__meta_kubernetes_pod_*` labels role=pod would produce. The relabelling is the
-one a real cluster uses: keep pods annotated prometheus.io/scrape=true, address = pod IP +
-prometheus.io/port, path from prometheus.io/path, drop every target outside 127.0.0.0/8, target
-labels namespace, pod, modeldeploy_name, modeldeploy_revision; 2 s scrape and evaluation.
+it; on the node address so that pods such as the operator reach it). The relabelling is the one a
+user's Prometheus uses: keep pods annotated prometheus.io/scrape=true, address = pod IP +
+prometheus.io/port, path from prometheus.io/path, drop every target outside the pod range
+198.18.0.0/16, target labels namespace, pod, modeldeploy_name, modeldeploy_revision; 2 s scrape
+and evaluation. Called by devcluster.realnode (the binary built by hack/build-node-binaries.sh).
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,7 +18,6 @@ from typing import Any
 import yaml
 
 from devcluster import procs
-from devcluster.endpoints import is_loopback
 
 SCRAPE_INTERVAL = "2s"
 
@@ -38,43 +29,7 @@ def find_binary() -> str:
     return path
 
 
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
-
-
-def sd_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """http_sd document: one group per pod with a loopback IP, labelled like kubernetes_sd role=pod."""
-    groups: list[dict[str, Any]] = []
-    for pod in pods:
-        meta, status = pod["metadata"], pod.get("status") or {}
-        ip = status.get("podIP") or ""
-        if not is_loopback(ip):  # never even offered to Prometheus
-            continue
-        labels = {
-            "__meta_kubernetes_namespace": meta["namespace"],
-            "__meta_kubernetes_pod_name": meta["name"],
-            "__meta_kubernetes_pod_uid": meta.get("uid", ""),
-            "__meta_kubernetes_pod_ip": ip,
-            "__meta_kubernetes_pod_node_name": (pod.get("spec") or {}).get("nodeName", ""),
-            "__meta_kubernetes_pod_phase": status.get("phase", ""),
-            "__meta_kubernetes_pod_ready": str(any(
-                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
-            )).lower(),
-        }  # fmt: skip
-        for kind in ("label", "annotation"):
-            for k, v in (meta.get(kind + "s") or {}).items():
-                labels[f"__meta_kubernetes_pod_{kind}_{_sanitize(k)}"] = v
-                labels[f"__meta_kubernetes_pod_{kind}present_{_sanitize(k)}"] = "true"
-        targets = []
-        for c in (pod.get("spec") or {}).get("containers") or []:
-            for port in c.get("ports") or []:
-                targets.append(f"{ip}:{port['containerPort']}")
-        groups.append({"targets": targets or [ip], "labels": labels})
-    return groups
-
-
-# IPv4 addresses of pods: 127.x with the process kubelet, the pod range 198.18.0.0/16 on the real node
-LOOPBACK_IP = "127\\.\\d+\\.\\d+\\.\\d+"
+# IPv4 addresses of pods: the pod range 198.18.0.0/16
 POD_RANGE_IP = "198\\.18\\.\\d+\\.\\d+"
 
 
@@ -102,20 +57,6 @@ def relabel(ip_regex: str) -> list[dict[str, Any]]:
 def _global() -> dict[str, Any]:
     return {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL,
             "scrape_timeout": SCRAPE_INTERVAL}  # fmt: skip
-
-
-def config(sd_url: str) -> dict[str, Any]:
-    """Process kubelet: pods come from the harness's http_sd document."""
-    return {
-        "global": _global(),
-        "scrape_configs": [
-            {
-                "job_name": "modeldeploy-pods",
-                "http_sd_configs": [{"url": sd_url, "refresh_interval": "1s"}],
-                "relabel_configs": relabel(LOOPBACK_IP),
-            }
-        ],
-    }
 
 
 def kubernetes_config(api_server: str, ca_file: Path, token_file: Path) -> dict[str, Any]:

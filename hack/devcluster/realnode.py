@@ -1,4 +1,4 @@
-"""The cluster daemon with a real node (DEVCLUSTER_DATAPLANE=real): runs it until SIGTERM (test harness).
+"""The cluster daemon with its real node: runs it until SIGTERM (test harness).
 
 Owns: start-up order (guard route and bridge -> control plane on the node address -> containerd
 with the pause image and the project's image imported -> cluster DNS (CoreDNS on 198.18.0.1:53)
@@ -6,7 +6,7 @@ with the pause image and the project's image imported -> cluster DNS (CoreDNS on
 Traefik and its Gateway -> Prometheus 3 (kubernetes_sd_configs) -> the model store Service), the
 env file and status.json, the control endpoint (/status, Prometheus stop/start), one real node
 per machine (a lock: kube-proxy's nftables tables and the kubelet's cgroups are machine-wide),
-and the teardown of every part. Called by `python -m devcluster run` when DEVCLUSTER_DATAPLANE=real
+and the teardown of every part. Called by `python -m devcluster run`
 (through `up` or devcluster.client.Cluster).
 
 Addresses: everything listens on 127.0.0.1, except the API server, the kubelet, CoreDNS and
@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import yaml
 
-from devcluster import controlplane, dns, network, node, procs, prometheus, traefik
+from devcluster import controlplane, dns, network, node, procs, prometheus, s3, traefik
 
 LOCK_FILE = Path("/run/lock/modeldeploy-node.lock")
 MODEL_STORE_NAMESPACE = "modeldeploy-store"
@@ -115,6 +115,7 @@ class RealNode:
         self.traefik: traefik.Traefik | None = None
         self.prom: prometheus.Prometheus | None = None
         self.dns: dns.CoreDns | None = None
+        self.s3: s3.S3Store | None = None
         self.ip_forward: str | None = None
         self.image = ""
         self.store_dir = self.state / "model-store"
@@ -135,7 +136,6 @@ class RealNode:
             "MODEL_STORE_DIR": str(self.store_dir),
             "MODEL_STORE_URL": f"http://{MODEL_STORE_SERVICE_IP}",
             "IMAGE": self.image,
-            "DEVCLUSTER_DATAPLANE": "real",
             "DEVCLUSTER_CONTROL_URL": f"http://127.0.0.1:{self.control_port}",
             "DEVCLUSTER_STATE_DIR": str(self.state),
             "DEVCLUSTER_LOG_DIR": str(self.state / "logs"),
@@ -145,6 +145,7 @@ class RealNode:
             "KUBECTL": str(controlplane.kubectl_path()),
             "HELM": str(self.cp.bin / "helm"),
             "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": self.prom.url,
+            **(self.s3.env_keys() if self.s3 else {}),
         }
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -253,6 +254,14 @@ class RealNode:
         )  # fmt: skip
         self.prom.start()
         self._mark("prometheus_ready")
+        self.s3 = s3.S3Store(self.state, network.NODE_IP)  # pods and this machine both reach the node address
+        try:
+            self.s3.start()
+            self._mark("s3_ready")
+        except (RuntimeError, TimeoutError, OSError) as exc:  # the cluster works without it; S3_* stay unset
+            log.warning("S3 store did not start (%s); the env file has no S3_* keys", exc)
+            self.s3.stop()
+            self.s3 = None
         self.cp.kubectl("wait", "--for=condition=Programmed", "--timeout=60s", "-n", traefik.GATEWAY_NAMESPACE,
                         f"gateway/{traefik.GATEWAY_NAME}")  # fmt: skip
         self._mark("gateway_programmed")
@@ -324,7 +333,7 @@ class RealNode:
                     return self._reply(404, {"error": "not found"})
                 assert harness.prom
                 self._reply(200, {"env": harness.env(), "timings_seconds": harness.timings,
-                                  "prometheus_running": harness.prom.running, "dataplane": "real",
+                                  "prometheus_running": harness.prom.running,
                                   "pids": harness.pids()})  # fmt: skip
 
             def do_POST(self) -> None:  # noqa: N802
@@ -337,6 +346,10 @@ class RealNode:
                 if self.path == "/prometheus/start":
                     harness.worker.submit(harness.prom.start).result()
                     return self._reply(200, {"prometheus_running": True})
+                name = self.path.removeprefix("/controlplane/restart/")
+                if self.path.startswith("/controlplane/restart/") and harness.cp and name in harness.cp.argv:
+                    seconds = harness.worker.submit(harness.cp.restart, name).result()
+                    return self._reply(200, {"restarted": name, "seconds": round(seconds, 2)})
                 self._reply(404, {"error": "not found"})
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -357,7 +370,7 @@ class RealNode:
 
     def _teardown(self) -> None:
         t0 = time.monotonic()
-        for part in (self.prom, self.traefik, self.dns):
+        for part in (self.s3, self.prom, self.traefik, self.dns):
             if part is not None:
                 part.stop()
         done: list[str] = []

@@ -1,28 +1,32 @@
-"""Fixtures of the cluster tests: a trained model artifact, and a fresh namespace per test.
+"""Fixtures of the cluster tests: a trained model in the cluster's model store, and a fresh
+namespace per test (Pod Security `restricted` enforced).
 
-The namespace is deleted after the test, which stops its server processes (the session's cluster
-is shared by every cluster test).
+The namespace is deleted after the test, which stops its pods (the session's cluster is shared by
+every cluster test).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from devcluster import Cluster
-from tests.cluster.kube import train_model
+from modeldeploy_demo.kube import RESTRICTED
+from tests.cluster.kube import store_model
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return train_model(tmp_path_factory.mktemp("model"))
+def model(cluster: Cluster) -> dict[str, str]:
+    return store_model(cluster)
 
 
 @pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", ns)
-    yield ns
-    cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+def ns(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}}
+    cluster.apply(json.dumps(namespace))
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

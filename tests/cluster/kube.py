@@ -1,8 +1,10 @@
 """Helpers for tests against the local cluster: a real sklearn model, server Deployments, Services.
 
 Owned by the local-cluster engineer; used by tests/cluster and free for other cluster tests.
-`server_deployment` renders a Deployment of the real modeldeploy server the way the operator's
-pods look (labels, Prometheus annotations, probes, env); `ready_pods` waits for pods to be Ready.
+`store_model` trains the model into the cluster's model store; `server_deployment` renders a
+Deployment of the real modeldeploy server from the cluster's image the way the operator's pods
+look (labels, Prometheus annotations, probes, env, the `restricted` security context);
+`ready_pods` waits for pods to be Ready.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import joblib
 import numpy as np
 from sklearn.linear_model import LinearRegression
@@ -28,23 +29,30 @@ INPUTS = [
 ROW = [2.35, 0.21, 75.0]
 
 
-def train_model(directory: Path) -> dict[str, str]:
-    """A real LinearRegression over RHOB, NPHI, GR saved with joblib; its file URI and sha256."""
+def store_model(cluster: Cluster) -> dict[str, str]:
+    """A real LinearRegression over RHOB, NPHI, GR saved with joblib into the cluster's model store
+    (MODEL_STORE_DIR); its URI at the model store Service (MODEL_STORE_URL) and its sha256."""
     rng = np.random.default_rng(7)
     x = np.column_stack([rng.uniform(1.5, 3.1, 200), rng.uniform(0, 0.6, 200), rng.uniform(0, 300, 200)])
     y = 0.4 - 0.15 * x[:, 0] + 0.5 * x[:, 1] + 0.0002 * x[:, 2]
-    path = directory / "model.joblib"
+    path = Path(cluster.env["MODEL_STORE_DIR"]) / "porosity.joblib"
     joblib.dump(LinearRegression().fit(x, y), path)
-    return {"uri": path.as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    path.chmod(0o644)  # the store pod runs as uid 10001
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"uri": f"{cluster.env['MODEL_STORE_URL']}/{path.name}", "sha256": sha256}
 
 
-def server_deployment(name: str, model: dict[str, str], replicas: int = 2, revision: str = "r1",
+def server_deployment(name: str, model: dict[str, str], image: str, replicas: int = 2, revision: str = "r1",
                       sha256: str | None = None, workers: int = 1) -> dict[str, Any]:  # fmt: skip
+    """The server from `image` (imagePullPolicy Never: it is imported, never pulled), as the
+    `restricted` level requires: non-root uid 10001, no privilege escalation, no capabilities,
+    RuntimeDefault seccomp, read-only root filesystem (the download cache on an emptyDir at /tmp).
+    The revision answers with its own model version (GET /v2/models/<name>)."""
     env = {
         "MODELDEPLOY_MODEL_NAME": "porosity", "MODELDEPLOY_MODEL_URI": model["uri"],
-        "MODELDEPLOY_MODEL_SHA256": sha256 or model["sha256"], "MODELDEPLOY_MODEL_VERSION": "1",
+        "MODELDEPLOY_MODEL_SHA256": sha256 or model["sha256"], "MODELDEPLOY_MODEL_VERSION": revision,
         "MODELDEPLOY_MODEL_REVISION": revision, "MODELDEPLOY_INPUTS": json.dumps(INPUTS),
-        "MODELDEPLOY_HOST": "0.0.0.0",  # what a real cluster would use; the process kubelet must override it
+        "MODELDEPLOY_HOST": "0.0.0.0",
         "MODELDEPLOY_WORKERS": str(workers),
     }  # fmt: skip
     labels = {"app.kubernetes.io/name": "modeldeploy-server", "modeldeploy.io/name": name,
@@ -59,8 +67,15 @@ def server_deployment(name: str, model: dict[str, str], replicas: int = 2, revis
             "template": {
                 "metadata": {"labels": labels, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}},
-                "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
-                    "name": "server", "image": "modeldeploy/modeldeploy:0.1.0", "command": ["modeldeploy-server"],
+                "spec": {"terminationGracePeriodSeconds": 5, "automountServiceAccountToken": False,
+                         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                             "seccompProfile": {"type": "RuntimeDefault"}},
+                         "volumes": [{"name": "tmp", "emptyDir": {}}],
+                         "containers": [{
+                    "name": "server", "image": image, "imagePullPolicy": "Never", "command": ["modeldeploy-server"],
+                    "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                        "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "env": [{"name": k, "value": v} for k, v in env.items()] + [
                         {"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
@@ -93,7 +108,7 @@ def pods(cluster: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
     return items
 
 
-def ready_pods(cluster: Cluster, ns: str, selector: str, n: int, timeout: float = 90) -> list[dict[str, Any]]:
+def ready_pods(cluster: Cluster, ns: str, selector: str, n: int, timeout: float = 180) -> list[dict[str, Any]]:
     def check() -> list[dict[str, Any]] | None:
         items = [p for p in pods(cluster, ns, selector) if not p["metadata"].get("deletionTimestamp")]
         ok = [p for p in items if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
@@ -101,7 +116,3 @@ def ready_pods(cluster: Cluster, ns: str, selector: str, n: int, timeout: float 
         return ok if len(ok) == n and len(items) == n else None
 
     return Cluster.wait_for(check, timeout, what=f"{n} ready pods {selector} in {ns}")
-
-
-def predict(gateway: httpx.Client, host: str) -> httpx.Response:
-    return gateway.post("/v1/models/porosity:predict", json={"instances": [ROW]}, headers={"Host": host})

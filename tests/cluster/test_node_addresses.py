@@ -78,7 +78,6 @@ def _rendered(tmp_path: Path) -> dict[str, Any]:
         "traefik": gw.config_file.read_text(),
         "gateway": traefik.gateway_manifests(gw.port),
         "prometheus (real node)": yaml.safe_dump(prometheus.kubernetes_config(server, pki.ca_cert, tmp_path / "t")),
-        "prometheus (process kubelet)": yaml.safe_dump(prometheus.config("http://127.0.0.1:1/sd/pods")),
         "model store": realnode.model_store_manifests("localhost/modeldeploy/modeldeploy:dev", tmp_path),
         "coredns": dns.corefile(tmp_path / "kubeconfig", "devcluster", 1053),
     }

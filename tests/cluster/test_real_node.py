@@ -1,8 +1,7 @@
-"""The real node (DEVCLUSTER_DATAPLANE=real): containerd, kubelet, kube-proxy, Traefik, Prometheus 3.
+"""The real node: containerd, kubelet, kube-proxy, Traefik, Prometheus 3.
 
-Opt-in (marker `realnode`, deselected unless `pytest -m realnode`): it needs the node binaries
-(`make node-binaries`, ~25 min cold) and the image (`make image`). One session at a time per
-machine. What it proves: a server pod from the project's image runs as uid 10001 with a read-only
+Part of the default suite since the real node became the session's cluster (`pytest -m realnode`
+still selects only these). What it proves: a server pod from the project's image runs as uid 10001 with a read-only
 root filesystem in a `restricted` Pod Security namespace, fetches its model from the model store
 Service, answers through its ClusterIP and through the real Gateway (Traefik) by the HTTPRoute's
 weights, and Prometheus finds it through kubernetes_sd_configs; `kubectl logs`/`exec` work; every
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections import Counter
@@ -24,63 +22,19 @@ import httpx
 import pytest
 
 from devcluster import Cluster, network
-from tests.cluster.kube import INPUTS, REPO, ROW, ready_pods, server_deployment, service, train_model
+from modeldeploy_demo.kube import RESTRICTED
+from tests.cluster.kube import INPUTS, REPO, ROW, ready_pods, server_deployment, service
 from tests.cluster.test_node_addresses import addresses, offending
 
-pytestmark = pytest.mark.realnode
-RESTRICTED = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
-
-
-@pytest.fixture(scope="module")
-def store_model(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The test model, copied into MODEL_STORE_DIR; its URI is the model store Service's URL."""
-    m = train_model(tmp_path_factory.mktemp("model"))
-    src = Path(m["uri"].removeprefix("file://"))
-    dest = Path(real_cluster.env["MODEL_STORE_DIR"]) / "porosity.joblib"
-    shutil.copyfile(src, dest)
-    dest.chmod(0o644)
-    return {"uri": f"{real_cluster.env['MODEL_STORE_URL']}/porosity.joblib", "sha256": m["sha256"]}
-
-
-@pytest.fixture
-def ns(real_cluster: Cluster) -> Any:
-    name = f"rn-{os.urandom(4).hex()}"
-    real_cluster.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace",
-                                   "metadata": {"name": name, "labels": RESTRICTED}}))  # fmt: skip
-    yield name
-    real_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def restricted_deployment(cluster: Cluster, name: str, model: dict[str, str], revision: str) -> dict[str, Any]:
-    """tests/cluster/kube.py's server Deployment from the built image, as the `restricted` level
-    requires: non-root uid 10001, no privilege escalation, no capabilities, RuntimeDefault seccomp,
-    read-only root filesystem (the server's download cache on an emptyDir at /tmp)."""
-    d = server_deployment(name, model, replicas=1, revision=revision)
-    spec = d["spec"]["template"]["spec"]
-    spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                               "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
-    spec["automountServiceAccountToken"] = False
-    spec["volumes"] = [{"name": "tmp", "emptyDir": {}}]
-    (c,) = spec["containers"]
-    for e in c["env"]:  # the revision answers with its own model version (GET /v2/models/<name>)
-        if e["name"] == "MODELDEPLOY_MODEL_VERSION":
-            e["value"] = revision
-    c["image"], c["imagePullPolicy"] = cluster.env["IMAGE"], "Never"
-    c["securityContext"] = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}}  # fmt: skip
-    c["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
-    return d
+pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
 
 
 def apply(cluster: Cluster, ns: str, *objs: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
 
 
-def test_node_is_real_and_ready(real_cluster: Cluster) -> None:
-    node = json.loads(real_cluster.kubectl("get", "node", real_cluster.node_name, "-o", "json"))
+def test_node_is_real_and_ready(cluster: Cluster) -> None:
+    node = json.loads(cluster.kubectl("get", "node", cluster.node_name, "-o", "json"))
     info = node["status"]["nodeInfo"]
     assert info["containerRuntimeVersion"] == "containerd://2.4.2"
     assert info["kubeletVersion"] == "v1.36.3" and info["kubeProxyVersion"] in ("", "v1.36.3")
@@ -89,8 +43,8 @@ def test_node_is_real_and_ready(real_cluster: Cluster) -> None:
     assert ready and ready[0]["status"] == "True"
 
 
-def test_configs_and_listening_sockets_are_local(real_cluster: Cluster) -> None:
-    state = real_cluster.state_dir
+def test_configs_and_listening_sockets_are_local(cluster: Cluster) -> None:
+    state = cluster.state_dir
     configs = [
         p
         for p in state.rglob("*")
@@ -103,7 +57,7 @@ def test_configs_and_listening_sockets_are_local(real_cluster: Cluster) -> None:
     assert bad == {}
     assert any(addresses(t) for t in texts.values())
     # every TCP socket in LISTEN on this machine that a cluster component owns
-    pids = real_cluster.status()["pids"]
+    pids = cluster.status()["pids"]
     inodes: dict[str, str] = {}
     for name, pid in pids.items():
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -124,16 +78,16 @@ def test_configs_and_listening_sockets_are_local(real_cluster: Cluster) -> None:
     assert [(n, ip) for n, ip in listening if offending(ip) or ip == "0.0.0.0"] == []
 
 
-def test_restricted_server_pod_behind_service_gateway_and_prometheus(real_cluster: Cluster, ns: str,
-                                                                     store_model: dict[str, str]) -> None:  # fmt: skip
-    c = real_cluster
+def test_restricted_server_pod_behind_service_gateway_and_prometheus(cluster: Cluster, ns: str,
+                                                                     model: dict[str, str]) -> None:  # fmt: skip
+    c = cluster
     host = f"porosity.{ns}.example.test"
     t0 = time.monotonic()
     apply(
         c,
         ns,
-        restricted_deployment(c, "porosity", store_model, "stable"),
-        restricted_deployment(c, "porosity", store_model, "canary"),
+        server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="stable"),
+        server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="canary"),
         service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
         service("porosity-canary", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "canary"}),
     )
@@ -207,13 +161,13 @@ def test_restricted_server_pod_behind_service_gateway_and_prometheus(real_cluste
 
 
 @pytest.mark.bench
-def test_gateway_cost_per_request(real_cluster: Cluster, ns: str, store_model: dict[str, str]) -> None:
+def test_gateway_cost_per_request(cluster: Cluster, ns: str, model: dict[str, str]) -> None:
     """Median latency of one predict request through Traefik vs straight to the pod (keep-alive,
     one client, sequential): what the real gateway adds per request. Printed, not asserted."""
-    c, host = real_cluster, f"bench.{ns}.example.test"
+    c, host = cluster, f"bench.{ns}.example.test"
     parent = {"name": c.env["GATEWAY_NAME"], "namespace": c.env["GATEWAY_NAMESPACE"]}
     backend = {"name": "porosity-stable", "port": 80}
-    apply(c, ns, restricted_deployment(c, "porosity", store_model, "stable"),
+    apply(c, ns, server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="stable"),
           service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
           {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "bench"},
            "spec": {"parentRefs": [parent], "hostnames": [host], "rules": [{"backendRefs": [backend]}]}})  # fmt: skip
@@ -241,34 +195,48 @@ def test_gateway_cost_per_request(real_cluster: Cluster, ns: str, store_model: d
           f"ratio {gateway / direct:.2f}, added {gateway - direct:.2f} ms per request")  # fmt: skip
 
 
-def test_helm_installs_the_operator_as_a_pod_that_deploys_a_model(
-    real_cluster: Cluster, store_model: dict[str, str]
-) -> None:
+def test_helm_installs_the_operator_as_a_pod_that_deploys_a_model(cluster: Cluster, model: dict[str, str]) -> None:
     """`helm install` with the built image: the operator runs as a pod (uid 10001, read-only root,
     a `restricted` namespace) under the chart's ServiceAccount, reaches the API server through the
     `kubernetes` Service and renders a ModelDeployment's server pods, which load the model from
     the model store and become Ready."""
-    c = real_cluster
-    system, apps = "modeldeploy-system", f"md-{os.urandom(3).hex()}"
-    repo, tag = c.env["IMAGE"].rsplit(":", 1)
+    c = cluster
+    suffix = os.urandom(3).hex()
+    system, apps = f"mds-{suffix}", f"md-{suffix}"  # fresh names: a namespace may take a while to go
     c.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system, "labels": RESTRICTED}}))
     c.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": apps, "labels": RESTRICTED}}))
-    helm = subprocess.run(
-        [str(c.helm_path), "--kubeconfig", str(c.kubeconfig), "upgrade", "--install", "modeldeploy",
+    # Watching only its own namespace and uninstalled at the end: the session's other tests run their
+    # own operator processes on this cluster, and a second operator acting on their objects made
+    # them fail at random (this release used to stay installed, watching every namespace).
+    helm = [str(c.helm_path), "--kubeconfig", str(c.kubeconfig)]
+    try:
+        _helm_install_and_deploy(c, helm, system, apps, model)
+    finally:  # the ModelDeployment first, while its operator runs to release the finalizer
+        c.kubectl("delete", "-n", apps, "modeldeployment", "porosity", "--timeout=60s", check=False)
+        subprocess.run([*helm, "uninstall", "modeldeploy", "-n", system, "--wait", "--timeout", "120s"],
+                       capture_output=True, text=True, timeout=180)  # fmt: skip
+        c.kubectl("delete", "namespace", apps, system, "--wait=false", check=False)
+
+
+def _helm_install_and_deploy(c: Cluster, helm: list[str], system: str, apps: str, model: dict[str, str]) -> None:
+    repo, tag = c.env["IMAGE"].rsplit(":", 1)
+    installed = subprocess.run(
+        [*helm, "upgrade", "--install", "modeldeploy",
          str(REPO / "charts" / "modeldeploy"), "-n", system, "--wait", "--timeout", "180s",
          "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
          "--set", f"prometheusUrl={c.prometheus_url}", "--set", f"serverImage={c.env['IMAGE']}",
+         "--set", "rbac.namespaced=true", "--set", f"watchNamespaces={{{apps}}}",
          "--set", "tickSeconds=1", "--set", "prometheusScrapeIntervalSeconds=2"],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
-    assert helm.returncode == 0, helm.stdout + helm.stderr
+    assert installed.returncode == 0, installed.stdout + installed.stderr
     (operator,) = json.loads(c.kubectl("get", "pods", "-n", system, "-o", "json"))["items"]
     name = operator["metadata"]["name"]
     assert c.kubectl("exec", "-n", system, name, "--", "id", "-u").strip() == "10001"
     assert operator["spec"]["serviceAccountName"] == "modeldeploy"
     md = {
         "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "porosity"},
-        "spec": {"model": {"uri": store_model["uri"], "sha256": store_model["sha256"], "version": "1"},
+        "spec": {"model": {"uri": model["uri"], "sha256": model["sha256"], "version": "1"},
                  "inputs": INPUTS, "replicas": 1},
     }  # fmt: skip
     c.kubectl("apply", "-n", apps, "-f", "-", input=json.dumps(md))
@@ -282,4 +250,3 @@ def test_helm_installs_the_operator_as_a_pod_that_deploys_a_model(
     touch = c.kubectl("exec", "-n", apps, pod, "--", "touch", "/probe", check=False)
     assert "Read-only file system" in touch, touch
     assert "porosity" in c.kubectl("logs", "-n", system, name)
-    c.kubectl("delete", "namespace", apps, "--wait=false", check=False)

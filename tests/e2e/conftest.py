@@ -1,10 +1,12 @@
-"""Fixtures of the end-to-end scenarios: real cluster, real Prometheus, real operator process, real traffic.
+"""Fixtures of the end-to-end scenarios: the real node, real Prometheus, real operator process, real traffic.
 
 Each test module lists its scenarios in `NAMESPACES`; the module fixture `e2e` creates one
-namespace per scenario, starts one `modeldeploy-operator` process watching exactly those (tick 1 s,
-old revision scaled down 5 s after promotion) and deletes the namespaces at the end. Models are
-trained once per session and served by one loopback model store. At the end of each module the
-operator's RSS and CPU seconds go to .cache/figures/e2e.json.
+namespace per scenario (Pod Security `restricted` enforced), starts one `modeldeploy-operator`
+process watching exactly those (tick 1 s, old revision scaled down 5 s after promotion, server
+pods from the cluster's IMAGE) and deletes the namespaces at the end. Models are trained once per
+session into the cluster's MODEL_STORE_DIR; the server pods fetch them from MODEL_STORE_URL (the
+model store Service). HTTPRoutes attach to the cluster's Gateway (Traefik). At the end of each
+module the operator's RSS and CPU seconds go to .cache/figures/e2e.json.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 from devcluster import Cluster
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import report
-from modeldeploy_demo.workload import ArtifactServer, Model, Operator, Traffic, train_models, wait_for
+from modeldeploy_demo.workload import Model, Operator, Traffic, publish_models, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "wine"
@@ -36,14 +38,9 @@ class Store:
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    folder = tmp_path_factory.mktemp("e2e-models")
-    models = train_models(folder)
-    server = ArtifactServer(folder)
-    try:
-        yield Store(server.url, models)
-    finally:
-        server.close()
+def store(cluster: Cluster) -> Store:
+    url, models = publish_models(cluster.env)
+    return Store(url, models)
 
 
 @dataclass
@@ -67,9 +64,9 @@ class E2E:
         """HTTPRoute and v1 applied in the scenario's namespace; returns (namespace, host) once Healthy."""
         ns = self.namespaces[scenario]
         host = f"{NAME}.{ns}.test"
-        k.apply(self.kubeconfig, ns, k.http_route(NAME, host))
+        k.apply(self.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(self.cluster.env)))
         k.apply(self.kubeconfig, ns, self.mdep("v1", "1", **kw))
-        st = self.kube.wait_for_phase(ns, NAME, "Healthy", 120)
+        st = self.kube.wait_for_phase(ns, NAME, "Healthy", 180)  # two pods from the image: 8-20 s each
         assert st["stableVersion"] == "1", st
         return ns, host
 
@@ -89,7 +86,8 @@ class E2E:
         old = self.operator
         self.operator = Operator(Path(self.cluster.kubeconfig), self.cluster.prometheus_url, old.log,
                                  namespace=old.env["MODELDEPLOY_OPERATOR_NAMESPACES"], tick=1.0,
-                                 scale_down_delay=SCALE_DOWN_DELAY).start()  # fmt: skip
+                                 scale_down_delay=SCALE_DOWN_DELAY, image=old.env["MODELDEPLOY_OPERATOR_SERVER_IMAGE"],
+                                 ).start()  # fmt: skip
         return self.operator
 
     def reasons(self, ns: str) -> list[str]:
@@ -107,10 +105,10 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
     module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     namespaces = {key: f"e2e-{key}-{suffix}" for key in request.module.NAMESPACES}
     for ns in namespaces.values():
-        k.kubectl(kubeconfig, "create", "namespace", ns)
+        k.create_namespace(kubeconfig, ns)
     log = Path(cluster.log_dir) / f"operator-e2e-{module}-{suffix}.log"
     operator = Operator(kubeconfig, cluster.prometheus_url, log, namespace=",".join(namespaces.values()), tick=1.0,
-                        scale_down_delay=SCALE_DOWN_DELAY).start()  # fmt: skip
+                        scale_down_delay=SCALE_DOWN_DELAY, image=cluster.env["IMAGE"]).start()  # fmt: skip
     env = E2E(cluster, k.Kube(kubeconfig), store, operator, namespaces, module)
     try:
         yield env
