@@ -1,4 +1,4 @@
-"""`modeldeploy-server`: serve from the environment (flags override), or `score` a CSV file.
+"""`modeldeploy-server`: serve from the environment (flags override), or `score` a file or a run's shard.
 
 Owned here: the command line. Every setting is a flag named after its variable
 (`--model-uri` = `MODELDEPLOY_MODEL_URI`); flags are exported to the environment so that worker
@@ -6,7 +6,7 @@ processes see them. One worker: the model loads in the background of the serving
 answers during a download). Several workers: the parent fetches, verifies and self-checks once
 (refusing early with one line), sets up prometheus_client's multiprocess directory, then uvicorn
 spawns the workers. Exit codes: 0 clean stop, 2 refusal (digest, format, version, self-check,
-settings), 1 rejected rows in `score`.
+settings, input, output), 1 rejected rows in `score`, 3 an unexpected error in a shard.
 """
 
 from __future__ import annotations
@@ -99,16 +99,42 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def _score_shard(settings: Settings, args: argparse.Namespace) -> int:
+    from modeldeploy_server.score import Shard, score_shard
+
+    index = args.shard if args.shard is not None else os.environ.get("JOB_COMPLETION_INDEX")
+    run = args.run_id or os.environ.get("MODELDEPLOY_BATCH_RUN")
+    if args.shards < 1:
+        raise LoadRefused(f"--shards must be at least 1 (got {args.shards})")
+    if index is None or not str(index).isdigit():
+        raise LoadRefused(f"--shard (or JOB_COMPLETION_INDEX) must be a shard index, got {index!r}")
+    if not run:
+        raise LoadRefused("--run-id (or MODELDEPLOY_BATCH_RUN) is required with --shards: it names the run's folder")
+    shard = Shard(args.input, args.output, int(index), args.shards, run, args.allow_rejects)
+    return score_shard(settings, shard)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="modeldeploy-server", description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="command")
     serve_parser = sub.add_parser("serve", help="Serve the model over HTTP (the default).")
     score_parser = sub.add_parser("score", help="Score a CSV file with the same artifact checks and contract.")
-    score_parser.add_argument("--input", required=True, help="CSV with a header row naming the features.")
-    score_parser.add_argument("--output", required=True, help="CSV of predictions (row, prediction...).")
+    score_parser.add_argument(
+        "--input", required=True, help="CSV (a header row names the features) or Parquet; a URI with --shards."
+    )
+    score_parser.add_argument(
+        "--output", required=True, help="Predictions (row, carried columns, prediction...); a prefix with --shards."
+    )
     score_parser.add_argument("--rejects", default=None, help="CSV report of rejected rows (default: stderr).")
     score_parser.add_argument("--allow-rejects", action="store_true", help="Exit 0 even if rows were rejected.")
+    score_parser.add_argument("--shards", type=int, default=None, help="Score one shard of a run of this many.")
+    score_parser.add_argument(
+        "--shard", type=int, default=None, help="This shard's index (default: env JOB_COMPLETION_INDEX)."
+    )
+    score_parser.add_argument(
+        "--run-id", default=None, help="The run's folder under the output (default: env MODELDEPLOY_BATCH_RUN)."
+    )
     for p in (parser, serve_parser, score_parser):
         _add_setting_flags(p)
     if not args_list or args_list[0] not in ("serve", "score", "-h", "--help"):
@@ -117,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _export_flags(args)
     try:
         settings = _settings()
+        if args.command == "score" and args.shards is not None:
+            return _score_shard(settings, args)
         if args.command == "score":
             from modeldeploy_server.score import score
 

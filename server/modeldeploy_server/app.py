@@ -24,12 +24,13 @@ from typing import Any
 import orjson
 import sklearn
 
-from modeldeploy_server import logs
+from modeldeploy_server import binning, logs, protocol, shadow
 from modeldeploy_server.errors import (
     ClientClosed,
     ContractViolation,
     MalformedRequest,
     MethodNotAllowed,
+    NonFiniteOutput,
     NotFound,
     NotReady,
     PayloadTooLarge,
@@ -63,6 +64,8 @@ class Request:
     receive: Receive
     params: dict[str, str]
     request_id: str
+    received: bytes | None = None  # the body, once read (a shadow step mirrors it)
+    json_length: int | None = None  # binary tensor extension: the JSON header's length
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.scope["headers"]:
@@ -86,7 +89,8 @@ class Request:
                 raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self.received = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return self.received
 
 
 Handler = Callable[[Request], Awaitable[Answer]]
@@ -162,7 +166,7 @@ async def infer(request: Request) -> Answer:
     if header is not None:
         if not header.isdigit() or len(header) > 12:
             raise MalformedRequest(f"Inference-Header-Content-Length {header[:24].decode('latin-1')!r} is not a size")
-        json_length = int(header)
+        json_length = request.json_length = int(header)
     _content_type(request, json_length is not None)
     body = await request.body()
     return await plane.infer_v2(name, body, json_length, request.request_id)
@@ -184,6 +188,45 @@ async def model_ready_v1(request: Request) -> Answer:  # the kserve v1 client's 
     return _ok(orjson.dumps({"name": name, "ready": True}))
 
 
+async def shadow_config(request: Request) -> Answer:
+    """Stable's side of a shadow step: the operator says where to mirror, how much, until when."""
+    app = request.app
+    shadow.authorize(app.shadow_token, request.header(b"authorization"))
+    payload = protocol.decode(await request.body())
+    if not isinstance(payload, dict):
+        raise MalformedRequest("shadow config: the body must be a JSON object")
+    config = shadow.Config.parse(payload, time.time())
+    app.shadow_store.write(config)
+    answer = {"percent": config.percent, "targets": config.targets, "expiresAt": config.expires_at}
+    return _ok(orjson.dumps(answer))
+
+
+async def shadow_compare(request: Request) -> Answer:
+    """The canary's side: answer a request stable answered, compare, count. 200 whatever the canary said."""
+    app = request.app
+    shadow.authorize(app.shadow_token, request.header(b"authorization"))
+    body = await request.body()
+    size = shadow.header_int(request.header(shadow.H_REQUEST_LENGTH), "x-modeldeploy-shadow-request-length")
+    if size > len(body):
+        raise MalformedRequest(f"shadow compare: request length {size} exceeds the body's {len(body)} bytes")
+    stable_y = shadow.decode_answer(body[size:])
+    stable_revision = (request.header(shadow.H_STABLE) or b"unknown").decode("latin-1")[:64]
+    try:
+        tolerance = float(request.header(shadow.H_TOLERANCE) or b"0")
+    except ValueError:
+        raise MalformedRequest("shadow compare: x-modeldeploy-shadow-tolerance is not a number") from None
+    limit = min(shadow.header_int(request.header(shadow.H_LOG), "x-modeldeploy-shadow-log", 0), 1000)
+    json_header = request.header(shadow.H_JSON_LENGTH)
+    json_length = None if json_header is None else shadow.header_int(json_header, "x-modeldeploy-shadow-json-length")
+    try:
+        x, y = await app.plane.mirrored(request.header(shadow.H_KIND) == b"v1", body[:size], json_length)
+    except RequestError as exc:
+        app.comparer.failed(stable_revision, exc.status, len(stable_y))
+        return _ok(orjson.dumps({"rows": len(stable_y), "agreements": 0, "canaryStatus": exc.status}))
+    n, k = app.comparer.paired(stable_revision, request.request_id, x, stable_y, y, tolerance, limit)
+    return _ok(orjson.dumps({"rows": n, "agreements": k, "canaryStatus": 200}))
+
+
 GET, POST = frozenset(("GET", "HEAD")), frozenset(("POST",))
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 ROUTES = (
@@ -196,6 +239,8 @@ ROUTES = (
     Route(POST, re.compile(_MODEL + r"/infer"), infer, counted=True),
     Route(POST, re.compile(r"/v1/models/(?P<name>[^/:]+):predict"), predict, counted=True),
     Route(GET, re.compile(r"/v1/models/(?P<name>[^/:]+)"), model_ready_v1),
+    Route(POST, re.compile(shadow.CONFIG_PATH), shadow_config),
+    Route(POST, re.compile(shadow.COMPARE_PATH), shadow_compare),
     Route(GET, re.compile(r"/"), root),
 )
 
@@ -223,9 +268,21 @@ class App:
         self.pod = settings.pod_name.encode("latin-1", "replace")
         self._counter = 0
         self._prefix = f"{os.getpid():x}-{os.urandom(3).hex()}-"
+        token = settings.shadow_token
+        self.shadow_token = token.get_secret_value() if token is not None else None
+        shadow_metrics = shadow.ShadowMetrics(self.metrics)
+        key = settings.pod_name or f"{settings.host}-{settings.port}-{settings.model_revision}"
+        self.shadow_store = shadow.Store(key)
+        self.mirror = shadow.Mirror(self.shadow_store, shadow_metrics, self.shadow_token, settings.model_revision,
+                                    settings.shadow_queue, settings.shadow_timeout_seconds)  # fmt: skip
+        self.comparer = shadow.Comparer(shadow_metrics)
 
     def _loaded(self, runtime: Runtime) -> None:
         self.metrics.set_info(runtime.sha256, runtime.format, sklearn.__version__)
+        c, profile = runtime.contract, runtime.profile
+        ranges = [(s.min, s.max) for s in c.specs]
+        self.metrics.set_layout(binning.layout(c.names, ranges, runtime.classes, runtime.method, profile),
+                                {k: v.proportions for k, v in profile.features.items()} if profile else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -245,11 +302,21 @@ class App:
         request_id = self._request_id(scope)
         counted, status, rows = True, 500, 0
         headers: list[tuple[bytes, bytes]] = []
+        mirrored: tuple[shadow.Config, shadow.Item] | None = None
         try:
             found, params = route(scope["method"], scope["path"])
             counted = found.counted
-            answer = await found.handler(Request(self, scope, receive, params, request_id))
+            request = Request(self, scope, receive, params, request_id)
+            answer = await found.handler(request)
+            if counted and answer.y is not None and request.received is not None:
+                config = self.mirror.wanted()
+                if config is not None:
+                    item = shadow.Item(request_id, found.handler is predict, request.received, request.json_length,
+                                       answer.y)  # fmt: skip
+                    mirrored = (config, item)
             status, body, rows, headers = 200, answer.body, answer.rows, answer.headers
+            if answer.y is not None and answer.x is not None:
+                self.metrics.predicted(answer.x, answer.y)
             if answer.json_length is not None:
                 headers = [(b"content-type", OCTET_STREAM), (BINARY_HEADER, str(answer.json_length).encode())]
             if self.settings.access_log:
@@ -261,6 +328,8 @@ class App:
             status, body, headers = exc.status, orjson.dumps({"error": exc.message}), list(exc.headers)
             if isinstance(exc, ContractViolation):
                 self.metrics.reject(exc.reason)
+            elif isinstance(exc, NonFiniteOutput):
+                self.metrics.nonfinite(exc.rows)
             self._log_refusal(scope, request_id, exc, started)
         except Exception:  # a bug, never the client's fault: 500, logged with its traceback
             log.exception("internal error", extra={"fields": {"request_id": request_id, "path": scope["path"][:256]}})
@@ -274,6 +343,8 @@ class App:
                     (b"x-modeldeploy-pod", self.pod)]  # fmt: skip
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        if mirrored is not None:  # after the user has the answer: a queue put, never a wait
+            self.mirror.offer(*mirrored)
 
     def _fields(self, scope: Scope, request_id: str, status: int, started: float) -> dict[str, Any]:
         duration_ms = round((time.perf_counter() - started) * 1000, 3)

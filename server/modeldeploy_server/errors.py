@@ -32,6 +32,10 @@ class NotFound(RequestError):
     status, outcome = 404, "rejected"  # unknown model, version or path
 
 
+class Forbidden(RequestError):
+    status, outcome = 403, "rejected"  # a shadow endpoint called without this ModelDeployment's token
+
+
 class MethodNotAllowed(RequestError):
     status, outcome = 405, "rejected"  # the route exists; `headers` carries `Allow`
 
@@ -62,6 +66,14 @@ class ClientClosed(RequestError):
 
 class ModelFailure(RequestError):
     status, outcome = 500, "error"  # the model raised, or answered NaN/inf, on contract-valid input
+
+
+class NonFiniteOutput(ModelFailure):
+    """500: the model answered NaN or inf for `rows` of the request's rows (counted apart too)."""
+
+    def __init__(self, message: str, rows: int) -> None:
+        super().__init__(message)
+        self.rows = rows
 
 
 class NotReady(RequestError):

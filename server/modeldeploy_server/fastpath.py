@@ -36,8 +36,10 @@ class Choice:
 
 
 def _same(reference: npt.NDArray[Any], candidate: npt.NDArray[Any]) -> bool:
-    return reference.shape == candidate.shape and reference.dtype == candidate.dtype and bool(
-        np.array_equal(reference, candidate)
+    return (
+        reference.shape == candidate.shape
+        and reference.dtype == candidate.dtype
+        and bool(np.array_equal(reference, candidate))
     )
 
 

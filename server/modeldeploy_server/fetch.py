@@ -43,8 +43,9 @@ log = logging.getLogger("modeldeploy_server.fetch")
 class _Limits:
     """The byte budget and the deadline of one download."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.uri = settings.model_uri
+    def __init__(self, settings: Settings, uri: str | None = None, what: str = "model artifact") -> None:
+        self.uri = settings.model_uri if uri is None else uri
+        self.what = what
         self.max_bytes = settings.max_artifact_bytes
         self.timeout = settings.fetch_timeout_seconds
         self.deadline = time.monotonic() + self.timeout
@@ -54,7 +55,7 @@ class _Limits:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise LoadRefused(
-                f"cannot fetch model artifact {self.uri}: not complete within MODELDEPLOY_FETCH_TIMEOUT_SECONDS="
+                f"cannot fetch {self.what} {self.uri}: not complete within MODELDEPLOY_FETCH_TIMEOUT_SECONDS="
                 f"{self.timeout:g} (after {self.read} bytes)"
             )
         return left
@@ -62,14 +63,14 @@ class _Limits:
     def declared(self, length: int) -> None:
         if length > self.max_bytes:
             raise LoadRefused(
-                f"model artifact {self.uri} is {length} bytes, over MODELDEPLOY_MAX_ARTIFACT_BYTES={self.max_bytes}"
+                f"{self.what} {self.uri} is {length} bytes, over MODELDEPLOY_MAX_ARTIFACT_BYTES={self.max_bytes}"
             )
 
     def count(self, chunk: bytes) -> bytes:
         self.read += len(chunk)
         if self.read > self.max_bytes:
             raise LoadRefused(
-                f"model artifact {self.uri} is over MODELDEPLOY_MAX_ARTIFACT_BYTES={self.max_bytes} bytes; "
+                f"{self.what} {self.uri} is over MODELDEPLOY_MAX_ARTIFACT_BYTES={self.max_bytes} bytes; "
                 "download stopped"
             )
         self.remaining()
@@ -82,7 +83,7 @@ def _file_chunks(uri: str, limits: _Limits) -> Iterator[bytes]:
         handle = path.open("rb")
         limits.declared(os.fstat(handle.fileno()).st_size)
     except OSError as exc:
-        raise LoadRefused(f"cannot read model artifact {uri}: {exc.strerror or exc}") from exc
+        raise LoadRefused(f"cannot read {limits.what} {uri}: {exc.strerror or exc}") from exc
     with handle:
         while chunk := handle.read(CHUNK):
             yield limits.count(chunk)
@@ -108,35 +109,42 @@ def _http_chunks(url: str, headers: dict[str, str], limits: _Limits, shown_uri: 
                         target = urljoin(current, response.headers.get("location", ""))
                         if s3:
                             raise LoadRefused(
-                                f"cannot fetch model artifact {shown_uri}: S3 answered HTTP {response.status_code} "
+                                f"cannot fetch {limits.what} {shown_uri}: S3 answered HTTP {response.status_code} "
                                 f"redirecting to {target[:200]}; redirects are not followed for S3 (the request is "
                                 "signed for one host)"
                             )
                         if _origin(target) != _origin(current):
                             raise LoadRefused(
-                                f"cannot fetch model artifact {shown_uri}: redirect from {current[:200]} to another "
+                                f"cannot fetch {limits.what} {shown_uri}: redirect from {current[:200]} to another "
                                 f"origin {target[:200]} refused"
                             )
                         log.info("artifact redirect", extra={"fields": {"from": current, "to": target}})
                         current = target
                         continue
                     if response.status_code != 200:
-                        raise LoadRefused(f"cannot fetch model artifact {shown_uri}: HTTP {response.status_code}")
+                        raise LoadRefused(f"cannot fetch {limits.what} {shown_uri}: HTTP {response.status_code}")
                     length = response.headers.get("content-length")
                     if length is not None and length.strip().isdigit():
                         limits.declared(int(length))
                     for chunk in response.iter_raw():
                         yield limits.count(chunk)
                     return
-            raise LoadRefused(f"cannot fetch model artifact {shown_uri}: more than {MAX_REDIRECTS} redirects")
+            raise LoadRefused(f"cannot fetch {limits.what} {shown_uri}: more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as exc:
         if limits.deadline <= time.monotonic():
             limits.remaining()
-        raise LoadRefused(f"cannot fetch model artifact {shown_uri}: {type(exc).__name__}: {exc}") from exc
+        raise LoadRefused(f"cannot fetch {limits.what} {shown_uri}: {type(exc).__name__}: {exc}") from exc
 
 
-def s3_request(uri: str, endpoint: str | None, env: dict[str, str], now: datetime) -> tuple[str, dict[str, str]]:
-    """The path-style URL and signed headers for GET s3://bucket/key (unsigned without credentials)."""
+def s3_request(
+    uri: str,
+    endpoint: str | None,
+    env: dict[str, str],
+    now: datetime,
+    method: str = "GET",
+    payload_sha256: str = sigv4.EMPTY_SHA256,
+) -> tuple[str, dict[str, str]]:
+    """The path-style URL and signed headers for `method` s3://bucket/key (unsigned without credentials)."""
     parts = urlsplit(uri)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket or not key:
@@ -152,16 +160,16 @@ def s3_request(uri: str, endpoint: str | None, env: dict[str, str], now: datetim
     if not access or not secret:
         return url, {}
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    headers = {"host": endpoint_parts.netloc, "x-amz-content-sha256": sigv4.EMPTY_SHA256, "x-amz-date": amz_date}
+    headers = {"host": endpoint_parts.netloc, "x-amz-content-sha256": payload_sha256, "x-amz-date": amz_date}
     token = env.get("AWS_SESSION_TOKEN")
     if token:
         headers["x-amz-security-token"] = token
     headers["authorization"] = sigv4.sign(
-        "GET",
+        method,
         path,
         {},
         headers,
-        payload_sha256=sigv4.EMPTY_SHA256,
+        payload_sha256=payload_sha256,
         credentials=sigv4.Credentials(access, secret, token),
         region=region,
         service="s3",
@@ -177,14 +185,15 @@ SCHEMES = ("file", "http", "https", "s3")
 def _scheme(uri: str) -> str:
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme not in SCHEMES:
-        raise LoadRefused(f"model URI {uri!r} has unsupported scheme {scheme!r}; supported: {', '.join(SCHEMES)}")
+        raise LoadRefused(f"URI {uri!r} has unsupported scheme {scheme!r}; supported: {', '.join(SCHEMES)}")
     return scheme
 
 
-def _chunks(settings: Settings) -> Iterator[bytes]:
-    uri = settings.model_uri
+def _chunks(settings: Settings, uri: str | None = None, what: str = "model artifact") -> Iterator[bytes]:
+    """The bytes of `uri` (default: the model artifact's) within the size and time budget."""
+    limits = _Limits(settings, uri, what)
+    uri = limits.uri
     scheme = _scheme(uri)
-    limits = _Limits(settings)
     if scheme == "file":
         return _file_chunks(uri, limits)
     if scheme in ("http", "https"):
@@ -247,6 +256,22 @@ def fetch_verified(settings: Settings) -> tuple[Path, str]:
         final = cache / f"{actual}.artifact"
         os.replace(tmp_name, final)
         return final, actual
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def download(settings: Settings, uri: str, dest: Path, what: str) -> Path:
+    """Stream `uri` (file, http(s), s3) to `dest` within the size and time budget; no partial file is left."""
+    _scheme(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in _chunks(settings, uri, what):
+                out.write(chunk)
+        os.replace(tmp_name, dest)
+        return dest
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -12,11 +12,17 @@ count). Called by `app`.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from modeldeploy_server import binning
 from modeldeploy_server.contract import REASONS
 from modeldeploy_server.errors import OUTCOMES, outcome_of
 
@@ -25,6 +31,11 @@ DURATION = "modeldeploy_request_duration_seconds"
 REJECTIONS = "modeldeploy_rejections_total"
 PREDICTIONS = "modeldeploy_predictions_total"
 INFO = "modeldeploy_model_info"
+PREDICTION_CLASS = "modeldeploy_prediction_class_total"
+PREDICTION_BIN = "modeldeploy_prediction_bin_total"
+INPUT_BIN = "modeldeploy_input_bin_total"
+INPUT_REFERENCE = "modeldeploy_input_reference_proportion"
+NONFINITE = "modeldeploy_nonfinite_outputs_total"
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BASE_LABELS = ("model", "version", "revision")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -36,6 +47,8 @@ def multiprocess_dir() -> str | None:
 
 # Request series created at 0 when the server starts (see Metrics.__init__).
 PRECREATED_CODES = tuple(sorted(OUTCOMES))
+# Distribution counts reach their counters at most this long after the request (or at /metrics).
+FLUSH_SECONDS = 0.25
 
 
 class Metrics:
@@ -66,6 +79,32 @@ class Metrics:
             INFO, "The served model artifact (always 1).", (*labels, "sha256", "format", "sklearn_version"),
             registry=reg, multiprocess_mode="max",
         )  # fmt: skip
+        self._classes = Counter(
+            PREDICTION_CLASS.removesuffix("_total"), "Rows predicted, by predicted class (classifiers).",
+            (*labels, "class"), registry=reg,
+        )  # fmt: skip
+        self._bins = Counter(
+            PREDICTION_BIN.removesuffix("_total"),
+            "Rows predicted, by bin of the binary probability score or regression value ('0' lowest).",
+            (*labels, "bin"), registry=reg,
+        )  # fmt: skip
+        self._inputs = Counter(
+            INPUT_BIN.removesuffix("_total"), "Rows predicted, by bin of each binned input feature ('0' lowest).",
+            (*labels, "feature", "bin"), registry=reg,
+        )  # fmt: skip
+        self._reference = Gauge(
+            INPUT_REFERENCE, "The reference profile's training share of each input bin (with a profile only).",
+            (*labels, "feature", "bin"), registry=reg, multiprocess_mode="max",
+        )  # fmt: skip
+        self._nonfinite = Counter(
+            NONFINITE.removesuffix("_total"), "Rows the model answered with NaN or inf (refused with a 500).",
+            labels, registry=reg,
+        )  # fmt: skip
+        self._nonfinite_child = self._nonfinite.labels(*self.base)
+        self._tally: binning.Tally | None = None
+        self._children: list[Counter] = []
+        self._flush_at = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._duration_children = {outcome: self._duration.labels(*self.base, outcome) for outcome in OUTCOMES.values()}
         self._predictions_child = self._predictions.labels(*self.base)
         self._request_children: dict[int, Counter] = {}
@@ -87,6 +126,58 @@ class Metrics:
     def set_info(self, sha256: str, fmt: str, sklearn_version: str) -> None:
         self._info.labels(*self.base, sha256, fmt, sklearn_version).set(1)
 
+    def set_layout(self, layout: binning.Layout, reference: dict[str, tuple[float, ...]] | None = None) -> None:
+        """Create every distribution series of the loaded model at 0 (a first count must be seen by
+        `increase()`), and export the reference profile's training shares when there is one. Called
+        again when the serving path changes after loading: the rows counted so far are exported
+        first (replacing the tally used to drop them)."""
+        self.flush()
+        tally = binning.Tally(layout)
+        families = {"input": self._inputs, "class": self._classes, "bin": self._bins}
+        self._children = [families[family].labels(*self.base, *values) for family, values in tally.slots]
+        for _, name, _ in layout.features:
+            for b, share in enumerate((reference or {}).get(name, ())):
+                self._reference.labels(*self.base, name, str(b)).set(share)
+        self._tally, self._flush_at = tally, 0.0
+
+    def predicted(self, x: npt.NDArray[np.float64], y: npt.NDArray[Any]) -> None:
+        """Count one answered request's rows by input bin, predicted class and prediction bin: into
+        plain integers, moved into the counters at most every `FLUSH_SECONDS`, before rendering, and
+        by a timer on this worker's event loop when counts are left (a scrape renders one worker's
+        counts only: without the timer, an idle worker's last rows stayed unexported until its next
+        request)."""
+        tally = self._tally
+        if tally is None:
+            return
+        tally.add(x, y)
+        now = time.monotonic()
+        if now >= self._flush_at:
+            self._flush_at = now + FLUSH_SECONDS
+            self.flush()
+        elif self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside a server (no loop): rendering flushes
+                return
+            self._flush_timer = loop.call_later(self._flush_at - now, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._flush_timer = None
+        self._flush_at = time.monotonic() + FLUSH_SECONDS
+        self.flush()
+
+    def flush(self) -> None:
+        tally = self._tally
+        if tally is None:
+            return
+        children = self._children
+        for slot, n in enumerate(tally.take()):
+            if n:
+                children[slot].inc(n)
+
+    def nonfinite(self, rows: int) -> None:
+        self._nonfinite_child.inc(rows)
+
     def observe(self, code: int, seconds: float, rows: int = 0) -> None:
         self._request_child(code).inc()
         outcome = outcome_of(code)
@@ -101,6 +192,7 @@ class Metrics:
         self._rejections.labels(*self.base, reason).inc()
 
     def render(self) -> bytes:
+        self.flush()  # this process' counts; other workers' within FLUSH_SECONDS (their timer)
         if self.multiprocess:
             from prometheus_client import multiprocess
 

@@ -26,6 +26,7 @@ from modeldeploy_server.contract import Contract
 from modeldeploy_server.errors import LoadRefused
 from modeldeploy_server.fastpath import REFERENCE, choose
 from modeldeploy_server.fetch import discard, fetch_verified
+from modeldeploy_server.profile import Profile, ProfileError, parse
 from modeldeploy_server.settings import InputSpec, Settings
 from modeldeploy_server.trust import check_trees, skops_trusted
 
@@ -49,6 +50,7 @@ class Runtime:
     load_seconds: float = 0.0
     model: Any = None  # the deserialized sklearn object (None for ONNX artifacts)
     compiled: bool = False  # the fast-path choice has run
+    profile: Profile | None = None  # the verified reference profile (MODELDEPLOY_REFERENCE_URI)
 
     def compile(self, settings: Settings) -> None:
         """Choose the serving path (see `fastpath.choose`); a no-op once done or when switched off."""
@@ -178,6 +180,29 @@ def _load_sklearn(path: Path, fmt: str, settings: Settings, digest: str) -> Runt
     return runtime
 
 
+def load_profile(settings: Settings, runtime: Runtime) -> Profile | None:
+    """The reference profile, fetched and digest-verified like the artifact, checked against the model."""
+    if not settings.reference_uri:
+        return None
+    if settings.reference_sha256 is None:
+        raise LoadRefused(f"refusing reference profile {settings.reference_uri} without MODELDEPLOY_REFERENCE_SHA256")
+    where = settings.model_copy(update={"model_uri": settings.reference_uri, "model_sha256": settings.reference_sha256})
+    path, _ = fetch_verified(where)
+    try:
+        profile = parse(path.read_bytes())
+    except ProfileError as exc:
+        discard(path)
+        raise LoadRefused(f"{settings.reference_uri}: {exc}") from exc
+    unknown = sorted(set(profile.features) - set(runtime.contract.names))
+    if unknown:
+        raise LoadRefused(f"reference profile {settings.reference_uri} profiles feature(s) {unknown} the model does "
+                          f"not take (inputs: {list(runtime.contract.names)})")  # fmt: skip
+    if profile.classes is not None and runtime.classes is not None and list(profile.classes) != runtime.classes:
+        raise LoadRefused(f"reference profile {settings.reference_uri} has classes {list(profile.classes)}, the model "
+                          f"{runtime.classes}")  # fmt: skip
+    return profile
+
+
 def load_runtime(settings: Settings, compile_now: bool = True) -> Runtime:
     """Fetch, verify, deserialize, self-check and (unless deferred) choose the serving path. Raises LoadRefused.
 
@@ -198,6 +223,7 @@ def load_runtime(settings: Settings, compile_now: bool = True) -> Runtime:
         if compile_now:
             runtime.compile(settings)
         self_check(runtime)
+        runtime.profile = load_profile(settings, runtime)
     except BaseException:
         discard(path)  # verified bytes that cannot be served must not stay in the cache
         raise

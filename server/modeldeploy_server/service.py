@@ -22,7 +22,7 @@ import sklearn
 from modeldeploy_server import protocol
 from modeldeploy_server.batching import MicroBatcher
 from modeldeploy_server.contract import Matrix
-from modeldeploy_server.errors import MalformedRequest, ModelFailure, NotFound, NotReady
+from modeldeploy_server.errors import MalformedRequest, ModelFailure, NonFiniteOutput, NotFound, NotReady
 from modeldeploy_server.runtime import Runtime
 from modeldeploy_server.settings import Settings
 
@@ -39,6 +39,8 @@ class Answer:
     rows: int = 0
     json_length: int | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    x: Matrix | None = None  # the rows predicted (the distribution metrics count them)
+    y: npt.NDArray[Any] | None = None  # the prediction itself (metrics; a shadow step mirrors it to the canary)
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,12 @@ class DataPlane:
         if y.dtype != output.dtype and y.dtype.kind == output.dtype.kind == "f":
             y = y.astype(output.dtype)  # a compiled path answers in the artifact's own datatype
         if y.dtype.kind == "f" and not np.isfinite(y).all():
-            row = int(np.nonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0][0])
-            raise ModelFailure(f"model answered a non-finite value (NaN or inf) for row {row} of {len(x)}")
+            bad = np.nonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0]
+            raise NonFiniteOutput(f"model answered a non-finite value (NaN or inf) for row {int(bad[0])} of {len(x)}",
+                                  len(bad))  # fmt: skip
         return y
 
-    async def infer_v2(self, name: str, body: bytes, json_length: int | None, request_id: str) -> Answer:
-        """Answer one V2 `infer` request (JSON, or the binary tensor extension when `json_length` is set)."""
-        runtime, batcher, output = self._loaded(name)
+    def _v2_request(self, runtime: Runtime, body: bytes, json_length: int | None) -> protocol.V2Request:
         binary = None
         if json_length is not None:
             if not 0 <= json_length <= len(body):
@@ -145,16 +146,30 @@ class DataPlane:
                                        f"{len(body)} bytes")  # fmt: skip
             body, binary = body[:json_length], body[json_length:]
         payload = protocol.decode(body)
-        request = protocol.parse_v2(runtime.contract, payload, self.settings.max_request_rows, runtime.method, binary)
+        return protocol.parse_v2(runtime.contract, payload, self.settings.max_request_rows, runtime.method, binary)
+
+    async def infer_v2(self, name: str, body: bytes, json_length: int | None, request_id: str) -> Answer:
+        """Answer one V2 `infer` request (JSON, or the binary tensor extension when `json_length` is set)."""
+        runtime, batcher, output = self._loaded(name)
+        request = self._v2_request(runtime, body, json_length)
         y = await self._predict(batcher, output, request.x)
         response_id = request_id if request.request_id is None else request.request_id
         data, header_length = protocol.v2_response(name, self.settings.model_version, response_id, runtime.method,
                                                    y, request.binary_output)  # fmt: skip
-        return Answer(data, len(request.x), header_length)
+        return Answer(data, len(request.x), header_length, x=request.x, y=y)
 
     async def predict_v1(self, name: str, body: bytes) -> Answer:
         """Answer one V1 `:predict` request."""
         runtime, batcher, output = self._loaded(name)
         x = protocol.parse_v1(runtime.contract, protocol.decode(body), self.settings.max_request_rows)
         y = await self._predict(batcher, output, x)
-        return Answer(protocol.v1_response(y), len(x))
+        return Answer(protocol.v1_response(y), len(x), x=x, y=y)
+
+    async def mirrored(self, v1: bool, body: bytes, json_length: int | None) -> tuple[Matrix, npt.NDArray[Any]]:
+        """A request stable answered, answered here too (the same parsing, contract and model): (rows, answer)."""
+        runtime, batcher, output = self._loaded(self.settings.model_name)
+        if v1:
+            x = protocol.parse_v1(runtime.contract, protocol.decode(body), self.settings.max_request_rows)
+        else:
+            x = self._v2_request(runtime, body, json_length).x
+        return x, await self._predict(batcher, output, x)

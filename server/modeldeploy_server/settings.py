@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     model_method: Literal["predict", "predict_proba"] = "predict"
     model_revision: str = Field(default="", description="Revision hash; the `revision` metric label.")
     inputs: list[InputSpec] = Field(default_factory=list, description="JSON: the spec.inputs list.")
+    reference_uri: str = Field(default="", description="URI of the reference profile (`modeldeploy profile`).")
+    reference_sha256: str | None = Field(default=None, description="Expected SHA-256 of the reference profile.")
 
     @field_validator("inputs")
     @classmethod
@@ -92,15 +94,20 @@ class Settings(BaseSettings):
     graceful_timeout_seconds: float = Field(default=30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(default=False, description="Also log successful requests (refusals always are).")
+    shadow_token: SecretStr | None = Field(
+        default=None, description="The ModelDeployment's token for the shadow endpoints; absent: they refuse (403)."
+    )
+    shadow_queue: int = Field(default=1000, ge=1, le=100_000, description="Mirrored requests waiting; more: dropped.")
+    shadow_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="Deadline of one mirrored request.")
 
-    @field_validator("model_sha256")
+    @field_validator("model_sha256", "reference_sha256")
     @classmethod
-    def _hex_digest(cls, value: str | None) -> str | None:
+    def _hex_digest(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
             return None
         digest = value.strip().lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"MODELDEPLOY_MODEL_SHA256 must be 64 hex digits, got {value!r}")
+            raise ValueError(f"{ENV_PREFIX}{str(info.field_name).upper()} must be 64 hex digits, got {value!r}")
         return digest
 
     @property

@@ -1,8 +1,8 @@
 """Artifact loading: every refusal exits non-zero with one clear line; the good paths load.
 
 Runs the real `modeldeploy-server` console script (and `load_runtime` directly for the formats),
-with artifacts served from file://, from a local HTTP server and from a local S3-compatible
-stand-in that checks the SigV4 signature.
+with artifacts served from file:// and from a local HTTP server (s3://: `test_s3_store`, against
+the local cluster's real S3-compatible store).
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ import joblib
 import pytest
 import sklearn
 
-from modeldeploy_server import sigv4
 from modeldeploy_server.errors import LoadRefused
 from modeldeploy_server.runtime import load_runtime
 from tests.server.conftest import Artifact, free_port, run_cli, sha256_of, start_cli
-
-ACCESS, SECRET = "AKIDTEST", "secret/test+key"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -39,19 +36,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
         self.seen.append(headers | {"path": self.path})
-        if self.path.startswith("/s3/"):
-            expected = sigv4.sign(
-                "GET", self.path, {}, {k: headers[k] for k in ("host", "x-amz-content-sha256", "x-amz-date")},
-                payload_sha256=headers.get("x-amz-content-sha256", ""), credentials=sigv4.Credentials(ACCESS, SECRET),
-                region="eu-test-1", service="s3", amz_date=headers.get("x-amz-date", ""),
-            ) if "authorization" in headers else None  # fmt: skip
-            if expected is None or headers["authorization"] != expected:
-                self.send_response(403)
-                self.end_headers()
-                return
-            path = self.root / self.path.removeprefix("/s3/bucket/")
-        else:
-            path = self.root / self.path.lstrip("/")
+        path = self.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_response(404)
             self.end_headers()
@@ -215,22 +200,6 @@ def test_http_artifact_and_cache_reuse(artifacts: dict[str, Artifact], http_root
     assert len(handler.seen) == before
     with pytest.raises(LoadRefused, match="HTTP 404"):
         load_runtime(art.settings(tmp_path / "x", model_uri=f"{url}/missing.joblib"))
-
-
-def test_s3_artifact_with_sigv4(
-    artifacts: dict[str, Artifact], http_root: Any, tmp_path: Path, monkeypatch: Any
-) -> None:
-    url, handler = http_root
-    art = artifacts["pipe"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_REGION", "eu-test-1")
-    settings = art.settings(tmp_path, model_uri="s3://bucket/pipe.joblib", s3_endpoint=f"{url}/s3")
-    assert load_runtime(settings).sha256 == art.sha256
-    assert handler.seen[-1]["path"] == "/s3/bucket/pipe.joblib"
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    with pytest.raises(LoadRefused, match="HTTP 403"):
-        load_runtime(art.settings(tmp_path / "y", model_uri="s3://bucket/pipe.joblib", s3_endpoint=f"{url}/s3"))
 
 
 def test_readiness_is_503_while_loading_then_200(
