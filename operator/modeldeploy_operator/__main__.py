@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.leader_election_namespace:
         identity = settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
         leases = LeaseApi(handlers.api_client(), settings.api_timeout_seconds)
-        leader = Elector(leases, settings.leader_election_namespace, identity).start().is_leader
-    handlers.register(registry, settings, leader)
+        elector = Elector(leases, settings.leader_election_namespace, identity, name=settings.lease_name)
+        leader = elector.start().is_leader
+    handlers.register(registry, settings, leader, namespaces)
     kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces)
     return 0
 

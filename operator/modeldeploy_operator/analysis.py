@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modeldeploy_operator import compare, cost
+from modeldeploy_operator import compare, cost, shadow
 from modeldeploy_operator.api import AnalysisRecord, AnalysisSpec, CheckRecord
 
 REQUESTS_METRIC = "modeldeploy_requests_total"
@@ -49,6 +49,7 @@ LATENCY_P99 = "latency-p99"
 class Query:
     name: str
     promql: str
+    by: tuple[str, ...] = ()  # a vector query: one value per combination of these labels (`QueryResult.series`)
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,17 @@ class AnalysisPlan:
     queries: tuple[Query, ...]
     price_factor: float = 1.0  # maxCostIncrease: canary pod price per worker over stable's (`cost`)
     judge_window_seconds: int | None = None  # canary against stable: since the canary started (`compare`)
+    shadow: bool = False  # a shadow step's check: paired answers on mirrored requests only (`shadow`)
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    """A scalar answer (None: empty result) or the error that prevented one."""
+    """A scalar answer (None: empty result) or the error that prevented one; a vector query's
+    answer is `series` (label values in the query's `by` order -> value)."""
 
     value: float | None = None
     error: str | None = None
+    series: Mapping[tuple[str, ...], float] | None = None
 
 
 def window_seconds(since_step_start: float, interval: int, scrape_interval: float) -> int:
@@ -110,7 +114,11 @@ def plan(
     stable: str | None = None,
     price_factor: float = 1.0,
     since_canary: int | None = None,
+    shadowing: bool = False,
 ) -> AnalysisPlan:
+    if shadowing and stable is not None:  # the canary serves no user: only its paired answers are judged
+        found = shadow.queries(namespace, model, revision, stable)
+        return AnalysisPlan(revision, step, weight, window, tuple(Query(k, v) for k, v in found.items()), shadow=True)
     queries = [Query(k, v) for k, v in builtin_queries(namespace, model, revision, window).items()]
     if spec.max_latency_p99_seconds is None:
         queries = [q for q in queries if q.name != LATENCY_P99]
@@ -123,7 +131,7 @@ def plan(
         )
         queries.append(Query(cost.COST_STABLE_SECONDS, cost.seconds_per_request_query(namespace, model, stable, cw)))
     compared = compare.plan_queries(spec, namespace, model, revision, stable, judge_window)
-    queries += [Query(k, v) for k, v in compared.items()]
+    queries += [Query(k, v, compare.vector_labels(k)) for k, v in compared.items()]
     return AnalysisPlan(revision, step, weight, window, tuple(queries), price_factor, judge_window)
 
 
@@ -146,6 +154,10 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
     q = {query.name: query.promql for query in p.queries}
     w = p.window_seconds
     checks: list[CheckRecord] = []
+    if p.shadow:
+        checks = shadow.evaluate(spec, q, results)
+        return AnalysisRecord(time=now, revision=p.revision, step=p.step, weight=p.weight, window_seconds=w,
+                              verdict=_overall(checks), message=_message(checks), checks=checks)  # fmt: skip
 
     def record(name: str, key: str, verdict: Verdict, **fields: Any) -> None:
         checks.append(CheckRecord(name=name, query=q[key], window_seconds=w, verdict=verdict, **fields))

@@ -12,7 +12,7 @@ Field names are camelCase on the wire (aliases) and snake_case in Python.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -226,18 +226,28 @@ class PauseStep(_Model):
     )
 
 
-_STEP_KEYS = ("setWeight", "pause")
+class ShadowStep(_Model):
+    """Mirror a share of stable's requests to the canary and compare its answers with stable's.
+
+    Users get stable's answers only; the canary carries no weight during the step. The step ends
+    when `seconds` are over and the shadow check (analysis.minAgreement, maxMeanAbsDiff) passed."""
+
+    seconds: PositiveSeconds = Field(description="Shortest duration of the step.")
+    percent: int = Field(ge=1, le=100, description="Share of stable's answered requests mirrored to the canary.")
+
+
+_STEP_KEYS = ("setWeight", "pause", "shadow")
 
 
 class Step(_Model):
-    """One rollout step: exactly one of setWeight or pause."""
+    """One rollout step: exactly one of setWeight, pause or shadow."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "[has(self.setWeight), has(self.pause)].filter(x, x).size() == 1",
-                    "message": "a step must have exactly one of setWeight, pause",
+                    "rule": "[has(self.setWeight), has(self.pause), has(self.shadow)].filter(x, x).size() == 1",
+                    "message": "a step must have exactly one of setWeight, pause, shadow",
                 }
             ]
         }
@@ -245,13 +255,17 @@ class Step(_Model):
 
     set_weight: Weight | None = Field(default=None, description="Canary traffic percentage, 0-100.")
     pause: PauseStep | None = Field(default=None, description="Wait before the next step.")
+    shadow: ShadowStep | None = Field(
+        default=None, description="Compare the canary's answers with stable's on mirrored requests; no user weight."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_key(self) -> Step:
-        present = [k for k, v in zip(_STEP_KEYS, (self.set_weight, self.pause), strict=True) if v is not None]
+        values = (self.set_weight, self.pause, self.shadow)
+        present = [k for k, v in zip(_STEP_KEYS, values, strict=True) if v is not None]
         if len(present) != 1:
             got = ", ".join(present) if present else "none"
-            raise ValueError(f"a step must have exactly one of setWeight, pause (got: {got})")
+            raise ValueError(f"a step must have exactly one of setWeight, pause, shadow (got: {got})")
         return self
 
 
@@ -299,6 +313,16 @@ class CustomMetric(_Model):
         if self.min is not None and self.max is not None and not self.min < self.max:
             raise ValueError(f"min ({self.min}) must be less than max ({self.max})")
         return self
+
+
+class ShadowAnalysis(_Model):
+    log_disagreements: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Log at most this many disagreements (input row and both answers) per canary pod for a "
+        "person to read; 0 (default): none, since inputs may be sensitive.",
+    )
 
 
 class AnalysisSpec(_Model):
@@ -368,6 +392,30 @@ class AnalysisSpec(_Model):
         "worker, same window), for example 1.2; absent: off.",
     )
 
+    # The shadow step's check (`shadow` steps): paired answers of canary and stable on mirrored requests.
+    min_agreement: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Smallest share of mirrored rows on which the canary's answer agrees with stable's "
+        "(same class; every value within agreementTolerance); judged at `confidence`; absent: off.",
+    )
+    max_mean_abs_diff: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Largest mean absolute difference between canary and stable answers on mirrored requests "
+        "(per row the mean over its output values, each difference capped at 1); absent: off.",
+    )
+    agreement_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        description="Numbers (probabilities, regression values) agree when they differ by at most this much.",
+    )
+    shadow: ShadowAnalysis = Field(
+        default_factory=lambda: ShadowAnalysis(), description="What the canary logs during a shadow step."
+    )
+
     @field_validator("metrics")
     @classmethod
     def _unique_metric_names(cls, metrics: list[CustomMetric]) -> list[CustomMetric]:
@@ -399,6 +447,19 @@ def _default_steps() -> list[Step]:
 
 
 class RolloutSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.steps) || !self.steps.exists(s, has(s.shadow)) || (has(self.analysis)"
+                    " && (has(self.analysis.minAgreement) || has(self.analysis.maxMeanAbsDiff)))",
+                    "message": "a shadow step needs analysis.minAgreement or analysis.maxMeanAbsDiff (its check)",
+                    "fieldPath": ".analysis",
+                }
+            ]
+        }
+    )
+
     steps: list[Step] = Field(
         default_factory=_default_steps, max_length=64, description="Canary steps, in order; then promotion."
     )
@@ -411,6 +472,26 @@ class RolloutSpec(_Model):
         description="A canary not ready, that lost its ready pods, or not judged after its wait, for this many "
         "seconds is rolled back.",
     )
+
+    @model_validator(mode="after")
+    def _shadow_steps(self) -> RolloutSpec:
+        weighted = False
+        for i, step in enumerate(self.steps):
+            weighted = weighted or bool(step.set_weight)
+            if step.shadow is None:
+                continue
+            if weighted:
+                raise ValueError(
+                    f"steps[{i}].shadow: a shadow step must come before the first setWeight above 0 "
+                    "(the canary carries no user weight while it is compared)"
+                )
+            a = self.analysis
+            if a.min_agreement is None and a.max_mean_abs_diff is None:
+                raise ValueError(
+                    f"steps[{i}].shadow needs analysis.minAgreement or analysis.maxMeanAbsDiff: the check that "
+                    "ends the step"
+                )
+        return self
 
 
 class CostSpec(_Model):
@@ -438,6 +519,125 @@ class CostSpec(_Model):
     )
 
 
+class AutoscalingSpec(_Model):
+    """A HorizontalPodAutoscaler on the stable revision's Deployment (the canary is sized from it)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas",
+                 "fieldPath": ".minReplicas"},
+                {"rule": "has(self.targetCPUUtilizationPercentage) || has(self.targetRequestsPerSecondPerPod)",
+                 "message": "autoscaling needs targetCPUUtilizationPercentage or targetRequestsPerSecondPerPod"},
+            ]
+        }
+    )  # fmt: skip
+
+    min_replicas: int = Field(default=1, ge=1, le=100, description="Fewest stable pods.")
+    max_replicas: int = Field(ge=1, le=100, description="Most stable pods.")
+    target_cpu_utilization_percentage: int | None = Field(
+        default=None,
+        alias="targetCPUUtilizationPercentage",
+        ge=1,
+        le=100,
+        description="Mean CPU use over the pods' CPU request (needs serving.resources.requests.cpu and the "
+        "resource metrics API, e.g. metrics-server).",
+    )
+    target_requests_per_second_per_pod: float | None = Field(
+        default=None,
+        gt=0,
+        description="Mean requests per second per pod, as the Pods metric modeldeploy_requests_per_second "
+        "(needs a custom metrics API adapter serving it from Prometheus).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_and_target(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})")
+        if self.target_cpu_utilization_percentage is None and self.target_requests_per_second_per_pod is None:
+            raise ValueError("autoscaling needs targetCPUUtilizationPercentage or targetRequestsPerSecondPerPod")
+        return self
+
+
+BATCH_INPUT_PATTERN = r"^(https?|s3)://.+"
+BATCH_OUTPUT_PATTERN = r"^s3://[^/]+(/.*)?$"
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+class _BatchLocation(_Model):
+    """Where a run reads or writes; `PATTERN` says which schemes (a pod's own file:// path vanishes with it)."""
+
+    PATTERN: ClassVar[str]
+    ROLE: ClassVar[str]
+    uri: str
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, uri: str) -> str:
+        if not re.match(cls.PATTERN, uri):
+            raise ValueError(f"uri {uri!r}: batch {cls.ROLE} (a file:// path in the pod vanishes with it)")
+        return uri
+
+
+class BatchInput(_BatchLocation):
+    PATTERN = BATCH_INPUT_PATTERN
+    ROLE = "input must be s3:// or http(s)://"
+    uri: str = Field(
+        max_length=2048,
+        json_schema_extra={"pattern": BATCH_INPUT_PATTERN},
+        description="The rows to score: one CSV (a header names the features) or Parquet file, s3:// or http(s)://.",
+    )
+
+
+class BatchOutput(_BatchLocation):
+    PATTERN = BATCH_OUTPUT_PATTERN
+    ROLE = "output must be s3://bucket/prefix"
+    uri: str = Field(
+        max_length=2048,
+        json_schema_extra={"pattern": BATCH_OUTPUT_PATTERN},
+        description="The prefix the run writes under: s3://bucket/prefix (runs/<job>/..., then _SUCCESS).",
+    )
+
+
+class BatchSpec(_Model):
+    """A scheduled scoring run of the stable revision (its artifact, digest, format, method, contract)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=20,
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Names the CronJob <metadata.name>-<name> (a DNS label, at most 20 characters).",
+    )
+    schedule: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Cron schedule (5 fields, or @hourly, @daily ...), in the controller manager's time zone.",
+    )
+    input: BatchInput
+    output: BatchOutput
+    parallelism: int = Field(default=1, ge=1, le=100, description="Shards: pods of the Indexed Job, one range each.")
+    allow_rejects: bool = Field(
+        default=False, description="Rows the input contract refuses do not fail the run (they are reported)."
+    )
+    active_deadline_seconds: int = Field(
+        default=3600, gt=0, le=7 * 86400, description="A run still going after this many seconds fails."
+    )
+    suspend: bool = Field(default=False, description="No new runs are scheduled (a running one finishes).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        fields = schedule.split()
+        if len(fields) == 1 and fields[0] in CRON_MACROS:
+            return schedule
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z?]+", f) for f in fields):
+            raise ValueError(
+                f"schedule {schedule!r} is not a cron schedule: 5 fields (minute hour day-of-month month "
+                f"day-of-week) or one of {', '.join(CRON_MACROS)}"
+            )
+        return schedule
+
+
 class ModelDeploymentSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -447,6 +647,13 @@ class ModelDeploymentSpec(_Model):
                     " || !has(self.rollout.analysis.maxInputDrift) || has(self.model.reference)",
                     "message": "rollout.analysis.maxInputDrift needs model.reference (the training profile)",
                     "fieldPath": ".model.reference",
+                },
+                {
+                    "rule": "!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilizationPercentage)"
+                    " || (has(self.serving) && has(self.serving.resources) && has(self.serving.resources.requests)"
+                    " && 'cpu' in self.serving.resources.requests)",
+                    "message": "autoscaling.targetCPUUtilizationPercentage needs serving.resources.requests.cpu",
+                    "fieldPath": ".autoscaling.targetCPUUtilizationPercentage",
                 }
             ]
         }
@@ -464,12 +671,39 @@ class ModelDeploymentSpec(_Model):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     paused: bool = Field(default=False, description="Hold the rollout where it is.")
     cost: CostSpec | None = Field(default=None, description="Price overrides for status.cost.")
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale the stable revision with a HorizontalPodAutoscaler (replicas is then unused)."
+    )
+    batch: list[BatchSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Scheduled batch scoring with the stable revision; one CronJob per entry.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("batch")
+    @classmethod
+    def _unique_batch_names(cls, batch: list[BatchSpec]) -> list[BatchSpec]:
+        _refuse_duplicates([b.name for b in batch], "batch")
+        return batch
 
     @field_validator("inputs")
     @classmethod
     def _unique_input_names(cls, inputs: list[InputSpec]) -> list[InputSpec]:
         _refuse_duplicates([i.name for i in inputs], "input")
         return inputs
+
+    @model_validator(mode="after")
+    def _cpu_target_needs_a_request(self) -> ModelDeploymentSpec:
+        a = self.autoscaling
+        resources = self.serving.resources
+        if a is not None and a.target_cpu_utilization_percentage is not None:
+            if resources is None or "cpu" not in resources.requests:
+                raise ValueError(
+                    f"autoscaling.targetCPUUtilizationPercentage ({a.target_cpu_utilization_percentage}) needs "
+                    "serving.resources.requests.cpu (utilization is measured against the request)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _drift_needs_reference(self) -> ModelDeploymentSpec:
@@ -508,6 +742,15 @@ class Condition(_Model):
     message: str = ""
 
 
+class FeatureDistance(_Model):
+    """maxInputDrift: one feature's distance from the reference profile, with its interval."""
+
+    name: str
+    value: float = Field(description="Total-variation distance of the feature's binned inputs from training.")
+    lower: float = Field(description="Lower bound at analysis.confidence (Bonferroni over features).")
+    upper: float = Field(description="Upper bound at analysis.confidence (Bonferroni over features).")
+
+
 class CheckRecord(_Model):
     """One measurement of one analysis: what was asked, of how much data, and what it said."""
 
@@ -525,6 +768,9 @@ class CheckRecord(_Model):
     threshold: str = ""
     verdict: Literal["Passed", "Failed", "Inconclusive", "Error"]
     message: str = ""
+    features: list[FeatureDistance] | None = Field(
+        default=None, description="input-drift: every feature's distance and interval, largest first."
+    )
 
 
 class AnalysisRecord(_Model):
@@ -593,6 +839,39 @@ class CostStatus(_Model):
     workers: int | None = Field(default=None, description="Server workers per stable pod.")
 
 
+BatchOutcome = Literal["Running", "Succeeded", "Failed"]
+
+
+class BatchRun(_Model):
+    """One Job of a batch entry, from the Job's status and its pods' termination messages."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job: str
+    revision: str | None = Field(default=None, description="The revision the shards scored with (their reports).")
+    version: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    duration_seconds: float | None = None
+    rows: int | None = Field(default=None, description="Rows read by the shards that reported.")
+    rejected: int | None = Field(default=None, description="Rows the input contract refused.")
+    shards: int | None = None
+    shards_succeeded: int | None = None
+    outcome: BatchOutcome
+    reason: str | None = Field(default=None, description="Why it failed: the Job's reason and a shard's message.")
+    cost_usd: float | None = Field(default=None, description="Pod-seconds of the shards x the pod price.")
+
+
+class BatchStatus(_Model):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    cron_job: str | None = None
+    revision: str | None = Field(default=None, description="The revision the CronJob's next run scores with.")
+    last_schedule_time: str | None = None
+    last_run: BatchRun | None = None
+
+
 class ModelDeploymentStatus(_Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -639,6 +918,8 @@ class ModelDeploymentStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     last_analysis: AnalysisRecord | None = None
     cost: CostStatus | None = None
+    autoscaler: str | None = Field(default=None, description="The HorizontalPodAutoscaler the operator applied.")
+    batch: list[BatchStatus] = Field(default_factory=list, description="Per spec.batch entry: its last run.")
     history: list[HistoryEntry] = Field(default_factory=list, max_length=HISTORY_LIMIT)
 
 

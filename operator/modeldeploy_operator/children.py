@@ -80,7 +80,7 @@ def pod_labels(name: str, revision: str) -> dict[str, str]:
 
 
 def server_env(name: str, spec: ModelDeploymentSpec, revision: str) -> list[dict[str, Any]]:
-    """The server's settings contract, in a fixed order. MODELDEPLOY_MODEL_SHA256 only when set."""
+    """The server's settings contract, in a fixed order. MODELDEPLOY_MODEL_SHA256 and the reference only when set."""
     model = spec.model
     env: list[dict[str, Any]] = [
         {"name": "MODELDEPLOY_MODEL_NAME", "value": name},
@@ -99,7 +99,15 @@ def server_env(name: str, spec: ModelDeploymentSpec, revision: str) -> list[dict
         {"name": "MODELDEPLOY_PORT", "value": str(SERVER_PORT)},
         {"name": "MODELDEPLOY_WORKERS", "value": str(spec.serving.workers)},
         {"name": "MODELDEPLOY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # shadow steps: the ModelDeployment's token, from the first revision on (no restart to shadow)
+        {
+            "name": "MODELDEPLOY_SHADOW_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": f"{name}-shadow", "key": "token", "optional": True}},
+        },
     ]
+    if model.reference is not None:  # the training profile: the server verifies it and bins by it
+        env.append({"name": "MODELDEPLOY_REFERENCE_URI", "value": model.reference.uri})
+        env.append({"name": "MODELDEPLOY_REFERENCE_SHA256", "value": model.reference.sha256})
     return env
 
 
@@ -206,10 +214,13 @@ def service(owner: Owner, service_name: str, revision: str | None) -> dict[str, 
     }
 
 
-def services(owner: Owner, stable_revision: str, canary_revision: str | None) -> list[dict[str, Any]]:
-    """`<name>-stable`, `<name>-canary` (the stable revision when no canary runs), `<name>` (all)."""
+def services(
+    owner: Owner, stable_revision: str, canary_revision: str | None, users_stable_only: bool = False
+) -> list[dict[str, Any]]:
+    """`<name>-stable`, `<name>-canary` (the stable revision when no canary runs), `<name>` (all; only
+    the stable revision while a canary is compared in a shadow step before it carries weight)."""
     return [
         service(owner, f"{owner.name}-stable", stable_revision),
         service(owner, f"{owner.name}-canary", canary_revision or stable_revision),
-        service(owner, owner.name, None),
+        service(owner, owner.name, stable_revision if users_stable_only else None),
     ]

@@ -24,6 +24,7 @@ rendering and the undo decision are pure, in `cli_format`. Entry point of the co
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -205,12 +206,52 @@ def parser() -> argparse.ArgumentParser:
     command("retry", "Try a rolled-back or aborted revision again.", cmd_annotate)
     undo = command("undo", "Write the previous model (or --to-version V) back into spec.model.", cmd_undo)
     undo.add_argument("--to-version", metavar="V", help="a recorded model version to go back to")
+    text = ("Build the reference profile (spec.model.reference) from training data and the artifact; "
+            "print its sha256.")  # fmt: skip
+    prof = sub.add_parser("profile", help=text, description=text)
+    prof.add_argument("--model-uri", required=True, help="the artifact (as spec.model.uri)")
+    prof.add_argument("--sha256", help="the artifact's SHA-256 (as spec.model.sha256; required for joblib/pickle)")
+    prof.add_argument("--method", default="predict", choices=("predict", "predict_proba"), help="as spec.model.method")
+    prof.add_argument("--inputs", help="JSON file holding spec.inputs (default: the model's own feature names)")
+    prof.add_argument("--data", required=True, help="training rows: CSV with a header, or Parquet (with pyarrow)")
+    prof.add_argument("--bins", type=int, default=10, help="quantile bins per feature and prediction (2-20)")
+    prof.add_argument("-o", "--output", required=True, help="where to write the profile JSON")
+    prof.set_defaults(local=cmd_profile)
     return top
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """`modeldeploy profile`: needs no cluster; the artifact is loaded and verified as the server does."""
+    from pydantic import ValidationError
+
+    from modeldeploy_server.errors import LoadRefused
+    from modeldeploy_server.profiling import build
+    from modeldeploy_server.settings import InputSpec, Settings
+
+    try:
+        inputs = []
+        if args.inputs:
+            with open(args.inputs, encoding="utf-8") as handle:
+                inputs = [InputSpec.model_validate(i) for i in json.load(handle)]
+        settings = Settings(model_uri=args.model_uri, model_sha256=args.sha256, model_method=args.method,
+                            inputs=inputs, model_name="profile")  # fmt: skip
+        built = build(settings, args.data, args.bins)
+        with open(args.output, "wb") as out:
+            out.write(built.data)
+    except (LoadRefused, ValidationError, OSError, ValueError) as err:
+        raise CliError(f"profile: {err}", EXIT_FAILED) from err
+    print(f"profiled {built.rows} rows ({built.dropped} refused by the input contract) into {args.output}",
+          file=sys.stderr)  # fmt: skip
+    print(built.sha256)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "local", None) is not None:
+            local: int = args.local(args)
+            return local
         cluster = Cluster(args.kubeconfig, args.context, args.namespace)
         code: int = args.fn(cluster, args)
         return code

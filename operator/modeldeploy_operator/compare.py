@@ -8,10 +8,17 @@ their judgement (`judge.rate_increase`) into `CheckRecord`s with both arms' n, t
 the interval. Called by `analysis.plan` and `analysis.evaluate`; pure.
 
 `maxLatencyP99Ratio` asks each histogram bucket of answered requests of both revisions (one scalar
-query per bucket) and judges the ratio at bucket resolution (`judge.latency_ratio`). Not wired
-yet, for want of server series: `maxPredictionShift` and `maxInputDrift` (per-class / per-bin
-counters). They are reported as Inconclusive with that reason when set, so that a rollout never
-promotes on a check nobody evaluated.
+query per bucket) and judges the ratio at bucket resolution (`judge.latency_ratio`).
+
+`maxPredictionShift` asks both revisions' rows per predicted class and per prediction bin over the
+same window (vector queries, `sum by (class)` / `sum by (bin)`: the operator does not know the
+labels; the server creates every series at 0) and judges the total-variation distance
+(`judge.prediction_shift`): over the ordered bins when the server exports them (binary probability
+scores, regressor values), else over the classes. `maxInputDrift` asks the canary's rows per input
+feature and bin and the reference profile's training share of each bin, which the server exports
+from the profile it verified (`modeldeploy_input_reference_proportion`: the operator never fetches
+the profile itself), and judges the largest per-feature distance (`judge.input_drift`); every
+feature's figure is in the record's message.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from modeldeploy_operator import judge
-from modeldeploy_operator.api import AnalysisSpec, CheckRecord
+from modeldeploy_operator.api import AnalysisSpec, CheckRecord, FeatureDistance
 
 if TYPE_CHECKING:
     from modeldeploy_operator.analysis import QueryResult
@@ -40,11 +47,14 @@ RATE_CHECKS = {
     ERROR_INCREASE: ("max_error_rate_increase", ANSWERED, 'outcome="error"', "5xx share of answered requests"),
     REFUSAL_INCREASE: ("max_refusal_rate_increase", CONTRACT, 'code="422"', "422 share of rows"),
 }
-# check name -> (spec attribute, why this operator version cannot evaluate it yet)
-NOT_WIRED = {
-    "prediction-shift": ("max_prediction_shift", "the server exports no per-class/per-bin prediction counters yet"),
-    "input-drift": ("max_input_drift", "the server exports no per-feature bin counters yet"),
-}
+PREDICTION_SHIFT = "prediction-shift"
+INPUT_DRIFT = "input-drift"
+CLASS_METRIC = "modeldeploy_prediction_class_total"
+BIN_METRIC = "modeldeploy_prediction_bin_total"
+INPUT_BIN_METRIC = "modeldeploy_input_bin_total"
+REFERENCE_METRIC = "modeldeploy_input_reference_proportion"
+# vector queries: key suffix -> the labels of its series
+VECTORS = {"classes": ("class",), "bins": ("bin",), "inputs": ("feature", "bin"), "reference": ("feature", "bin")}
 ARMS = ("canary", "stable")
 LATENCY_RATIO = "latency-p99-ratio"
 DURATION_BUCKET_METRIC = "modeldeploy_request_duration_seconds_bucket"
@@ -64,9 +74,15 @@ def _threshold(spec: AnalysisSpec, attribute: str) -> float | None:
     return None if value is None else float(value)
 
 
+def vector_labels(key: str) -> tuple[str, ...]:
+    """The `by` labels of a vector query of `queries` (empty for a scalar one)."""
+    return VECTORS.get(key.rsplit(":", 1)[-1], ()) if key.startswith("judge:") else ()
+
+
 def active(spec: AnalysisSpec) -> bool:
-    attributes = [a for a, _, _, _ in RATE_CHECKS.values()] + [a for a, _ in NOT_WIRED.values()]
-    return any(_threshold(spec, a) is not None for a in [*attributes, "max_latency_p99_ratio"])
+    attributes = [a for a, _, _, _ in RATE_CHECKS.values()]
+    extra = ["max_latency_p99_ratio", "max_prediction_shift", "max_input_drift"]
+    return any(_threshold(spec, a) is not None for a in [*attributes, *extra])
 
 
 def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable: str, window: int) -> dict[str, str]:
@@ -83,12 +99,23 @@ def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable:
             for le in LE:  # answered requests only, like the built-in p99
                 bucket = f'{sel},outcome=~"success|error",le="{le}"'
                 out[_key(arm, f"le={le}")] = f"sum(increase({DURATION_BUCKET_METRIC}{{{bucket}}}[{window}s]))"
+        if spec.max_prediction_shift is not None:
+            out[_key(arm, "classes")] = f"sum by (class) (increase({CLASS_METRIC}{{{sel}}}[{window}s]))"
+            out[_key(arm, "bins")] = f"sum by (bin) (increase({BIN_METRIC}{{{sel}}}[{window}s]))"
+    if spec.max_input_drift is not None:
+        sel = f'namespace="{namespace}",model="{model}",revision="{canary}"'
+        out[_key("canary", "inputs")] = f"sum by (feature, bin) (increase({INPUT_BIN_METRIC}{{{sel}}}[{window}s]))"
+        out[_key("canary", "reference")] = f"max by (feature, bin) ({REFERENCE_METRIC}{{{sel}}})"
     return out
 
 
 def _count(res: QueryResult) -> float:
     """No series (or NaN) counts as 0, like the built-in error query; increase() may extrapolate."""
-    return 0.0 if res.value is None or math.isnan(res.value) else max(0.0, float(res.value))
+    return _nonneg(res.value)
+
+
+def _nonneg(value: float | None) -> float:
+    return 0.0 if value is None or math.isnan(value) else max(0.0, float(value))
 
 
 def evaluate(
@@ -121,13 +148,100 @@ def evaluate(
         )  # fmt: skip
     if spec.max_latency_p99_ratio is not None and _key("canary", f"le={LE[-1]}") in promql:
         records.append(_latency(spec, spec.max_latency_p99_ratio, promql, window, results))
-    for name, (attr, why) in NOT_WIRED.items():
-        threshold = _threshold(spec, attr)
-        if threshold is not None:
-            text = f"{name} is not evaluated by this operator version ({why}): hold, never promote on it"
-            records.append(CheckRecord(name=name, query="", threshold=f"<= {threshold:g}", verdict="Inconclusive",
-                                       message=text))  # fmt: skip
+    if spec.max_prediction_shift is not None and _key("canary", "classes") in promql:
+        records.append(_shift(spec, spec.max_prediction_shift, promql, window, results))
+    if spec.max_input_drift is not None and _key("canary", "inputs") in promql:
+        records.append(_drift(spec, spec.max_input_drift, promql, window, results))
     return records
+
+
+def _series(keys: list[str], promql: Mapping[str, str], results: Mapping[str, QueryResult]) -> str | None:
+    """The error that keeps these vector queries from an answer, if any."""
+    for k in keys:
+        res = results.get(k)
+        if res is None or res.error is not None or res.series is None:
+            return f"Prometheus query failed: {'not run' if res is None else res.error or 'not a vector'}"
+    return None
+
+
+def _shift(
+    spec: AnalysisSpec, threshold: float, promql: Mapping[str, str], window: int | None,
+    results: Mapping[str, QueryResult],
+) -> CheckRecord:  # fmt: skip
+    """TV distance of the canary's prediction distribution from stable's (`judge.prediction_shift`)."""
+    keys = [_key(arm, kind) for kind in ("bins", "classes") for arm in ARMS]
+    query = " ; ".join(promql[k] for k in keys)
+    limit = f"<= {threshold:g}"
+    failed = _series(keys, promql, results)
+    if failed is not None:
+        return CheckRecord(name=PREDICTION_SHIFT, query=query, window_seconds=window, verdict="Error", message=failed)
+    kind, ordered = "bins", True
+    if not all(results[_key(arm, "bins")].series for arm in ARMS):
+        kind, ordered = "classes", False
+    arms = [{k[0]: _nonneg(v) for k, v in (results[_key(arm, kind)].series or {}).items()}
+            for arm in ARMS]  # fmt: skip
+    labels = sorted(set(arms[0]) | set(arms[1]), key=(lambda b: int(b) if b.isdigit() else -1) if ordered else str)
+    canary, stable = ([a.get(label, 0.0) for label in labels] for a in arms)
+    nc, ns = sum(canary), sum(stable)
+    if len(labels) < 2 or nc <= 0 or ns <= 0:
+        text = (f"{PREDICTION_SHIFT}: no predictions to compare yet (canary {nc:.0f}, stable {ns:.0f} rows over "
+                f"{len(labels)} classes/bins; the server counts classes of classifiers, bins of binary "
+                "probabilities and of regressors with a reference profile)")  # fmt: skip
+        return CheckRecord(name=PREDICTION_SHIFT, query=query, window_seconds=window, threshold=limit,
+                           verdict="Inconclusive", message=text)  # fmt: skip
+    d = judge.prediction_shift(canary, stable, threshold, spec.confidence, ordered=ordered)
+    what = "prediction bins" if ordered else "predicted classes"
+    return CheckRecord(
+        name=PREDICTION_SHIFT, query=query, window_seconds=window, samples=d.n_canary, samples_stable=d.n_stable,
+        value=d.estimate, lower=d.lower, upper=d.upper, more_requests=d.more_canary_requests, threshold=limit,
+        verdict=d.verdict, message=f"total-variation distance of {what} ({len(labels)}), canary against stable, "
+        "since the canary started: " + d.describe(),
+    )  # fmt: skip
+
+
+def _drift(
+    spec: AnalysisSpec, threshold: float, promql: Mapping[str, str], window: int | None,
+    results: Mapping[str, QueryResult],
+) -> CheckRecord:  # fmt: skip
+    """Largest per-feature TV distance of the canary's inputs from the reference (`judge.input_drift`)."""
+    keys = [_key("canary", "inputs"), _key("canary", "reference")]
+    query = " ; ".join(promql[k] for k in keys)
+    limit = f"<= {threshold:g}"
+    failed = _series(keys, promql, results)
+    if failed is not None:
+        return CheckRecord(name=INPUT_DRIFT, query=query, window_seconds=window, verdict="Error", message=failed)
+    counts, reference = (_by_feature(results[k].series or {}) for k in keys)
+    features = sorted(f for f in reference if f in counts and len(reference[f]) == len(counts[f]) >= 2)
+    if not features or min(sum(counts[f]) for f in features) <= 0:
+        text = (f"{INPUT_DRIFT}: no binned canary inputs against a reference profile yet ({len(features)} profiled "
+                "features; the server exports reference shares only when it loaded spec.model.reference)")  # fmt: skip
+        return CheckRecord(name=INPUT_DRIFT, query=query, window_seconds=window, threshold=limit,
+                           verdict="Inconclusive", message=text)  # fmt: skip
+    ref = {f: _normalised(reference[f]) for f in features}
+    d = judge.input_drift({f: counts[f] for f in features}, ref, threshold, spec.confidence)
+    ranked = sorted(d.per_feature.items(), key=lambda kv: -kv[1][0])
+    per = ", ".join(f"{f} {e:.3g} [{lo:.3g}, {hi:.3g}]" for f, (e, lo, hi) in ranked)
+    distances = [FeatureDistance(name=f, value=e, lower=lo, upper=hi) for f, (e, lo, hi) in ranked]
+    return CheckRecord(
+        name=INPUT_DRIFT, query=query, window_seconds=window, samples=d.n_canary, value=d.estimate, lower=d.lower,
+        upper=d.upper, more_requests=d.more_canary_requests, threshold=limit, verdict=d.verdict, features=distances,
+        message="largest per-feature total-variation distance of the canary's inputs from the reference profile, "
+        f"since the canary started: {d.describe()}; per feature: {per}",
+    )  # fmt: skip
+
+
+def _by_feature(series: Mapping[tuple[str, ...], float]) -> dict[str, list[float]]:
+    """{feature: values by bin index} from (feature, bin) series."""
+    grouped: dict[str, dict[int, float]] = {}
+    for (feature, b), v in series.items():
+        if b.isdigit():
+            grouped.setdefault(feature, {})[int(b)] = _nonneg(v)
+    return {f: [bins.get(i, 0.0) for i in range(max(bins) + 1)] for f, bins in grouped.items()}
+
+
+def _normalised(shares: list[float]) -> list[float]:
+    total = sum(shares)
+    return [s / total for s in shares] if total > 0 else shares
 
 
 def _latency(

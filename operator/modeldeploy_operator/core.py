@@ -29,8 +29,9 @@ from modeldeploy_operator import reasons as r
 from modeldeploy_operator.analysis import AnalysisPlan
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy_operator.conditions import set_condition
-from modeldeploy_operator.ladder import Tick, analysed_in_step, gate_waiting
+from modeldeploy_operator.ladder import Tick, gate_waiting, shadow_step
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed, seconds_since
+from modeldeploy_operator.report import analysed_in_step
 
 __all__ = ["decide", "image_for", "invalid_spec", "plan_analysis"]
 
@@ -53,7 +54,10 @@ def plan_analysis(
     """
     st = status
     weight = st.canary_weight or 0
-    if st.canary_revision is None or st.current_step is None or st.step_started_at is None or weight <= 0:
+    shadowing = shadow_step(spec, st.current_step) is not None  # judged on mirrored requests, at weight 0
+    if st.canary_revision is None or st.current_step is None or st.step_started_at is None:
+        return None
+    if weight <= 0 and not shadowing:
         return None
     a = spec.rollout.analysis
     since = seconds_since(st.step_started_at, now)
@@ -79,7 +83,7 @@ def plan_analysis(
     since_canary = None if st.canary_started_at is None else int(seconds_since(st.canary_started_at, now))
     return analysis.plan(
         a, meta.namespace, meta.name, st.canary_revision, st.current_step, weight, window, st.stable_revision, factor,
-        since_canary=since_canary,
+        since_canary=since_canary, shadowing=shadowing,
     )  # fmt: skip
 
 

@@ -16,19 +16,18 @@ before it existed as idle.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy_operator import cost
 from modeldeploy_operator.analysis import DURATION_BUCKET_METRIC, REQUESTS_METRIC
 from modeldeploy_operator.api import HISTORY_LIMIT, CostStatus, ModelDeploymentSpec, ModelDeploymentStatus
-from modeldeploy_operator.children import LABEL_NAME, LABEL_REVISION
+from modeldeploy_operator.children import LABEL_REVISION
 from modeldeploy_operator.model import Meta, fmt_time, parse_time, seconds_since
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.settings import OperatorSettings
@@ -36,6 +35,10 @@ from modeldeploy_operator.settings import OperatorSettings
 log = logging.getLogger("modeldeploy.operator")
 
 INTERVAL_SECONDS = 60
+# status.cost alone is worth a status write only this rarely (MODELDEPLOY_OPERATOR_COST_REFRESH_SECONDS):
+# between, it is refreshed when the tick writes status anyway (an analysis, a step), so it adds no
+# request (`make bench-operator`)
+ALONE_SECONDS = 300
 MIN_WINDOW_SECONDS = 60
 MAX_WINDOW_SECONDS = cost.SECONDS_PER_DAY
 DURATION_SUM = DURATION_BUCKET_METRIC.removesuffix("_bucket") + "_sum"
@@ -44,11 +47,13 @@ PREDICTIONS_METRIC = "modeldeploy_predictions_total"
 SERVING_OUTCOMES = ("Promoted", "Deployed")
 
 
-def due(status: ModelDeploymentStatus, now: datetime) -> bool:
+def due(status: ModelDeploymentStatus, now: datetime, writing: bool = True, alone: float = ALONE_SECONDS) -> bool:
+    """Refresh status.cost: every minute when the tick writes status anyway (`writing`), else every
+    `alone` seconds (five minutes by default)."""
     if status.stable_revision is None:
         return False
     last = status.cost.time if status.cost is not None else None
-    return last is None or seconds_since(last, now) >= INTERVAL_SECONDS
+    return last is None or seconds_since(last, now) >= (INTERVAL_SECONDS if writing else max(INTERVAL_SECONDS, alone))
 
 
 def serving_since(status: ModelDeploymentStatus) -> str | None:
@@ -107,13 +112,10 @@ class Asker:
         return res.value if res.value is not None and math.isfinite(res.value) else None
 
 
-def fleets(apps: client.AppsV1Api, meta: Meta, timeout: float) -> dict[str, dict[str, Any]]:
-    """The ModelDeployment's own Deployments by revision (raw JSON)."""
-    resp: Any = apps.list_namespaced_deployment(
-        meta.namespace, label_selector=f"{LABEL_NAME}={meta.name}", _preload_content=False, _request_timeout=timeout
-    )
+def fleets(items: list[dict[str, Any]], meta: Meta) -> dict[str, dict[str, Any]]:
+    """The ModelDeployment's own Deployments by revision (raw JSON) among `items` (its labelled ones)."""
     out: dict[str, dict[str, Any]] = {}
-    for dep in json.loads(resp.data).get("items", []):
+    for dep in items:
         if any(o.get("uid") == meta.uid for o in dep["metadata"].get("ownerReferences") or []):
             rev = (dep["metadata"].get("labels") or {}).get(LABEL_REVISION)
             if rev:
@@ -167,16 +169,21 @@ class CostWatch:
     """`handlers.Shell.cost`: once a minute, replace `status.cost` in place (the status the tick is
     about to write). Never raises: a figure is never worth a failed tick."""
 
-    def __init__(self, apps: client.AppsV1Api, prom: Prometheus, settings: OperatorSettings) -> None:
-        self.apps, self.prom = apps, prom
+    def __init__(
+        self, deployments: Callable[[Meta], list[dict[str, Any]]], prom: Prometheus, settings: OperatorSettings
+    ) -> None:
+        """`deployments(meta)`: the Deployments labelled with the object's name (`Kube.deployments_of`, cached)."""
+        self.deployments, self.prom = deployments, prom
         self.prices, self.scrape_interval = settings.prices(), settings.scrape_interval_seconds
-        self.timeout = settings.api_timeout_seconds
+        self.alone = settings.cost_refresh_seconds
 
-    def __call__(self, spec: ModelDeploymentSpec, meta: Meta, status: ModelDeploymentStatus, now: datetime) -> None:
-        if not due(status, now):
+    def __call__(
+        self, spec: ModelDeploymentSpec, meta: Meta, status: ModelDeploymentStatus, now: datetime, writing: bool = True
+    ) -> None:
+        if not due(status, now, writing, self.alone):
             return
         try:
-            deployments = fleets(self.apps, meta, self.timeout)
+            deployments = fleets(self.deployments(meta), meta)
             fresh = measure(
                 self.prom, self.prices.override(spec.cost), meta, status, deployments, now, self.scrape_interval
             )

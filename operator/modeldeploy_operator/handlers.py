@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -37,17 +38,20 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
 
-from modeldeploy_operator import GROUP, PLURAL, VERSION
+from modeldeploy_operator import GROUP, PLURAL, VERSION, autoscale, batch
 from modeldeploy_operator import metrics as m
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus, SpecError, name_problem, parse_spec
+from modeldeploy_operator.children import Owner
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.costwatch import CostWatch
-from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER, Kube, namespace_going
+from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER, BatchObservation, Kube, Observation, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import APPLY_FAILED, STATUS_UNREADABLE
 from modeldeploy_operator.settings import OperatorSettings
+from modeldeploy_operator.shadowctl import ShadowControl
 
 log = logging.getLogger("modeldeploy.operator")
 
@@ -57,12 +61,21 @@ STANDBY = "standby"  # another replica holds the leader Lease: this one does not
 COMPLETE = (WRITTEN, UNCHANGED, CONFLICT, GONE, DELETING, STANDBY)
 
 
+class CountingApiClient(client.ApiClient):
+    """The kubernetes client's ApiClient, counting every request it sends by verb
+    (`modeldeploy_operator_api_requests_total`: the API cost of the ticks, measured by `make bench-operator`)."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        m.API_REQUESTS.labels(verb=method).inc()
+        return super().call_api(method, url, *args, **kwargs)
+
+
 def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    return CountingApiClient()
 
 
 def post_event(obj: dict[str, Any], e: Event) -> None:
@@ -113,7 +126,18 @@ class Shell:
     leader: Callable[[], bool] = lambda: True  # leader.Elector.is_leader when leader election is on
     # the last child-write error said per object (an Event once per distinct error, not per tick)
     apply_errors: dict[tuple[str, str], str] = field(default_factory=dict)
-    cost: Callable[[ModelDeploymentSpec, Meta, ModelDeploymentStatus, datetime], None] | None = None  # costwatch
+    cost: Callable[[ModelDeploymentSpec, Meta, ModelDeploymentStatus, datetime, bool], None] | None = None  # costwatch
+    shadow: ShadowControl | None = None  # shadow steps: the token Secret and the stable pods' control calls
+    tick_seconds: float = 0.0  # the timer's period: a tick that starts later than that after the last one is lag
+    last_start: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def started(self, key: tuple[str, str]) -> None:
+        """Record how late this tick of `key` started (`modeldeploy_operator_tick_lag_seconds`)."""
+        now = time.monotonic()
+        last = self.last_start.get(key)
+        self.last_start[key] = now
+        if last is not None and self.tick_seconds > 0:
+            m.TICK_LAG.observe(max(0.0, now - last - self.tick_seconds))
 
 
 def status_changes(old: dict[str, Any], new: ModelDeploymentStatus) -> dict[str, Any]:
@@ -141,6 +165,7 @@ def _api_message(err: ApiException) -> str:
 def reconcile_once(shell: Shell, namespace: str, name: str, now: datetime | None = None) -> str:
     """One tick for one ModelDeployment; returns what happened (never raises an ApiException)."""
     labels = {"namespace": namespace, "name": name}
+    shell.started((namespace, name))
     if not shell.leader():
         m.HEALTH.tick(namespace, name)
         return STANDBY
@@ -149,8 +174,12 @@ def reconcile_once(shell: Shell, namespace: str, name: str, now: datetime | None
     except ApiException as err:
         m.RECONCILE_ERRORS.labels(error=f"api-{err.status}", **labels).inc()
         outcome = f"error: {err.status} {err.reason}"
+    except (HTTPError, OSError) as err:  # timed out, refused (an API server restarting), reset
+        m.RECONCILE_ERRORS.labels(error="connection", **labels).inc()
+        outcome = f"error: {type(err).__name__}: {str(err)[:200]}"
     if outcome == GONE:
         m.HEALTH.forget(namespace, name)
+        shell.last_start.pop((namespace, name), None)
     elif outcome in COMPLETE:
         m.HEALTH.tick(namespace, name)
     else:
@@ -216,17 +245,31 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
         analysis=results,
         may_start_canary=shell.gate.may_start((namespace, name)),
         owned_revisions=frozenset(d.removeprefix(f"{name}-") for d in seen.owned_deployments),
+        replicas={d.removeprefix(f"{name}-"): n for d, n in seen.owned_deployments.items()},
     )
     decision = decide(spec, status, observed, now, meta=meta, config=shell.config)
-    if shell.cost is not None:  # status.cost, about once a minute; never raises
-        shell.cost(spec, meta, decision.status, now)
+    if shell.cost is not None:  # status.cost, about once a minute with another write; never raises
+        shell.cost(spec, meta, decision.status, now, bool(status_changes(raw_status, decision.status)))
+    batch_plan = _batch(shell, spec, status, meta, decision, seen) if spec.batch or status.batch else None
+    scaler = _autoscaler(spec, meta, decision)
     outcome = _commit(shell, obj, meta, rv, raw_status, decision, labels)
+    if batch_plan is not None and outcome == WRITTEN:
+        for run_outcome in batch_plan.outcomes:
+            m.BATCH_RUNS.labels(outcome=run_outcome, **labels).inc()
     running = (decision.status if outcome in (WRITTEN, UNCHANGED) else status).canary_revision is not None
     shell.gate.done((namespace, name), running)
     if outcome not in (WRITTEN, UNCHANGED) or not decision.apply_children:
         return outcome
     try:
+        if shell.shadow is not None:
+            shell.shadow.ensure_secret(shell.kube.apply_secret, meta)
         shell.kube.apply(decision, meta, seen)
+        if batch_plan is not None and batch_plan.cronjobs is not None:
+            shell.kube.apply_batch(meta, batch_plan.cronjobs, batch_plan.seen)
+        if scaler is not None:  # after the Deployments: the HPA never points at one not there yet
+            shell.kube.apply_autoscaling(meta, scaler)
+        elif status.autoscaler is not None:
+            shell.kube.delete_autoscaling(meta)
     except ApiException as err:
         if namespace_going(err):
             if shell.kube.release(meta):
@@ -239,9 +282,60 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
             shell.post(obj, Event("Warning", APPLY_FAILED, text))
         return f"error: {text}"
     shell.apply_errors.pop((namespace, name), None)
+    if shell.shadow is not None:
+        shell.shadow.push(decision, meta, seen.revisions)
     m.TICK_SECONDS.observe(time.monotonic() - started)
     m.LAST_TICK.set(time.time())
     return outcome
+
+
+def _autoscaler(spec: ModelDeploymentSpec, meta: Meta, decision: Decision) -> list[dict[str, Any]] | None:
+    """The stable revision's HPA and PDB when spec.autoscaling asks for them (status.autoscaler names the HPA)."""
+    stable = decision.status.stable_revision
+    if spec.autoscaling is None or stable is None:
+        decision.status.autoscaler = None
+        return None
+    owner = Owner(meta.name, meta.namespace, meta.uid)
+    decision.status.autoscaler = meta.name
+    return [autoscale.hpa(owner, spec.autoscaling, stable), autoscale.pdb(owner, stable)]
+
+
+@dataclass
+class BatchPlan:
+    seen: BatchObservation
+    cronjobs: list[dict[str, Any]] | None  # None: the stable template is not known yet, leave them
+    outcomes: list[str]
+
+
+def _batch(
+    shell: Shell,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    meta: Meta,
+    decision: Decision,
+    seen: Observation,
+) -> BatchPlan:
+    """status.batch[] and its Events into the decision; the CronJobs, rendered from the stable revision's
+    pod template (the Deployment applied this tick, else the one observed)."""
+    batch_seen = shell.kube.observe_batch(meta)
+    stable = decision.status.stable_revision
+    dep_name = f"{meta.name}-{stable}"
+    template = next((d["spec"]["template"] for d in decision.deployments if d["metadata"]["name"] == dep_name), None)
+    template = template or seen.templates.get(dep_name)
+    owner = Owner(meta.name, meta.namespace, meta.uid)
+    cronjobs = None if stable is None or template is None else [batch.cronjob(owner, e, template) for e in spec.batch]
+    prices = shell.config.prices.override(spec.cost)
+    previous = {b.name: b for b in status.batch}
+    statuses, outcomes = [], []
+    for entry in spec.batch:
+        cron = batch_seen.cronjobs.get(batch.cronjob_name(meta.name, entry.name))
+        jobs = [j for j in batch_seen.jobs if (j["metadata"].get("labels") or {}).get(batch.LABEL_ENTRY) == entry.name]
+        summary = batch.summarize(entry, cron, jobs, batch_seen.pods, previous.get(entry.name), prices)
+        statuses.append(summary.status)
+        decision.events.extend(summary.events)
+        outcomes += [summary.outcome] if summary.outcome else []
+    decision.status.batch = statuses
+    return BatchPlan(batch_seen, cronjobs, outcomes)
 
 
 def _commit(
@@ -280,11 +374,25 @@ def _commit(
     return WRITTEN if changed else UNCHANGED
 
 
+def kopf_labels(terms: list[tuple[str, str | None, bool]]) -> dict[str, Any] | None:
+    """`settings.parse_selector`'s terms as kopf's label filter (None: every object)."""
+    if not terms:
+        return None
+    out: dict[str, Any] = {}
+    for key, value, present in terms:
+        out[key] = value if value is not None else kopf.PRESENT if present else kopf.ABSENT
+    return out
+
+
 def register(
-    registry: kopf.OperatorRegistry, settings: OperatorSettings, leader: Callable[[], bool] | None = None
+    registry: kopf.OperatorRegistry,
+    settings: OperatorSettings,
+    leader: Callable[[], bool] | None = None,
+    namespaces: list[str] | None = None,
 ) -> None:
     core_config = settings.core_config()
     tick = settings.tick_seconds
+    labels = kopf_labels(settings.selector_terms)  # a shard: only the objects its selector matches
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -297,7 +405,15 @@ def register(
         settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
         settings.persistence.finalizer = FINALIZER
+        # kopf's default pool is min(32, cores + 4): 6 threads on 2 cores, each blocked for the whole
+        # of a status write; at 1,000 objects ticks queued behind them (make bench-operator)
+        settings.execution.max_workers = operator_settings.workers
         kube = Kube(api_client(), operator_settings.api_timeout_seconds)
+        # watch-backed reads (ModelDeployments, Deployments, pods, Services, HTTPRoutes): a tick
+        # sends requests only to write; until the caches sync, reads go to the API server
+        watched = operator_settings.namespace_list if namespaces is None else namespaces
+        if not kube.watch(watched, operator_settings.selector).wait_synced(60.0):
+            log.warning("caches not synced within 60s: reading from the API server until they are")
         prom = Prometheus(
             operator_settings.prometheus_url,
             operator_settings.prometheus_timeout_seconds,
@@ -308,14 +424,20 @@ def register(
             kube,
             prom,
             core_config,
-            cost=CostWatch(kube.apps, prom, operator_settings),
+            cost=CostWatch(kube.deployments_of, prom, operator_settings),
             gate=CanaryGate(operator_settings.max_concurrent_canaries, 1.5 * tick),
             leader=leader or (lambda: True),
+            tick_seconds=tick,
+            shadow=ShadowControl(shadow_key, 3 * tick),
         )
         m.HEALTH.stale_after = max(30.0, operator_settings.stale_ticks * tick)
         m.HEALTH.started = True
 
     operator_settings = settings
+    configured = settings.shadow_key.get_secret_value() if settings.shadow_key is not None else ""
+    if not configured:
+        log.warning("MODELDEPLOY_OPERATOR_SHADOW_KEY is not set: shadow-step tokens use a random key of this process")
+    shadow_key = configured.encode() if configured else os.urandom(32)
 
     @kopf.timer(
         GROUP,
@@ -326,10 +448,12 @@ def register(
         initial_delay=lambda **_: random.uniform(0, tick),
         registry=registry,
         id="reconcile",
+        labels=labels,
+        backoff=tick,  # an unforeseen exception retries next period, not in kopf's default 60 s
     )
     def reconcile(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         reconcile_once(memo.shell, namespace or "", name)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True, labels=labels)
     def forget(name: str, namespace: str | None, **_: Any) -> None:
         m.HEALTH.forget(namespace or "", name)

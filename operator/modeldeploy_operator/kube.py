@@ -14,7 +14,11 @@ ApiException propagates to the caller.
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -22,6 +26,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy_operator import GROUP, PLURAL, VERSION
+from modeldeploy_operator.batch import CONFIG_HASH as BATCH_CONFIG
+from modeldeploy_operator.batch import LABEL_OF as BATCH_OF
+from modeldeploy_operator.cache import Caches, Informer, Kind, slim_pod
 from modeldeploy_operator.children import LABEL_NAME, LABEL_REVISION
 from modeldeploy_operator.model import Decision, Meta, PodState, RevisionState, RouteState, RouteWeights
 
@@ -33,6 +40,13 @@ GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
 # (`handlers` sets it in kopf's settings); objects of older operators carry kopf's default.
 FINALIZER = f"{GROUP}/finalizer"
 LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+# On each child the operator applies: a digest of what it applied, so that an unchanged child is
+# not applied again every tick (`Kube.apply`).
+APPLIED = f"{GROUP}/applied"
+
+
+def digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def namespace_going(err: ApiException) -> bool:
@@ -57,6 +71,16 @@ class Observation:
     owned_deployments: dict[str, int] = field(default_factory=dict)  # name -> spec.replicas
     route: RouteState | None = None
     route_body: dict[str, Any] | None = None
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # owned Deployment -> pod template
+
+
+@dataclass
+class BatchObservation:
+    """The batch children of one ModelDeployment: its CronJobs (owned), their Jobs and pods."""
+
+    cronjobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pod_state(pod: dict[str, Any]) -> PodState:
@@ -77,6 +101,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         terminated_message=_last_line(term.get("message") or "") or None,
         exit_code=term.get("exitCode"),
         phase=status.get("phase"),
+        ip=status.get("podIP"),
     )
 
 
@@ -89,14 +114,86 @@ def _last_line(message: str) -> str:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0) -> None:
+    """Reads come from `caches` (watch-backed, with the operator's own writes folded in) when given
+    and synced, else from the API server; children are applied only when they differ."""
+
+    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0, caches: Caches | None = None) -> None:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
+        self.policy = client.PolicyV1Api(api)
         self.t = timeout_seconds
+        self.caches = caches
+        # (plural, namespace, name) -> (digest, generation) of what this process last applied
+        self.applied: dict[tuple[str, str, str], tuple[str, int | None]] = {}
+        self.applied_lock = threading.Lock()
+
+    def watch(self, namespaces: list[str], selector: str = "") -> Caches:
+        """Start the informers over `namespaces` (empty: the whole cluster) and the ModelDeployments
+        matching `selector` (a shard); reads use them once synced."""
+        self.caches = self.informers(namespaces, selector).start()
+        return self.caches
+
+    def informers(self, namespaces: list[str], selector: str = "") -> Caches:
+        """The informers `watch` starts (not started)."""
+        ns = namespaces or [""]
+
+        def kind(what: str, namespaced: Any, cluster: Any, label: str | None, trim: Any = None) -> Kind:
+            # children: indexed by (and listed with) the modeldeploy.io/name label; objects: the shard's selector
+            select = label if label is not None else selector if what == "modeldeployments" else ""
+            return Kind({
+                n: Informer(
+                    f"{what}@{n or '*'}", functools.partial(namespaced, n) if n else cluster,
+                    index_label=label, label_selector=select or None, timeout_seconds=self.t, trim=trim,
+                )
+                for n in ns
+            })  # fmt: skip
+
+        c, g = self.custom, GATEWAY
+        return Caches(
+            mds=kind(
+                "modeldeployments",
+                functools.partial(c.list_namespaced_custom_object, GROUP, VERSION, plural=PLURAL),
+                functools.partial(c.list_cluster_custom_object, GROUP, VERSION, PLURAL),
+                None,
+            ),
+            deployments=kind(
+                "deployments",
+                self.apps.list_namespaced_deployment,
+                self.apps.list_deployment_for_all_namespaces,
+                LABEL_NAME,
+            ),  # fmt: skip
+            pods=kind(
+                "pods", self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces, LABEL_NAME, slim_pod
+            ),
+            services=kind(
+                "services", self.core.list_namespaced_service, self.core.list_service_for_all_namespaces, LABEL_NAME
+            ),
+            routes=kind(
+                "httproutes",
+                functools.partial(c.list_namespaced_custom_object, g[0], g[1], plural=g[2]),
+                functools.partial(c.list_cluster_custom_object, g[0], g[1], g[2]),
+                None,
+            ),
+        )
+
+    def _cached(self, kind: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """(answered, object) from the cache of `kind`; answered is False without a synced cache."""
+        if self.caches is None:
+            return False, None
+        try:
+            return True, getattr(self.caches, kind).get(namespace, name)
+        except LookupError:
+            return False, None
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The ModelDeployment as the API server has it now (None when it is gone)."""
+        """The ModelDeployment as the cache has it (with our own last write), else as the API server
+        has it now (None when it is gone)."""
+        _, obj = self._cached("mds", namespace, name)
+        if obj is not None:
+            return obj
         try:
             return cast(
                 dict[str, Any],
@@ -121,7 +218,14 @@ class Kube:
                 _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
             )
         )  # fmt: skip
+        self._offer("mds", got)
         return str(got["metadata"]["resourceVersion"])
+
+    def _offer(self, kind: str, obj: dict[str, Any]) -> None:
+        """Fold the API server's answer to our own write into the cache (the watch may lag it)."""
+        caches = getattr(self, "caches", None)
+        if caches is not None:
+            getattr(caches, kind).offer(obj)
 
     def clear_annotations(self, meta: Meta, resource_version: str, keys: list[str]) -> str:
         """Remove consumed control annotations, only if nothing changed since our status write."""
@@ -132,43 +236,59 @@ class Kube:
                 _content_type=MERGE, _preload_content=False, _request_timeout=self.t,
             )
         )  # fmt: skip
+        self._offer("mds", got)
         return str(got["metadata"]["resourceVersion"])
+
+    def _children(self, kind: str, meta: Meta) -> list[dict[str, Any]]:
+        """The objects of `kind` labelled with the ModelDeployment's name: cached, else LISTed."""
+        if self.caches is not None:
+            try:
+                return cast(list[dict[str, Any]], getattr(self.caches, kind).by_label(meta.namespace, meta.name))
+            except LookupError:
+                pass
+        lister = self.apps.list_namespaced_deployment if kind == "deployments" else self.core.list_namespaced_pod
+        got = _json(
+            lister(meta.namespace, label_selector=f"{LABEL_NAME}={meta.name}", _preload_content=False,
+                   _request_timeout=self.t)
+        )  # fmt: skip
+        return cast(list[dict[str, Any]], got.get("items", []))
+
+    def deployments_of(self, meta: Meta) -> list[dict[str, Any]]:
+        """The Deployments labelled with the ModelDeployment's name (cached, else LISTed)."""
+        return self._children("deployments", meta)
 
     def observe(self, meta: Meta, http_route: str | None) -> Observation:
         out = Observation()
-        selector = f"{LABEL_NAME}={meta.name}"
-        deps = _json(
-            self.apps.list_namespaced_deployment(
-                meta.namespace, label_selector=selector, _preload_content=False, _request_timeout=self.t
-            )
-        )
-        for dep in deps.get("items", []):
+        for dep in self._children("deployments", meta):
             owners = dep["metadata"].get("ownerReferences") or []
             if any(o.get("uid") == meta.uid for o in owners):
                 out.owned_deployments[dep["metadata"]["name"]] = int(dep["spec"].get("replicas") or 0)
-        pods = _json(
-            self.core.list_namespaced_pod(
-                meta.namespace, label_selector=selector, _preload_content=False, _request_timeout=self.t
-            )
-        )
+                out.templates[dep["metadata"]["name"]] = dep["spec"].get("template") or {}
         by_rev: dict[str, list[PodState]] = {}
-        for pod in pods.get("items", []):
+        for pod in self._children("pods", meta):
             rev = (pod["metadata"].get("labels") or {}).get(LABEL_REVISION)
             if rev:
                 by_rev.setdefault(rev, []).append(pod_state(pod))
         for rev, states in by_rev.items():
             out.revisions[rev] = RevisionState(ready_replicas=sum(p.ready for p in states), pods=tuple(states))
+        answered, cached_route = self._cached("routes", meta.namespace, http_route) if http_route else (False, None)
         if http_route is not None:
             try:
-                out.route_body = _json(
-                    self.custom.get_namespaced_custom_object(
-                        *GATEWAY[:2],
-                        meta.namespace,
-                        GATEWAY[2],
-                        http_route,
-                        _preload_content=False,
-                        _request_timeout=self.t,
-                    )  # fmt: skip
+                if answered and cached_route is None:
+                    raise ApiException(status=404, reason="Not Found")
+                out.route_body = (
+                    copy.deepcopy(cached_route)
+                    if cached_route is not None
+                    else _json(
+                        self.custom.get_namespaced_custom_object(
+                            *GATEWAY[:2],
+                            meta.namespace,
+                            GATEWAY[2],
+                            http_route,
+                            _preload_content=False,
+                            _request_timeout=self.t,
+                        )  # fmt: skip
+                    )
                 )
             except ApiException as err:
                 if err.status != 404:
@@ -193,12 +313,7 @@ class Kube:
         for dep in decision.deployments:
             name = dep["metadata"]["name"]
             wanted.add(name)
-            _drain(
-                self.apps.patch_namespaced_deployment(
-                    name, meta.namespace, dep, field_manager=FIELD_MANAGER, force=True,
-                    _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
-                )
-            )  # fmt: skip
+            self._apply("deployments", dep, self.apps.patch_namespaced_deployment)
         for name, replicas in decision.scales.items():
             wanted.add(name)
             if name in seen.owned_deployments and seen.owned_deployments[name] != replicas:
@@ -209,12 +324,7 @@ class Kube:
                     )
                 )  # fmt: skip
         for svc in decision.services:
-            _drain(
-                self.core.patch_namespaced_service(
-                    svc["metadata"]["name"], meta.namespace, svc, field_manager=FIELD_MANAGER, force=True,
-                    _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
-                )
-            )  # fmt: skip
+            self._apply("services", svc, self.core.patch_namespaced_service)
         for name in seen.owned_deployments.keys() - wanted:
             try:
                 _drain(
@@ -222,6 +332,94 @@ class Kube:
                         name, meta.namespace, _preload_content=False, _request_timeout=self.t
                     )
                 )
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+    def observe_batch(self, meta: Meta) -> BatchObservation:
+        out = BatchObservation()
+        selector = f"{BATCH_OF}={meta.name}"
+        kw: dict[str, Any] = {"label_selector": selector, "_preload_content": False, "_request_timeout": self.t}
+        for cron in _json(self.batch.list_namespaced_cron_job(meta.namespace, **kw)).get("items", []):
+            if any(o.get("uid") == meta.uid for o in cron["metadata"].get("ownerReferences") or []):
+                out.cronjobs[cron["metadata"]["name"]] = cron
+        out.jobs = _json(self.batch.list_namespaced_job(meta.namespace, **kw)).get("items", [])
+        out.pods = _json(self.core.list_namespaced_pod(meta.namespace, **kw)).get("items", [])
+        return out
+
+    def apply_batch(self, meta: Meta, cronjobs: list[dict[str, Any]], seen: BatchObservation) -> None:
+        """Apply the CronJobs whose rendering changed (server-side apply); delete owned ones no entry wants."""
+        for cron in cronjobs:
+            name = cron["metadata"]["name"]
+            have = (seen.cronjobs.get(name) or {}).get("metadata", {}).get("annotations") or {}
+            if have.get(BATCH_CONFIG) == cron["metadata"]["annotations"][BATCH_CONFIG]:
+                continue
+            _drain(
+                self.batch.patch_namespaced_cron_job(
+                    name, meta.namespace, cron, field_manager=FIELD_MANAGER, force=True,
+                    _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
+                )
+            )  # fmt: skip
+        for name in seen.cronjobs.keys() - {c["metadata"]["name"] for c in cronjobs}:
+            try:
+                _drain(
+                    self.batch.delete_namespaced_cron_job(
+                        name, meta.namespace, propagation_policy="Background", _preload_content=False,
+                        _request_timeout=self.t,
+                    )
+                )  # fmt: skip
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+    def _apply(self, kind: str, manifest: dict[str, Any], patch: Any) -> None:
+        """Server-side apply `manifest` unless the cached object is what this process last applied:
+        the same digest (annotation `modeldeploy.io/applied`), the same generation (nobody changed
+        its spec since) and, for a Service, the same selector. A new process applies everything once."""
+        md = manifest["metadata"]
+        ns, name = md["namespace"], md["name"]
+        want = digest(manifest)
+        answered, live = self._cached(kind, ns, name)
+        key = (kind, ns, name)
+        with self.applied_lock:
+            record = self.applied.get(key)
+        if answered and live is not None and record is not None and record[0] == want:
+            live_md = live.get("metadata") or {}
+            same = (live_md.get("annotations") or {}).get(APPLIED) == want and live_md.get("generation") == record[1]
+            if kind == "services":
+                same = same and (live.get("spec") or {}).get("selector") == manifest["spec"].get("selector")
+            if same:
+                return
+        body = {**manifest, "metadata": {**md, "annotations": {**(md.get("annotations") or {}), APPLIED: want}}}
+        got = _json(
+            patch(name, ns, body, field_manager=FIELD_MANAGER, force=True,
+                  _content_type=APPLY, _preload_content=False, _request_timeout=self.t)
+        )  # fmt: skip
+        with self.applied_lock:
+            self.applied[key] = (want, (got.get("metadata") or {}).get("generation"))
+        self._offer(kind, got)
+
+    def apply_autoscaling(self, meta: Meta, objects: list[dict[str, Any]]) -> None:
+        """Server-side apply the stable revision's HorizontalPodAutoscaler and PodDisruptionBudget."""
+        for obj in objects:
+            api: Any = self.autoscaling.patch_namespaced_horizontal_pod_autoscaler
+            if obj["kind"] == "PodDisruptionBudget":
+                api = self.policy.patch_namespaced_pod_disruption_budget
+            _drain(
+                api(
+                    obj["metadata"]["name"], meta.namespace, obj, field_manager=FIELD_MANAGER, force=True,
+                    _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
+                )
+            )  # fmt: skip
+
+    def delete_autoscaling(self, meta: Meta) -> None:
+        """spec.autoscaling removed: the HPA and PDB go (the operator sizes the stable again)."""
+        for delete, name in (
+            (self.autoscaling.delete_namespaced_horizontal_pod_autoscaler, meta.name),
+            (self.policy.delete_namespaced_pod_disruption_budget, f"{meta.name}-stable"),
+        ):
+            try:
+                _drain(delete(name, meta.namespace, _preload_content=False, _request_timeout=self.t))
             except ApiException as err:
                 if err.status != 404:
                     raise
@@ -269,6 +467,16 @@ class Kube:
             )
         )  # fmt: skip
 
+    def apply_secret(self, manifest: dict[str, Any]) -> None:
+        """Server-side apply of a Secret the operator owns (it never reads one back)."""
+        meta = manifest["metadata"]
+        _drain(
+            self.core.patch_namespaced_secret(
+                meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER, force=True,
+                _content_type=APPLY, _preload_content=False, _request_timeout=self.t,
+            )
+        )  # fmt: skip
+
     def set_weights(self, namespace: str, w: RouteWeights, route: dict[str, Any]) -> None:
         rules = route.get("spec", {}).get("rules", [])
         changed = False
@@ -280,9 +488,10 @@ class Kube:
                     changed = True
         if changed:
             body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]}, "spec": {"rules": rules}}
-            _drain(
-                self.custom.patch_namespaced_custom_object(
-                    *GATEWAY[:2], namespace, GATEWAY[2], w.http_route, body,
-                    _content_type=MERGE, _preload_content=False, _request_timeout=getattr(self, "t", 10.0),
-                )
+            resp = self.custom.patch_namespaced_custom_object(
+                *GATEWAY[:2], namespace, GATEWAY[2], w.http_route, body,
+                _content_type=MERGE, _preload_content=False, _request_timeout=getattr(self, "t", 10.0),
             )  # fmt: skip
+            data = getattr(resp, "data", None)  # read to the end either way (the connection is reused)
+            if data:
+                self._offer("routes", json.loads(data))

@@ -18,7 +18,9 @@ from modeldeploy_operator.api import (
     HistoryEntry,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
+    ShadowStep,
 )
+from modeldeploy_operator.autoscale import base_replicas
 from modeldeploy_operator.conditions import get_condition, set_condition
 from modeldeploy_operator.model import (
     Config,
@@ -26,13 +28,20 @@ from modeldeploy_operator.model import (
     Event,
     Meta,
     Observed,
+    ShadowTarget,
     fmt_time,
     later,
     parse_time,
     seconds_since,
 )
 from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
-from modeldeploy_operator.report import Report
+from modeldeploy_operator.report import (
+    Report,
+    before_weight,
+    passed_in_step,
+    routed,
+    step_weight,
+)
 from modeldeploy_operator.revision import revision_of
 
 
@@ -44,33 +53,16 @@ def gate_waiting(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, since: fl
         return False
     if i >= len(steps):
         return not st.promote_requested and bool(steps) and steps[-1].set_weight is not None
+    shadow = steps[i].shadow
+    if shadow is not None:
+        return since >= shadow.seconds
     pause = steps[i].pause
     return pause is not None and pause.seconds is not None and since >= pause.seconds
 
 
-def analysed_in_step(st: ModelDeploymentStatus) -> bool:
-    last = st.last_analysis
-    return (
-        last is not None
-        and st.step_started_at is not None
-        and last.revision == st.canary_revision
-        and last.step == st.current_step
-        and parse_time(last.time) >= parse_time(st.step_started_at)
-    )
-
-
-def passed_in_step(st: ModelDeploymentStatus) -> bool:
-    return analysed_in_step(st) and st.last_analysis is not None and st.last_analysis.verdict == "Passed"
-
-
-def routed(spec: ModelDeploymentSpec) -> bool:
-    routing = spec.rollout.traffic_routing
-    return routing is not None and routing.gateway_api is not None
-
-
-def step_weight(spec: ModelDeploymentSpec, i: int) -> int:
-    """The weight the canary carries while at step i: the last setWeight before it (0 if none)."""
-    return next((s.set_weight for s in reversed(spec.rollout.steps[:i]) if s.set_weight is not None), 0)
+def shadow_step(spec: ModelDeploymentSpec, i: int | None) -> ShadowStep | None:
+    steps = spec.rollout.steps
+    return steps[i].shadow if i is not None and i < len(steps) else None
 
 
 IGNORED_BECAUSE = {
@@ -99,6 +91,9 @@ class Tick(Report):
         meta: Meta,
         config: Config,
     ) -> None:
+        if spec.autoscaling is not None:  # the autoscaler's stable size stands in for spec.replicas everywhere
+            current = observed.replicas.get(status.stable_revision) if status.stable_revision else None
+            spec = spec.model_copy(update={"replicas": base_replicas(spec, current)})
         self.spec, self.obs, self.now, self.meta, self.config = spec, observed, now, meta, config
         self.st = status.model_copy(deep=True)
         self.image = spec.serving.image or config.image
@@ -130,11 +125,12 @@ class Tick(Report):
         if i >= len(steps):
             return "promotion"
         s = steps[i]
-        what = (
-            f"setWeight {s.set_weight}"
-            if s.set_weight is not None
-            else (f"pause {s.pause.seconds}s" if s.pause and s.pause.seconds is not None else "pause until promoted")
-        )
+        if s.set_weight is not None:
+            what = f"setWeight {s.set_weight}"
+        elif s.shadow is not None:
+            what = f"shadow {s.shadow.percent}% for {s.shadow.seconds}s"
+        else:
+            what = f"pause {s.pause.seconds}s" if s.pause and s.pause.seconds is not None else "pause until promoted"
         return f"step {i + 1}/{len(steps)} ({what})"
 
     # ----------------------------------------------------------------- the ladder
@@ -300,7 +296,7 @@ class Tick(Report):
             if not self.wait_ready(canary_size(self.spec, 0), since=st.canary_started_at):
                 return
             self.event(r.CANARY_READY, f"canary {st.canary_revision} (version {st.canary_version}) is ready")
-            w = 0 if routed(self.spec) else canary_size(self.spec, 0)[1]
+            w = 0 if routed(self.spec) or before_weight(self.spec, st) else canary_size(self.spec, 0)[1]
             st.canary_weight = w
             self.enter_step(len(self.spec.rollout.steps) if st.promote_requested else 0)
         self.steps()
@@ -526,8 +522,13 @@ class Tick(Report):
                 self.event(r.WEIGHT_CHANGED, f"canary {st.canary_revision} weight {old}% -> {st.canary_weight}%")
                 self.enter_step(i + 1)
                 continue
-            assert step.pause is not None
             since = seconds_since(st.step_started_at, self.now)
+            if step.shadow is not None:
+                if self.shadowing(i, step.shadow, since):
+                    return
+                self.enter_step(i + 1)
+                continue
+            assert step.pause is not None
             if step.pause.seconds is None:
                 self.hold(
                     r.STEP_PAUSED,
@@ -546,6 +547,31 @@ class Tick(Report):
                     self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(i))
                 return
             self.enter_step(i + 1)
+
+    def shadowing(self, i: int, step: ShadowStep, since: float) -> bool:
+        """A shadow step: stable mirrors `percent` of its requests to the canary until the step's time
+        is over and its check passed (True: the step goes on)."""
+        st = self.st
+        assert st.canary_revision is not None and st.stable_revision is not None
+        a = self.spec.rollout.analysis
+        if since >= step.seconds and passed_in_step(st):
+            return False
+        self.d.shadow = ShadowTarget(
+            st.stable_revision, st.canary_revision, f"{self.meta.name}-canary", step.percent,
+            a.agreement_tolerance, a.shadow.log_disagreements,
+        )  # fmt: skip
+        if since < step.seconds:
+            until = later(parse_time(st.step_started_at or fmt_time(self.now)), step.seconds)
+            self.hold(
+                r.SHADOWING,
+                f"{self.step_text(i)}: {step.percent}% of stable's requests mirrored to canary "
+                f"{st.canary_revision} (no user weight) until {until}",
+            )
+        elif not self.not_judged(i, since - step.seconds):
+            self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(i))
+        else:
+            self.d.shadow = None
+        return True
 
     def waiting_text(self, i: int) -> str:
         last = self.st.last_analysis

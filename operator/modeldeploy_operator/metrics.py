@@ -15,6 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 ROLLOUTS = Counter(
     "modeldeploy_operator_rollouts_total", "Rollouts finished, by outcome.", ["namespace", "name", "outcome"]
 )
+BATCH_RUNS = Counter(
+    "modeldeploy_operator_batch_runs_total",
+    "Batch scoring runs finished, by outcome.",
+    ["namespace", "name", "outcome"],
+)
 CANARY_WEIGHT = Gauge("modeldeploy_operator_canary_weight", "Current canary traffic percent.", ["namespace", "name"])
 ANALYSES = Counter(
     "modeldeploy_operator_analysis_total", "Canary checks run, by verdict.", ["namespace", "name", "verdict"]
@@ -27,7 +32,20 @@ TICK_SECONDS = Histogram(
     "Duration of one reconcile tick.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SHADOW_CONTROL_CALLS = Counter(
+    "modeldeploy_operator_shadow_control_calls_total",
+    "Control calls to stable pods during shadow steps, by result (ok, http-<code>, unreachable).",
+    ["result"],
+)
 LAST_TICK = Gauge("modeldeploy_operator_last_tick_timestamp_seconds", "Unix time of the last completed tick.")
+TICK_LAG = Histogram(
+    "modeldeploy_operator_tick_lag_seconds",
+    "How much later than one period after its previous tick an object's tick started.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120),
+)
+API_REQUESTS = Counter(
+    "modeldeploy_operator_api_requests_total", "Kubernetes API requests sent by the operator's ticks.", ["verb"]
+)
 
 STARTED = time.time()
 

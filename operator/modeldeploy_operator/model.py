@@ -29,6 +29,7 @@ class PodState:
     terminated_message: str | None = None
     exit_code: int | None = None
     phase: str | None = None
+    ip: str | None = None  # status.podIP (shadow steps' control calls and mirroring targets)
 
     def refusal(self) -> str | None:
         """The server's one line when it refused its artifact (exit code 2), else None."""
@@ -88,6 +89,8 @@ class Observed:
     may_start_canary: bool = True  # False while the operator's cap on concurrent canaries is reached
     # revisions whose Deployment this object owns (None: not known; the fakes of the core's tests)
     owned_revisions: frozenset[str] | None = None
+    # each revision's Deployment spec.replicas as observed (an autoscaler sets the stable one)
+    replicas: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,18 @@ class RouteWeights:
     canary_weight: int
 
 
+@dataclass(frozen=True)
+class ShadowTarget:
+    """A shadow step in progress: what the shell tells the stable pods (re-sent every tick, with an expiry)."""
+
+    stable_revision: str
+    canary_revision: str
+    canary_service: str  # <name>-canary: the mirrored requests' destination
+    percent: int
+    tolerance: float
+    log_disagreements: int
+
+
 @dataclass
 class Decision:
     status: ModelDeploymentStatus
@@ -137,6 +152,7 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     clear_annotations: list[str] = field(default_factory=list)
     analysis: AnalysisRecord | None = None
+    shadow: ShadowTarget | None = None  # None: no shadow step runs (stable pods stop mirroring)
     outcomes: list[str] = field(default_factory=list)
     apply_children: bool = True
 

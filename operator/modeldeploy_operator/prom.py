@@ -40,19 +40,19 @@ class Prometheus:
             url=url, headers=headers, disable_ssl=insecure_skip_verify, retry=Retry(total=0), timeout=timeout_seconds
         )
 
-    def query(self, promql: str, at: datetime) -> QueryResult:
+    def query(self, promql: str, at: datetime, by: tuple[str, ...] = ()) -> QueryResult:
         try:
             data: Any = self.client.custom_query(promql, params={"time": f"{at.timestamp():.3f}"})
         except PrometheusApiClientException as err:
             return QueryResult(error=_short(str(err)))
         except requests.RequestException as err:
             return QueryResult(error=f"{type(err).__name__} talking to {self.url}: {_short(str(err))}")
-        return scalar(data)
+        return vector(data, by) if by else scalar(data)
 
     def run(self, plan: AnalysisPlan, at: datetime) -> dict[str, QueryResult]:
         out: dict[str, QueryResult] = {}
         for q in plan.queries:
-            out[q.name] = self.query(q.promql, at)
+            out[q.name] = self.query(q.promql, at, q.by)
             if out[q.name].error is not None and "talking to" in (out[q.name].error or ""):
                 # unreachable: do not wait one timeout per query
                 out.update({rest.name: out[q.name] for rest in plan.queries if rest.name not in out})
@@ -77,6 +77,23 @@ def scalar(data: Any) -> QueryResult:
     except (TypeError, ValueError):
         return QueryResult(error=f"not a number: {raw!r}")
     return QueryResult(value=None if math.isnan(value) else value)
+
+
+def vector(data: Any, by: tuple[str, ...]) -> QueryResult:
+    """An instant vector, one sample per combination of the `by` labels (a missing label is "")."""
+    if not data:
+        return QueryResult(series={})
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "value" in d for d in data):
+        return QueryResult(error=f"unexpected result shape: {str(data)[:200]}")
+    series: dict[tuple[str, ...], float] = {}
+    for d in data:
+        labels = d.get("metric") or {}
+        try:
+            value = float(d["value"][1])
+        except (TypeError, ValueError, IndexError):
+            return QueryResult(error=f"not a number: {d['value']!r}")
+        series[tuple(str(labels.get(name, "")) for name in by)] = 0.0 if math.isnan(value) else value
+    return QueryResult(series=series)
 
 
 def _short(text: str) -> str:

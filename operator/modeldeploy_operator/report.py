@@ -12,7 +12,42 @@ from modeldeploy_operator import reasons as r
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy_operator.children import Owner, deployment, deployment_name, services
 from modeldeploy_operator.conditions import get_condition, set_condition
-from modeldeploy_operator.model import Config, Decision, Meta, Observed, RevisionState, RouteWeights
+from modeldeploy_operator.model import Config, Decision, Meta, Observed, RevisionState, RouteWeights, parse_time
+
+
+def step_weight(spec: ModelDeploymentSpec, i: int) -> int:
+    """The weight the canary carries while at step i: the last setWeight before it (0 if none)."""
+    return next((s.set_weight for s in reversed(spec.rollout.steps[:i]) if s.set_weight is not None), 0)
+
+
+def before_weight(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> bool:
+    """A canary of a rollout with shadow steps that has not reached a weight yet: it serves no user,
+    in replica-ratio mode too (the Service `<name>` then selects the stable revision only)."""
+    return (
+        st.canary_revision is not None
+        and any(s.shadow is not None for s in spec.rollout.steps)
+        and (st.current_step is None or step_weight(spec, st.current_step) == 0)
+    )
+
+
+def analysed_in_step(st: ModelDeploymentStatus) -> bool:
+    last = st.last_analysis
+    return (
+        last is not None
+        and st.step_started_at is not None
+        and last.revision == st.canary_revision
+        and last.step == st.current_step
+        and parse_time(last.time) >= parse_time(st.step_started_at)
+    )
+
+
+def passed_in_step(st: ModelDeploymentStatus) -> bool:
+    return analysed_in_step(st) and st.last_analysis is not None and st.last_analysis.verdict == "Passed"
+
+
+def routed(spec: ModelDeploymentSpec) -> bool:
+    routing = spec.rollout.traffic_routing
+    return routing is not None and routing.gateway_api is not None
 
 
 class Report:
@@ -146,7 +181,10 @@ class Report:
             else:
                 self.d.scales[deployment_name(meta.name, rev)] = replicas
         ready_canary = st.canary_revision if st.current_step is not None else None
-        self.d.services = services(owner, st.stable_revision, ready_canary or draining or st.canary_revision)
+        self.d.services = services(
+            owner, st.stable_revision, ready_canary or draining or st.canary_revision,
+            users_stable_only=before_weight(spec, st) and draining is None,
+        )  # fmt: skip
         routing = spec.rollout.traffic_routing
         if routing is not None and routing.gateway_api is not None:
             w = st.canary_weight or 0

@@ -5,7 +5,10 @@ Read once by `__main__` at startup; `handlers` and `prom` receive the values. Pu
 
 from __future__ import annotations
 
-from pydantic import Field
+import hashlib
+import re
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modeldeploy_operator.cost import Prices
@@ -21,6 +24,10 @@ class OperatorSettings(BaseSettings):
     prometheus_bearer_token_file: str = Field(default="", description="Send this file's token to Prometheus.")
     server_image: str = Field(default=DEFAULT_IMAGE, min_length=1)
     namespaces: str = Field(default="", description="Comma-separated namespaces to watch; empty: all.")
+    selector: str = Field(
+        default="",
+        description="Label selector: act only on ModelDeployments matching it (key=value, key, !key; comma = and).",
+    )
     tick_seconds: float = Field(default=5.0, gt=0, description="Period of the per-object reconcile timer.")
     metrics_port: int = Field(default=8000, ge=0, le=65535, description="/metrics and /healthz.")
     metrics_bind_address: str = Field(default="0.0.0.0", description="Address of the metrics listener.")
@@ -35,9 +42,21 @@ class OperatorSettings(BaseSettings):
     max_concurrent_canaries: int = Field(
         default=0, ge=0, description="Canaries running at once across all objects (0: no cap); others wait."
     )
+    workers: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Threads running ticks at once (kopf's executor).",
+    )
     api_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of every Kubernetes API call.")
     stale_ticks: int = Field(
         default=10, ge=2, description="/healthz fails when an object has not completed a tick for this many periods."
+    )
+    cost_refresh_seconds: int = Field(
+        default=300,
+        ge=60,
+        description="status.cost alone (no other status change) is rewritten at most this often; every minute "
+        "when the tick writes status anyway.",
     )
     scrape_interval_seconds: float = Field(
         default=2.0, gt=0, description="Prometheus' scrape interval; analysis windows span at least two."
@@ -48,6 +67,30 @@ class OperatorSettings(BaseSettings):
     cpu_core_hour_usd: float = Field(default=0.04, ge=0, description="USD per requested CPU core-hour.")
     memory_gib_hour_usd: float = Field(default=0.005, ge=0, description="USD per requested GiB-hour of memory.")
     managed_per_1k_usd: float = Field(default=0.40, ge=0, description="USD per 1,000 managed-endpoint calls.")
+
+    shadow_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the shadow-step tokens (HMAC of namespace/name/uid); unset: a random key per process, "
+        "so pods started before an operator restart can no longer be told to shadow.",
+    )
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        parse_selector(value)  # ValueError names the term and why
+        return value.strip()
+
+    @property
+    def selector_terms(self) -> list[tuple[str, str | None, bool]]:
+        return parse_selector(self.selector)
+
+    @property
+    def lease_name(self) -> str:
+        """Each shard (selector) elects its own leader: `modeldeploy-operator`, or with a selector
+        `modeldeploy-operator-` and 8 hex digits of it."""
+        if not self.selector:
+            return "modeldeploy-operator"
+        return "modeldeploy-operator-" + hashlib.sha256(self.selector.encode()).hexdigest()[:8]
 
     @property
     def namespace_list(self) -> list[str]:
@@ -64,3 +107,35 @@ class OperatorSettings(BaseSettings):
             drain_seconds=self.drain_seconds,
             prices=self.prices(),
         )
+
+
+# a label key: an optional DNS-subdomain prefix and "/", then a name; a value: a name or empty
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}$")
+_VALUE = re.compile(rf"^({_NAME})?$")
+
+
+def parse_selector(selector: str) -> list[tuple[str, str | None, bool]]:
+    """`key=value,key,!key` -> [(key, value or None, present)]: equality, existence and absence,
+    the subset of Kubernetes label selectors that kopf filters and the API server both take.
+    Raises ValueError naming the term that is not one of them."""
+    terms: list[tuple[str, str | None, bool]] = []
+    for raw in selector.split(","):
+        term = raw.strip()
+        if not term:
+            continue
+        if "!=" in term or " in " in f" {term} " or " notin " in f" {term} " or "(" in term:
+            raise ValueError(f"selector term {term!r}: only key=value, key and !key are supported")
+        if term.startswith("!"):
+            key, value, present = term[1:].strip(), None, False
+        elif "=" in term:
+            key, _, value = (part.strip() for part in term.replace("==", "=").partition("="))
+            present = True
+        else:
+            key, value, present = term, None, True
+        if not _KEY.match(key):
+            raise ValueError(f"selector term {term!r}: {key!r} is not a label key")
+        if value is not None and not _VALUE.match(value):
+            raise ValueError(f"selector term {term!r}: {value!r} is not a label value")
+        terms.append((key, value, present))
+    return terms

@@ -9,8 +9,9 @@
 - `start_server(...)`: the real `modeldeploy-server` console script on 127.0.0.1.
 - `Traffic`: a bounded request generator through the gateway (Host header routing), counting
   answers by status code with timestamps.
-- `Operator`: the real `modeldeploy-operator` as a subprocess (KUBECONFIG, Prometheus URL, tick 1 s).
-- `model_deployment(...)`, `http_route(...)`, `get_mdep(...)`, `wait_for_phase(...)`.
+- `Operator` (modeldeploy_demo.workload's): the real `modeldeploy-operator` as a subprocess.
+- `model_deployment(...)`, `http_route(...)` (modeldeploy_demo.kube's, on the cluster's Gateway),
+  `get_mdep(...)`, `wait_for_phase(...)`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from modeldeploy_demo.workload import Model, free_port, save_model
+from modeldeploy_demo.kube import http_route
+from modeldeploy_demo.workload import Model, Operator, free_port, save_model
 
 BIN = Path(sys.executable).parent
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -138,6 +140,7 @@ class Traffic:
     bad_share: float = 0.2
     max_seconds: float = 600.0
     answers: list[tuple[float, int]] = field(default_factory=list)
+    pods: list[tuple[float, str]] = field(default_factory=list)  # (sent at, the answering pod's x-modeldeploy-pod)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -156,6 +159,7 @@ class Traffic:
                 try:
                     resp = client.post(f"/v1/models/{self.model}:predict", json={"instances": [data[i % len(data)]]})
                     self.answers.append((t, resp.status_code))
+                    self.pods.append((t, resp.headers.get("x-modeldeploy-pod", "")))
                 except httpx.HTTPError:
                     self.answers.append((t, 0))
                 i += 1
@@ -175,59 +179,6 @@ class Traffic:
 
     def first(self, code_prefix: str, since: float = 0.0) -> float | None:
         return next((t for t, c in list(self.answers) if t >= since and str(c).startswith(code_prefix)), None)
-
-
-class Operator:
-    """`modeldeploy-operator` as a subprocess with its own log file and metrics port."""
-
-    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path, namespace: str | None = None,
-                 tick: float = 1.0, scale_down_delay: int = 5) -> None:  # fmt: skip
-        self.metrics_port = free_port()
-        self.log = log
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "MODELDEPLOY_OPERATOR_PROMETHEUS_URL": prometheus_url,
-            "MODELDEPLOY_OPERATOR_TICK_SECONDS": str(tick),
-            "MODELDEPLOY_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
-            "MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS": str(scale_down_delay),
-            "MODELDEPLOY_OPERATOR_NAMESPACES": namespace or "",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Operator:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([str(BIN / "modeldeploy-operator")], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
-        wait_for(self.healthy, 120, "the operator's /healthz")  # imports alone take 15 s+ on a loaded machine
-        return self
-
-    def healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited: {self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to clean up, like a node failure."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def model_deployment(name: str, model: Model, base_url: str, version: str, *, route: str | None = None,
@@ -253,19 +204,6 @@ def model_deployment(name: str, model: Model, base_url: str, version: str, *, ro
             "rollout": rollout,
         },
     }
-
-
-def http_route(name: str, host: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": {"name": name},
-        "spec": {
-            "hostnames": [host],
-            "rules": [{"backendRefs": [{"name": f"{name}-stable", "port": 80, "weight": 100},
-                                       {"name": f"{name}-canary", "port": 80, "weight": 0}]}],
-        },
-    }  # fmt: skip
 
 
 def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
@@ -357,14 +295,22 @@ class WeightWatch:
         return next((t for t, w in self.changes if t >= after and w == weight), None)
 
 
-def deploy_v1(kubeconfig: Path, ns: str, name: str, models: dict[str, Model], store_url: str, **kw: Any) -> str:
-    """An HTTPRoute with host `<name>.<ns>.test` and a ModelDeployment at v1, waited to Healthy; returns the host."""
+def deploy_v1(gateway: dict[str, str], kubeconfig: Path, ns: str, name: str, models: dict[str, Model], store_url: str,
+              **kw: Any) -> str:  # fmt: skip
+    """An HTTPRoute on `gateway` with host `<name>.<ns>.test` and a ModelDeployment at v1, waited to
+    Healthy (two pods from the image: 8-20 s each); returns the host."""
     host = f"{name}.{ns}.test"
-    apply(kubeconfig, ns, http_route(name, host))
+    apply(kubeconfig, ns, http_route(name, host, gateway))
     apply(kubeconfig, ns, model_deployment(name, models["v1"], store_url, "1", route=name, **kw))
-    obj = wait_for_phase(kubeconfig, ns, name, "Healthy", timeout=90)
+    obj = wait_for_phase(kubeconfig, ns, name, "Healthy", timeout=180)
     assert obj["status"]["stableVersion"] == "1"
     return host
+
+
+def assert_promoted_once(final: dict[str, Any]) -> None:
+    """The rollout ended with exactly one promotion of the canary after the first deployment."""
+    outcomes = [x["outcome"] for x in final["status"]["history"]]
+    assert outcomes[-2:] == ["Deployed", "Promoted"] and outcomes.count("Promoted") == 1, outcomes
 
 
 def reasons(kubeconfig: Path, ns: str) -> list[str]:

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modeldeploy_operator import handlers
 from modeldeploy_operator.analysis import AnalysisPlan, QueryResult
-from modeldeploy_operator.kube import Observation
+from modeldeploy_operator.kube import BatchObservation, Observation
 from modeldeploy_operator.model import Config, Decision, Event, Meta, RevisionState, RouteState
 from modeldeploy_operator.settings import OperatorSettings
 from tests.operator.sim import HEALTHY, Sim
@@ -68,6 +68,12 @@ class FakeCluster:
         self.fail_status: list[ApiException] = []
         self.fail_apply: list[ApiException] = []
         self.events: list[Event] = []
+        # the revisions' pod templates (the stable one renders the batch CronJobs) and batch children
+        self.templates: dict[str, dict[str, Any]] = {
+            dep["metadata"]["name"]: dep["spec"]["template"] for d in sim.decisions for dep in d.deployments
+        }
+        self.batch = BatchObservation()
+        self.autoscaling: dict[str, dict[str, Any]] = {}  # kind -> the applied HPA / PDB
 
     # ---------------------------------------------------------------- what people and kopf do
     def _bump(self) -> str:
@@ -77,6 +83,14 @@ class FakeCluster:
 
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(self.obj)
+
+    def set_version(self, version: str) -> None:
+        """A user applies model version `version` (its uri has the version as a folder, as sim's)."""
+        model = self.obj["spec"]["model"]
+        uri = model["uri"].replace(f"/{model['version']}/", f"/{version}/")
+        self.obj["spec"]["model"] = {**model, "version": version, "uri": uri}
+        self.obj["metadata"]["generation"] += 1
+        self._bump()
 
     def annotate(self, key: str, value: str | None) -> None:
         merge(self.obj["metadata"], {"annotations": {key: value}})
@@ -123,7 +137,22 @@ class FakeCluster:
             out.revisions[rev] = RevisionState(ready_replicas=0 if rev in self.dead else n)
         out.route = RouteState(True)
         out.route_body = {"metadata": {"resourceVersion": "1"}, "spec": {"rules": []}}
+        out.templates = {name: t for name, t in self.templates.items() if name in out.owned_deployments}
         return out
+
+    def apply_autoscaling(self, meta: Meta, objects: list[dict[str, Any]]) -> None:
+        self.autoscaling = {o["kind"]: o for o in objects}
+
+    def delete_autoscaling(self, meta: Meta) -> None:
+        self.autoscaling = {}
+
+    def observe_batch(self, meta: Meta) -> BatchObservation:
+        return copy.deepcopy(self.batch)
+
+    def apply_batch(self, meta: Meta, cronjobs: list[dict[str, Any]], seen: BatchObservation) -> None:
+        kept = {c["metadata"]["name"]: self.batch.cronjobs.get(c["metadata"]["name"], {}) for c in cronjobs}
+        self.batch.cronjobs = {c["metadata"]["name"]: {**c, "status": kept[c["metadata"]["name"]].get("status", {})}
+                               for c in cronjobs}  # fmt: skip
 
     def apply(self, decision: Decision, meta: Meta, seen: Observation) -> None:
         if decision.route is not None and decision.route.canary_weight != self.route_weight:
@@ -131,6 +160,7 @@ class FakeCluster:
             self.weights.append(self.route_weight)
         if self.fail_apply:  # the route went first; a Deployment write is refused
             raise self.fail_apply.pop(0)
+        self.templates.update({dep["metadata"]["name"]: dep["spec"]["template"] for dep in decision.deployments})
         want = {dep["metadata"]["labels"]["modeldeploy.io/revision"]: dep["spec"]["replicas"]
                 for dep in decision.deployments}  # fmt: skip
         want.update({name.removeprefix("iris-"): n for name, n in decision.scales.items()})

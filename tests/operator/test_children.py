@@ -52,6 +52,7 @@ def test_pod_template_renders_the_env_contract_exactly() -> None:
         "MODELDEPLOY_PORT": "8080",
         "MODELDEPLOY_WORKERS": "2",
         "MODELDEPLOY_POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+        "MODELDEPLOY_SHADOW_TOKEN": {"secretKeyRef": {"name": "iris-shadow", "key": "token", "optional": True}},
     }
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
@@ -208,3 +209,18 @@ def test_bad_service_account_names_are_refused() -> None:
     raw["serving"] = {"serviceAccountName": "Not_A_Name"}
     with pytest.raises(SpecError, match="spec.serving.serviceAccountName: String should match pattern"):
         parse_spec(raw)
+
+
+def test_the_reference_profile_reaches_the_server_as_its_settings_read_it() -> None:
+    from modeldeploy_server.settings import Settings
+
+    raw = spec_dict()
+    raw["model"]["reference"] = {"uri": "file:///m/profile.json", "sha256": "ab" * 32}
+    env = {e["name"]: e.get("value") for e in render(raw)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["MODELDEPLOY_REFERENCE_URI"], env["MODELDEPLOY_REFERENCE_SHA256"]) == ("file:///m/profile.json",
+                                                                                        "ab" * 32)  # fmt: skip
+    settings = Settings.model_validate({k.removeprefix("MODELDEPLOY_").lower(): v for k, v in env.items()
+                                        if k.startswith("MODELDEPLOY_REFERENCE")})  # fmt: skip
+    assert settings.reference_uri == "file:///m/profile.json" and settings.reference_sha256 == "ab" * 32
+    assert "MODELDEPLOY_REFERENCE_URI" not in [e["name"] for e in render(spec_dict())["spec"]["template"]["spec"][
+        "containers"][0]["env"]]  # fmt: skip

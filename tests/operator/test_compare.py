@@ -77,11 +77,93 @@ def test_a_failed_query_is_an_error_not_a_verdict() -> None:
     assert rec.verdict == "Error" and "timeout" in rec.message
 
 
-def test_a_check_this_version_cannot_evaluate_holds_instead_of_passing() -> None:
-    spec = AnalysisSpec.model_validate({"maxPredictionShift": 0.1})
-    rec = evaluate(spec, plan(spec, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600),
-                   results((6000, 0, 0), (54_000, 0, 0)), NOW)  # fmt: skip
-    assert rec.verdict == "Inconclusive" and "prediction-shift is not evaluated" in rec.message
+SHIFT = AnalysisSpec.model_validate({"maxPredictionShift": 0.1})
+
+
+def _vectors(canary: dict[str, float], stable: dict[str, float], kind: str = "classes") -> dict[str, QueryResult]:
+    other = "bins" if kind == "classes" else "classes"
+    out = {"requests": QueryResult(sum(canary.values())), "errors": QueryResult(0), "latency-p99": QueryResult(0.01)}
+    for arm, counts in (("canary", canary), ("stable", stable)):
+        out[f"judge:{arm}:{kind}"] = QueryResult(series={(k,): v for k, v in counts.items()})
+        out[f"judge:{arm}:{other}"] = QueryResult(series={})
+    return out
+
+
+def test_prediction_shift_asks_both_arms_by_class_and_by_bin_as_vectors() -> None:
+    p = plan(SHIFT, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600)
+    q = {x.name: x for x in p.queries}
+    assert q["judge:stable:classes"].promql == (
+        'sum by (class) (increase(modeldeploy_prediction_class_total{namespace="ml",model="iris",revision="stb"}'
+        "[600s]))"
+    )
+    assert q["judge:canary:bins"].by == ("bin",) and q["judge:canary:classes"].by == ("class",)
+    assert q["requests"].by == ()
+
+
+def test_a_canary_predicting_one_class_for_everything_is_failed_with_distance_interval_and_n() -> None:
+    p = plan(SHIFT, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600)
+    rec = evaluate(SHIFT, p, _vectors({"0": 60, "1": 0, "2": 0}, {"0": 180, "1": 170, "2": 190}), NOW)
+    check = next(c for c in rec.checks if c.name == "prediction-shift")
+    assert rec.verdict == "Failed", rec.message
+    assert check.value is not None and abs(check.value - (1 - 180 / 540)) < 1e-9
+    assert check.lower is not None and check.lower > 0.1 and (check.samples, check.samples_stable) == (60, 540)
+    assert "prediction-shift 0.6667 in [" in rec.message and "(n canary 60, stable 540)" in rec.message
+
+
+def test_the_same_mix_passes_and_young_canaries_hold() -> None:
+    p = plan(SHIFT, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600)
+    same = evaluate(SHIFT, p, _vectors({"0": 3000, "1": 3000, "2": 3000}, {"0": 9000, "1": 9000, "2": 9000}), NOW)
+    assert same.verdict == "Passed", same.message
+    young = evaluate(SHIFT, p, _vectors({"0": 10, "1": 10, "2": 10}, {"0": 900, "1": 900, "2": 900}), NOW)
+    assert young.verdict == "Inconclusive" and "need about" in young.message
+    none = evaluate(SHIFT, p, _vectors({}, {}), NOW)
+    assert none.verdict == "Inconclusive" and "no predictions to compare yet" in none.message
+    broken = _vectors({"0": 1, "1": 1}, {"0": 1, "1": 1}) | {"judge:stable:bins": QueryResult(error="timeout")}
+    assert evaluate(SHIFT, p, broken, NOW).verdict == "Error"
+
+
+def test_ordered_bins_are_preferred_and_sorted_numerically() -> None:
+    p = plan(SHIFT, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600)
+    stable = {str(b): 100.0 for b in range(12)}
+    canary = {str(b): (200.0 if b < 6 else 0.0) for b in range(12)}  # scores all moved below the median
+    rec = evaluate(SHIFT, p, _vectors(canary, stable, "bins"), NOW)
+    check = next(c for c in rec.checks if c.name == "prediction-shift")
+    assert rec.verdict == "Failed" and "prediction bins (12)" in check.message
+    assert check.value is not None and abs(check.value - 0.5) < 1e-9
+
+
+DRIFT = AnalysisSpec.model_validate({"maxInputDrift": 0.1})
+
+
+def _drift_results(counts: dict[str, list[float]], shares: dict[str, list[float]]) -> dict[str, QueryResult]:
+    inputs = {(f, str(b)): v for f, vs in counts.items() for b, v in enumerate(vs)}
+    reference = {(f, str(b)): v for f, vs in shares.items() for b, v in enumerate(vs)}
+    return {"requests": QueryResult(400), "errors": QueryResult(0), "latency-p99": QueryResult(0.01),
+            "judge:canary:inputs": QueryResult(series=inputs),
+            "judge:canary:reference": QueryResult(series=reference)}  # fmt: skip
+
+
+def test_input_drift_names_every_feature_and_fails_on_the_shifted_one() -> None:
+    p = plan(DRIFT, "ml", "iris", "can", 1, 10, 30, "stb", since_canary=600)
+    q = {x.name: x for x in p.queries}
+    assert q["judge:canary:reference"].promql == (
+        'max by (feature, bin) (modeldeploy_input_reference_proportion{namespace="ml",model="iris",revision="can"})'
+    )
+    assert q["judge:canary:inputs"].by == ("feature", "bin") and "judge:stable:inputs" not in q
+    shares = {"GR": [0.25] * 4, "RHOB": [0.25] * 4}
+    rec = evaluate(DRIFT, p, _drift_results({"GR": [100] * 4, "RHOB": [0, 0, 100, 300]}, shares), NOW)
+    check = next(c for c in rec.checks if c.name == "input-drift")
+    assert rec.verdict == "Failed", rec.message
+    assert check.value is not None and abs(check.value - 0.5) < 1e-9 and check.samples == 400
+    assert "per feature: RHOB 0.5 [" in check.message and ", GR 0 [0, " in check.message
+    assert check.features is not None and [f.name for f in check.features] == ["RHOB", "GR"]
+    rhob, gr = check.features
+    assert rhob.value == check.value and (rhob.lower, rhob.upper) == (check.lower, check.upper)
+    assert gr.value == 0 and gr.lower == 0 and gr.upper < rhob.lower
+    calm = evaluate(DRIFT, p, _drift_results({"GR": [1000] * 4, "RHOB": [1000] * 4}, shares), NOW)
+    assert calm.verdict == "Passed", calm.message
+    unprofiled = evaluate(DRIFT, p, _drift_results({"GR": [100] * 4}, {}), NOW)
+    assert unprofiled.verdict == "Inconclusive" and "spec.model.reference" in unprofiled.message
 
 
 def test_the_operator_plans_the_window_from_the_canarys_start() -> None:
@@ -121,3 +203,13 @@ def test_p99_ratio_asks_every_bucket_of_both_arms_and_fails_a_slow_canary() -> N
     assert same.verdict == "Passed", same.message
     empty = evaluate(spec, p, base | _buckets([0] * 15, "canary") | _buckets(fast, "stable"), NOW)
     assert empty.verdict == "Inconclusive" and "no answered requests yet" in empty.message
+
+
+def test_a_vector_answer_is_keyed_by_its_labels() -> None:
+    from modeldeploy_operator.prom import vector
+
+    data = [{"metric": {"feature": "GR", "bin": "0"}, "value": [1.0, "12"]},
+            {"metric": {"feature": "GR", "bin": "1"}, "value": [1.0, "NaN"]}]  # fmt: skip
+    assert vector(data, ("feature", "bin")).series == {("GR", "0"): 12.0, ("GR", "1"): 0.0}
+    assert vector([], ("bin",)).series == {}
+    assert vector([{"metric": {}, "value": [1.0, "x"]}], ("bin",)).error == "not a number: [1.0, 'x']"

@@ -227,6 +227,15 @@ def test_costwatch_window_is_the_stable_revisions_life_in_whole_minutes_within_a
     assert not costwatch.due(st, now)
     st.cost.time = "2026-12-01T11:59:00Z"
     assert costwatch.due(st, now)
+    # a tick that would write status only for the cost waits five minutes (no request of its own)
+    assert not costwatch.due(st, now, writing=False)
+    st.cost.time = "2026-12-01T11:55:00Z"
+    assert costwatch.due(st, now, writing=False)
+    # MODELDEPLOY_OPERATOR_COST_REFRESH_SECONDS shortens that wait, never below the minute
+    st.cost.time = "2026-12-01T11:59:00Z"
+    assert costwatch.due(st, now, writing=False, alone=60)
+    st.cost.time = "2026-12-01T11:59:30Z"
+    assert not costwatch.due(st, now, writing=False, alone=10)
 
 
 def _gate_spec(max_increase: float = 1.2, resources: dict[str, str] | None = None) -> Any:

@@ -48,7 +48,7 @@ def test_status_cost_under_real_traffic_and_a_canary_beside_stable(e2e: E2E, cap
     env = e2e
     ns = env.namespaces["cost"]
     host = f"{NAME}.{ns}.test"
-    h.apply(env.kubeconfig, ns, h.http_route(NAME, host))
+    h.apply(env.kubeconfig, ns, h.http_route(NAME, host, env.gateway))
     h.apply(env.kubeconfig, ns, _mdep(env, "v1", "1"))
     h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=90)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=RATE, bad_share=0.0).start()

@@ -31,7 +31,7 @@ def _check(status: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _rolled_back_on(env: E2E, ns: str, spec: dict[str, Any], check: str, bad_share: float) -> dict[str, Any]:
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=40, bad_share=bad_share).start()
     try:
         h.wait_for(lambda: traffic.counts().get(200, 0) >= 40, 30, "traffic through the gateway")
@@ -67,7 +67,7 @@ def test_a_canary_answering_500_is_rolled_back_on_the_increase_over_stable(e2e: 
 
 def test_a_healthy_canary_under_the_judge_is_promoted(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
     ns = e2e.namespaces["healthy"]
-    host = h.deploy_v1(e2e.kubeconfig, ns, NAME, e2e.models, e2e.store.url)
+    host = h.deploy_v1(e2e.gateway, e2e.kubeconfig, ns, NAME, e2e.models, e2e.store.url)
     traffic = h.Traffic(e2e.gateway_url, host, NAME, rate=40, bad_share=0.2).start()
     try:
         h.wait_for(lambda: traffic.counts().get(200, 0) >= 40, 30, "traffic through the gateway")

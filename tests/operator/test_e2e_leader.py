@@ -26,7 +26,7 @@ def holder(env: E2E, ns: str) -> str:
 
 def replica(env: E2E, ns: str, identity: str) -> h.Operator:
     op = h.Operator(env.kubeconfig, env.prometheus_url, env.operator.log.with_name(f"operator-{identity}.log"),
-                    namespace=ns)  # fmt: skip
+                    namespace=ns, image=env.image)  # fmt: skip
     op.env["MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE"] = ns
     op.env["MODELDEPLOY_OPERATOR_POD_NAME"] = identity
     return op.start()
@@ -39,7 +39,7 @@ def test_only_the_leader_acts_and_a_killed_leader_is_replaced_by_the_standby(e2e
     h.wait_for(lambda: holder(env, ns) == "a", 30, "replica a holding the Lease")
     replicas["b"] = replica(env, ns, "b")
     env.operator = replicas["b"]  # the fixture's teardown needs a running operator
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=30, bad_share=0.2).start()
     watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:

@@ -28,7 +28,7 @@ def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
 
 def test_prometheus_outage_holds_the_canary_and_it_continues_afterwards(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
     env, ns = e2e, e2e.namespaces["outage"]
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS, deadline=120)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS, deadline=120)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=30, bad_share=0.0).start()
     watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     stopped = False
@@ -75,11 +75,12 @@ def test_prometheus_outage_holds_the_canary_and_it_continues_afterwards(e2e: E2E
 
 def test_a_killed_operator_is_replaced_and_the_new_one_finishes_the_rollout(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
     env, ns = e2e, e2e.namespaces["restart"]
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=30, bad_share=0.2).start()
     watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:
         h.wait_for(lambda: traffic.counts().get(200, 0) >= 30, 30, "traffic through the gateway")
+        started = time.time()
         h.apply(env.kubeconfig, ns, h.model_deployment(NAME, env.models["v2"], env.store.url, "2", route=NAME,
                                                        steps=STEPS))  # fmt: skip
         h.wait_for(lambda: status(env, ns).get("canaryWeight") == 20, 60, "canary weight 20")
@@ -90,7 +91,7 @@ def test_a_killed_operator_is_replaced_and_the_new_one_finishes_the_rollout(e2e:
         assert h.route_weights(env.kubeconfig, ns, NAME)[f"{NAME}-canary"] == 20
         restarted = time.time()
         env.operator = h.Operator(env.kubeconfig, env.prometheus_url, env.operator.log,
-                                  namespace=",".join(env.namespaces.values())).start()  # fmt: skip
+                                  namespace=",".join(env.namespaces.values()), image=env.image).start()  # fmt: skip
         final = h.wait_for_phase(env.kubeconfig, ns, NAME, "Healthy", timeout=120,
                                  also=lambda o: o["status"].get("stableVersion") == "2")  # fmt: skip
         watch.settle(0)
@@ -100,8 +101,11 @@ def test_a_killed_operator_is_replaced_and_the_new_one_finishes_the_rollout(e2e:
     outcomes = [x["outcome"] for x in final["status"]["history"]]
     assert outcomes[-2:] == ["Deployed", "Promoted"] and outcomes.count("Promoted") == 1
     assert [w for _, w in watch.changes] == [0, 20, 50, 0], watch.changes  # resumed, not restarted
-    counts = traffic.counts()
-    assert set(counts) == {200}, counts
+    # from the change on, as in test_e2e_faults: Traefik answers 503 for about a second after a new
+    # route appears, before any rollout (the fresh-clone run met one here)
+    counts = traffic.counts(since=started)
+    failed = [round(t - started, 1) for t, code in list(traffic.answers) if t >= started and code != 200]
+    assert set(counts) == {200}, (counts, "seconds after the change:", failed[:5], failed[-5:])
     with capsys.disabled():
         print(
             f"\n[e2e] operator SIGKILLed at weight 20 (step {killed['currentStep']}); the new process promoted "
@@ -113,7 +117,7 @@ def test_an_artifact_with_a_wrong_digest_is_rolled_back_on_the_first_refusal(e2e
     # the server refuses it (exit code 2, one line): final for the revision, so no waiting for
     # progressDeadlineSeconds (600 here: the test would time out if the operator waited for it)
     env, ns = e2e, e2e.namespaces["digest"]
-    h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS, deadline=600)
+    h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url, steps=STEPS, deadline=600)
     watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:
         wrong = h.Model("v2", env.models["v2"].path, env.models["v1"].sha256)  # v2's bytes, v1's digest
@@ -137,7 +141,7 @@ def test_an_artifact_with_a_wrong_digest_is_rolled_back_on_the_first_refusal(e2e
 def test_an_indefinite_pause_waits_for_the_promote_annotation_which_is_consumed(e2e: E2E) -> None:
     env, ns = e2e, e2e.namespaces["manual"]
     steps = [{"setWeight": 30}, {"pause": {}}]
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url, steps=steps)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url, steps=steps)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=20, bad_share=0.0).start()
     try:
         h.apply(env.kubeconfig, ns, h.model_deployment(NAME, env.models["v2"], env.store.url, "2", route=NAME,

@@ -27,7 +27,7 @@ NAMESPACES = ("promote", "rollback")
 def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
     env = e2e
     ns = env.namespaces["promote"]
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=40, bad_share=0.2).start()
     watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:
@@ -79,7 +79,7 @@ def test_first_deploy_then_a_good_canary_is_promoted_through_gateway_weights(e2e
 def test_a_canary_answering_500_is_rolled_back_by_itself(e2e: E2E, capsys) -> None:  # type: ignore[no-untyped-def]
     env = e2e
     ns = env.namespaces["rollback"]
-    host = h.deploy_v1(env.kubeconfig, ns, NAME, env.models, env.store.url)
+    host = h.deploy_v1(env.gateway, env.kubeconfig, ns, NAME, env.models, env.store.url)
     traffic = h.Traffic(env.gateway_url, host, NAME, rate=40, bad_share=0.3).start()
     watch = h.WeightWatch(env.kubeconfig, ns, NAME)
     try:

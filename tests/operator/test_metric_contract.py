@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_operator import analysis, compare
 from modeldeploy_operator.api import AnalysisSpec
+from modeldeploy_server.metrics import FLUSH_SECONDS
 from tests.operator.e2e_helpers import INPUTS, ArtifactServer, start_server, train_models
 
 # Labels Prometheus adds from service discovery (the local cluster's and a real cluster's scrape configs).
@@ -49,6 +50,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[st
             assert httpx.get(f"{url}/v2/no-such-route").status_code == 404
             assert httpx.get(f"{url}/v1/models/iris:predict").status_code == 405
             _abandon_upload(url)
+            time.sleep(2 * FLUSH_SECONDS)  # the worker the scrape does not reach exports its rows by then
             text = httpx.get(f"{url}/metrics").text
     finally:
         store.close()
@@ -168,3 +170,23 @@ def test_the_p99_ratio_asks_the_buckets_the_server_has(scraped: list[tuple[str, 
     inf = [(s, v) for n, s, v in scraped if n == analysis.DURATION_BUCKET_METRIC and s["le"] == "+Inf"]
     everything = sum(v for s, v in inf if s["outcome"] in answered)
     assert everything == 3.0 and finite == sorted(finite) and finite[-1] <= 3.0  # 2 predictions, 1 model failure
+
+
+def test_prediction_shift_and_input_drift_ask_the_series_the_server_has(
+    scraped: list[tuple[str, dict[str, str], float]],
+) -> None:
+    """The class counters count the rows the model answered (not the 500, not the 422); every
+    declared input is binned over its range; without a profile there are no reference shares."""
+    spec = AnalysisSpec(max_prediction_shift=0.1, max_input_drift=0.1)
+    queries = compare.queries(spec, "ml", "iris", "0123abcdef", "0123abcdef", 600)
+    classes = _selected(queries["judge:canary:classes"], scraped)
+    assert sorted(s["class"] for s, _ in classes) == ["0", "1", "2"]  # every class, at 0 from the start
+    assert sum(v for _, v in classes) == 2.0
+    assert _selected(queries["judge:stable:bins"], scraped) == []  # class labels, not scores
+    inputs = _selected(queries["judge:canary:inputs"], scraped)
+    assert {s["feature"] for s, _ in inputs} == {i["name"] for i in INPUTS}
+    assert {s["bin"] for s, _ in inputs} == {str(b) for b in range(10)}
+    assert sum(v for _, v in inputs) == 2.0 * len(INPUTS)
+    assert _selected(queries["judge:canary:reference"], scraped) == []
+    nonfinite = [v for n, _, v in scraped if n == "modeldeploy_nonfinite_outputs_total"]
+    assert nonfinite == [0.0]  # the bad model raises on the 0.0 row: a failure, not a NaN answer

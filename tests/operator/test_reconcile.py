@@ -81,6 +81,24 @@ def test_the_handler_leaves_kopf_nothing_to_patch_and_survives_failed_status_wri
     assert op.reasons().count(r.PROMOTE_REQUESTED) == 1
 
 
+def test_a_timed_out_or_refused_connection_is_a_failed_tick_not_a_dead_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an API server too busy to answer within the timeout, or restarting (connection refused), raises
+    # urllib3 errors, not ApiException: they escaped to kopf, which backs the timer off for 60 s
+    from urllib3.exceptions import MaxRetryError, ReadTimeoutError
+
+    sim, world = paused_canary()
+    op = Operator(world, FakeProm(), monkeypatch)
+    world.annotate(r.ANNOTATION_PROMOTE, "2026-12-01T00:00:00Z")
+    world.fail_status = [
+        ReadTimeoutError(None, "/apis", "Read timed out. (read timeout=10)"),  # type: ignore[arg-type]
+        MaxRetryError(None, "/apis", ConnectionRefusedError(111, "Connection refused")),  # type: ignore[arg-type]
+    ]
+    for _ in range(6):
+        op.tick()  # raises if an error escapes to kopf
+    assert world.status.get("stableRevision") == sim.status.canary_revision
+    assert op.reasons().count(r.PROMOTE_REQUESTED) == 1
+
+
 def test_a_rollback_whose_child_write_fails_stays_a_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
     sim, world = paused_canary(
         steps=[{"setWeight": 50}, {"pause": {"seconds": 3600}}],

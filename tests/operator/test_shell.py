@@ -121,3 +121,41 @@ def test_prometheus_tls_is_verified_by_default_and_a_token_can_be_sent(tmp_path:
     url = "https://prometheus.example.invalid"
     prom = Prometheus(url, 1.0, insecure_skip_verify=True, bearer_token_file=str(token))
     assert prom.client._session.verify is False and prom.client.headers == {"Authorization": "Bearer s3cret"}
+
+
+def test_a_shard_selector_is_parsed_checked_and_given_to_kopf_and_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+    from kubernetes import client
+
+    from modeldeploy_operator.handlers import kopf_labels
+    from modeldeploy_operator.kube import Kube
+
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_SELECTOR", "modeldeploy.io/shard=a, !canary-free ,team")
+    s = OperatorSettings()
+    assert s.selector_terms == [("modeldeploy.io/shard", "a", True), ("canary-free", None, False), ("team", None, True)]
+    assert kopf_labels(s.selector_terms) == {
+        "modeldeploy.io/shard": "a",
+        "canary-free": kopf.ABSENT,
+        "team": kopf.PRESENT,
+    }
+    assert s.lease_name.startswith("modeldeploy-operator-") and s.lease_name != OperatorSettings(selector="").lease_name
+    caches = Kube(client.ApiClient()).informers(["ml"], s.selector)
+    assert caches.mds.informers["ml"].label_selector == s.selector  # the shard's objects only
+    assert caches.pods.informers["ml"].label_selector == "modeldeploy.io/name"  # children: by their own label
+    assert caches.routes.informers["ml"].label_selector is None
+    for bad, why in (("shard!=a", "only key=value, key and !key"), ("-x=1", "is not a label key"),
+                     ("k=a b", "is not a label value")):  # fmt: skip
+        monkeypatch.setenv("MODELDEPLOY_OPERATOR_SELECTOR", bad)
+        with pytest.raises(ValueError, match=why) as err:
+            OperatorSettings()
+        assert "selector" in str(err.value)
+    assert kopf_labels([]) is None and OperatorSettings(selector="").lease_name == "modeldeploy-operator"
+
+
+def test_the_tick_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert OperatorSettings().workers == 16  # kopf's own default is min(32, cores + 4): 6 on 2 cores
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_WORKERS", "40")
+    assert OperatorSettings().workers == 40
+    monkeypatch.setenv("MODELDEPLOY_OPERATOR_WORKERS", "0")
+    with pytest.raises(ValueError, match="workers"):
+        OperatorSettings()

@@ -83,9 +83,13 @@ def test_defaults_fill_a_minimal_spec() -> None:
         (
             "rollout.steps.1",
             {"setWeight": 20, "pause": {}},
-            "spec.rollout.steps[1]: a step must have exactly one of setWeight, pause (got: setWeight, pause)",
+            "spec.rollout.steps[1]: a step must have exactly one of setWeight, pause, shadow (got: setWeight, pause)",
         ),
-        ("rollout.steps.1", {}, "spec.rollout.steps[1]: a step must have exactly one of setWeight, pause (got: none)"),
+        (
+            "rollout.steps.1",
+            {},
+            "spec.rollout.steps[1]: a step must have exactly one of setWeight, pause, shadow (got: none)",
+        ),
         ("model.sha256", "ABC", "spec.model.sha256: String should match pattern '^[0-9a-f]{64}$' (got 'ABC')"),
         ("model.sha256", DIGEST.upper(), "spec.model.sha256: String should match pattern"),
         (

@@ -1,7 +1,7 @@
 {{/*
 The permissions the operator needs inside every namespace it watches. Used by the ClusterRole
-(cluster mode) and by one Role per watched namespace (rbac.namespaced). No wildcards, and no
-Secrets: the operator never reads them (model artifacts are fetched by the server pods).
+(cluster mode) and by one Role per watched namespace (rbac.namespaced). No wildcards, and Secrets
+write-only: the operator never reads one (model artifacts are fetched by the server pods).
 */}}
 {{- define "modeldeploy.namespacedRules" -}}
 # Read every ModelDeployment it reconciles; patch/update them for kopf's bookkeeping annotation
@@ -30,7 +30,31 @@ Secrets: the operator never reads them (model artifacts are fetched by the serve
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Read-only: pod readiness and the reasons a canary is not ready (image pull, crash loop).
+# spec.batch: one CronJob per entry (created, re-rendered after a promotion, deleted with its entry);
+# its Jobs are read for status.batch[] (the CronJob controller creates and deletes them).
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Read-only: the Jobs those CronJobs start, for status.batch[] (runs, outcome, duration).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch"]
+# Write-only: the <name>-shadow Secret holding each ModelDeployment's shadow-step token (server-side
+# apply: create and patch). No get, list or watch: the operator cannot read any Secret.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
+# spec.autoscaling: the stable revision's HorizontalPodAutoscaler (handed to the new stable on
+# promotion, deleted when autoscaling is removed).
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# spec.autoscaling: the stable revision's PodDisruptionBudget (same life as the autoscaler).
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Read-only: pod readiness and the reasons a canary is not ready (image pull, crash loop); the
+# termination messages of batch shards (their reports).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
