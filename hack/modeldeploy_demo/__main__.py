@@ -1,8 +1,10 @@
 """`make demo` (`python -m modeldeploy_demo`): a good model promoted and a bad one rolled back, for real.
 
-The story: a local cluster (reused when `make cluster-up` already runs one), the CRD, the operator
-as a background process (log in .cache/cluster/logs/operator.log), real wine classifiers in a
-local model store; v1 deployed and Healthy; steady traffic through the gateway (10% of rows read
+The story: a local cluster with its real node (reused when `make cluster-up` already runs one), the
+CRD, the operator as a background process (log in .cache/cluster/logs/operator.log; server pods
+from the cluster's IMAGE), real wine classifiers in the cluster's model store (MODEL_STORE_DIR,
+served to the pods at MODEL_STORE_URL); a `restricted` namespace; v1 deployed and Healthy; steady
+traffic through the gateway (Traefik; the HTTPRoute on GATEWAY_NAMESPACE/GATEWAY_NAME; 10% of rows read
 0.0 for malic_acid, 5% break the input contract and get 422); v2 walks its canary steps to
 promotion with a live line per change; v3 (fails on the zero readings) is rolled back by the
 operator by itself. Ends with a per-phase table and the figures (also in
@@ -17,20 +19,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from devcluster.client import DEFAULT_STATE, Cluster, ClusterError
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import report
-from modeldeploy_demo.workload import Operator, Traffic, serve_detached, stop_pid_file, train_models
+from modeldeploy_demo.workload import Operator, Traffic, publish_models, stop_pid_file, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME, NAMESPACE = "wine", "modeldeploy-demo"
 HOST = f"{NAME}.demo.local"
 STEPS: list[dict[str, Any]] = [
+    {"shadow": {"seconds": 10, "percent": 50}},
     {"setWeight": 20}, {"pause": {"seconds": 5}}, {"setWeight": 50}, {"pause": {"seconds": 5}},
     {"setWeight": 80}, {"pause": {"seconds": 5}},
 ]  # fmt: skip
 ANALYSIS = {"intervalSeconds": 5, "minRequests": 20, "failureLimit": 0, "maxErrorRate": 0.02,
-            "maxLatencyP99Seconds": 0.5}  # fmt: skip
+            "maxLatencyP99Seconds": 0.5, "minAgreement": 0.97}  # fmt: skip
 SCALE_DOWN_DELAY = 10
 
 
@@ -59,7 +64,7 @@ def fresh_namespace(kubeconfig: Path, state: Path) -> None:
             # no operator runs for this namespace now: its finalizer would hold the deletion forever
             k.kubectl(kubeconfig, "patch", "-n", NAMESPACE, obj, "--type=merge", "-p", k.NO_FINALIZERS)
         k.kubectl(kubeconfig, "delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s", timeout=150)
-    k.kubectl(kubeconfig, "create", "namespace", NAMESPACE)
+    k.create_namespace(kubeconfig, NAMESPACE)
 
 
 def follow(kube: k.Kube, watch: k.Watch, traffic: Traffic, started: float, until: str, version: str,
@@ -80,6 +85,24 @@ def follow(kube: k.Kube, watch: k.Watch, traffic: Traffic, started: float, until
     raise TimeoutError(f"no {until} within {timeout:.0f}s; status: {kube.status(NAMESPACE, NAME)}")
 
 
+def shadow_agreement(watch: k.Watch, since: float) -> str:
+    """The last agreement the operator measured in the shadow step since `since`."""
+    found = [report.check(st, "shadow-agreement") for t, st in watch.statuses if t >= since]
+    found = [c for c in found if c]
+    if not found:
+        return "no agreement measured"
+    c = found[-1]
+    return f"agreement {report.shadow_text(c)} vs minAgreement 0.97: {c.get('verdict')}"
+
+
+def gateway_answers(gateway_url: str) -> bool:
+    """One GET of the model's metadata through the gateway answers 200 (the route and its endpoints are in)."""
+    try:
+        return httpx.get(f"{gateway_url}/v2/models/{NAME}", headers={"Host": HOST}, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modeldeploy_demo", description=__doc__)
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second through the gateway")
@@ -93,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     fresh_namespace(kubeconfig, state)
     say("==> training wine classifiers (scikit-learn's load_wine) and publishing them with their sha256")
-    models = train_models(state / "models")
-    store = serve_detached(state / "models", state / "store.pid", state / "store.log")
+    store, models = publish_models(c.env)
     for key in ("v1", "v2", "bad"):
         say(f"    {models[key].uri(store)}  sha256 {models[key].sha256[:16]}...")
     log = c.log_dir / "operator.log"
     op = Operator(kubeconfig, c.prometheus_url, log, namespace=NAMESPACE, tick=1.0,
-                  scale_down_delay=SCALE_DOWN_DELAY, detach=True, pid_file=state / "operator.pid").start()  # fmt: skip
+                  scale_down_delay=SCALE_DOWN_DELAY, detach=True, pid_file=state / "operator.pid",
+                  image=c.env["IMAGE"]).start()  # fmt: skip
     say(f"==> operator running (pid {op.pid}, log {log}, metrics http://127.0.0.1:{op.metrics_port}/metrics)")
 
     kube = k.Kube(kubeconfig)
@@ -109,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
                                   deadline=120)  # fmt: skip
 
     say(f"\n[1] v1: HTTPRoute {NAME} (host {HOST}) and ModelDeployment {NAME} version 1")
-    k.apply(kubeconfig, NAMESPACE, k.http_route(NAME, HOST))
+    k.apply(kubeconfig, NAMESPACE, k.http_route(NAME, HOST, k.gateway_ref(c.env)))
     t0 = time.time()
     k.apply(kubeconfig, NAMESPACE, mdep("v1", "1"))
-    kube.wait_for_phase(NAMESPACE, NAME, "Healthy", 120)
+    kube.wait_for_phase(NAMESPACE, NAME, "Healthy", 180)
     say(f"    Healthy after {time.time() - t0:.1f}s")
+    routed = time.time()
+    wait_for(lambda: gateway_answers(c.gateway_url), 60, "the gateway routing to the stable pods")
+    say(f"    the gateway routes to them {time.time() - routed:.1f}s later (Traefik learns the endpoints)")
     traffic = Traffic(c.gateway_url, HOST, NAME, rate=args.rate, bad_share=0.1, invalid_share=0.05, phase="v1 steady")
     watch = k.Watch(kube, NAMESPACE, NAME)
     phases: list[tuple[str, float, float]] = []
@@ -131,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         k.apply(kubeconfig, NAMESPACE, mdep("v2", "2"))
         follow(kube, watch, traffic, t2, "Healthy", "2", 240)
         promoted = time.time()
+        say(f"    shadow step: {shadow_agreement(watch, t2)}")
         say(f"    promoted {promoted - t2:.1f}s after the change; old revision scales down in {SCALE_DOWN_DELAY}s")
         traffic.phase = "v2 promoted"
         time.sleep(SCALE_DOWN_DELAY + 3)
@@ -194,9 +221,9 @@ def summary(c: Cluster, kube: k.Kube, op: Operator, traffic: Traffic, watch: k.W
         f"  KUBECONFIG={c.kubeconfig} .venv/bin/modeldeploy status {NAME} -n {NAMESPACE}\n"
         f"  .venv/bin/kubectl --kubeconfig {c.kubeconfig} describe mdep {NAME} -n {NAMESPACE}\n"
         f"  curl -H 'Host: {HOST}' -H 'Content-Type: application/json' {c.gateway_url}/v1/models/{NAME}:predict \\\n"
-        f"    -d '{{\"instances\": [[13.2, 2.3, 2.4, 19, "
+        f'    -d \'{{"instances": [[13.2, 2.3, 2.4, 19, '
         f"100, 2.3, 2.0, 0.36, 1.6, 5.1, 0.96, 2.6, 750]]}}'\n"
-        f"Stop: make demo-down (operator and model store, then the cluster: make cluster-down)."
+        f"Stop: make demo-down (the operator, then the cluster)."
     )
     ok = final.get("phase") == "RolledBack" and healthy.failed == 0
     return 0 if ok else 1

@@ -1,7 +1,9 @@
 """Manifests and cluster verbs of the demo and the end-to-end tests.
 
-- `model_deployment(...)`, `http_route(...)`: the objects a user writes (plain dicts).
-- `kubectl(...)`, `apply(...)`: the real kubectl against the cluster's kubeconfig.
+- `model_deployment(...)`, `http_route(...)`: the objects a user writes (plain dicts); the route
+  attaches to the cluster's Gateway (`gateway_ref(env)`: GATEWAY_NAMESPACE/GATEWAY_NAME).
+- `kubectl(...)`, `apply(...)`, `create_namespace(...)` (Pod Security `restricted`): the real
+  kubectl against the cluster's kubeconfig.
 - `Kube`: cheap reads through one API client (polled several times a second): the
   ModelDeployment, the HTTPRoute's canary weight, Events, Deployment replicas.
 - `Watch`: a thread recording every change of the route's canary weight and of the rollout's
@@ -19,7 +21,7 @@ import math
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,14 +64,27 @@ def model_deployment(name: str, model: Model, base_url: str, version: str, *, ro
     }
 
 
-def http_route(name: str, host: str) -> Obj:
-    """The user's HTTPRoute: all traffic to `<name>-stable`; the operator moves the weights."""
+# the level every namespace of the demo and the e2e scenarios enforces (the server pods must pass it)
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+def gateway_ref(env: Mapping[str, str]) -> Obj:
+    """The parentRef of the cluster's Gateway, from its env file (GATEWAY_NAME, GATEWAY_NAMESPACE)."""
+    return {"name": env["GATEWAY_NAME"], "namespace": env["GATEWAY_NAMESPACE"]}
+
+
+def http_route(name: str, host: str, gateway: Obj) -> Obj:
+    """The user's HTTPRoute on `gateway` (a parentRef): all traffic to `<name>-stable`; the operator
+    moves the weights."""
     refs = [{"name": f"{name}-stable", "port": 80, "weight": 100}, {"name": f"{name}-canary", "port": 80, "weight": 0}]
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {"name": name},
-        "spec": {"hostnames": [host], "rules": [{"backendRefs": refs}]},
+        "spec": {"parentRefs": [gateway], "hostnames": [host], "rules": [{"backendRefs": refs}]},
     }
 
 
@@ -83,6 +98,12 @@ def kubectl(kubeconfig: Path, *args: str, input: str | None = None, timeout: flo
 
 def apply(kubeconfig: Path, namespace: str, obj: Obj) -> None:
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def create_namespace(kubeconfig: Path, name: str) -> None:
+    """A namespace enforcing Pod Security `restricted`, as the server pods are meant to run."""
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}}
+    kubectl(kubeconfig, "create", "-f", "-", input=json.dumps(ns))
 
 
 def install_crds(kubeconfig: Path, crds: Path) -> None:

@@ -20,6 +20,13 @@ def check(status: dict[str, Any], name: str) -> dict[str, Any]:
     return next((c for c in last.get("checks") or [] if c.get("name") == name), {})
 
 
+def shadow_text(c: dict[str, Any]) -> str:
+    """`0.9942 in [0.9801, 0.9990] n=512` from a shadow-agreement check record."""
+    if not isinstance(c.get("value"), int | float):
+        return f"- n={c.get('samples') or 0:.0f}"
+    return f"{c['value']:.4f} in [{c['lower']:.4f}, {c['upper']:.4f}] n={c.get('samples') or 0:.0f}"
+
+
 def live_line(elapsed: float, status: dict[str, Any], steps: list[dict[str, Any]], served: int) -> str:
     """One line per change of the rollout: step, weight, what the last analysis measured, its verdict."""
     i = status.get("currentStep")
@@ -29,7 +36,10 @@ def live_line(elapsed: float, status: dict[str, Any], steps: list[dict[str, Any]
         where = "promotion"
     else:
         s = steps[i]
-        what = f"setWeight {s['setWeight']}" if "setWeight" in s else f"pause {s['pause'].get('seconds', '∞')}s"
+        if "shadow" in s:
+            what = f"shadow {s['shadow']['percent']}%"
+        else:
+            what = f"setWeight {s['setWeight']}" if "setWeight" in s else f"pause {s['pause'].get('seconds', '∞')}s"
         where = f"step {i + 1}/{len(steps)} {what}"
     last = status.get("lastAnalysis") or {}
     judged = status.get("canaryRevision") or status.get("failedRevision")
@@ -42,8 +52,13 @@ def live_line(elapsed: float, status: dict[str, Any], steps: list[dict[str, Any]
         return format(v, fmt) if isinstance(v, int | float) else "-"
 
     verdict = (status.get("lastAnalysis") or {}).get("verdict", "-")
+    agree = check(status, "shadow-agreement")
+    weight = status.get("canaryWeight") or 0
+    head = f"  +{elapsed:5.1f}s  {status.get('phase', '?'):<11} {where:<24} weight {weight:>3}%"
+    if agree:  # a shadow step: the canary's answers against stable's on mirrored requests
+        return f"{head}  agreement {shadow_text(agree):<28} {verdict:<12}  (client answers {served})"
     return (
-        f"  +{elapsed:5.1f}s  {status.get('phase', '?'):<11} {where:<24} weight {status.get('canaryWeight') or 0:>3}%"
+        f"{head}"
         f"  canary n={num(n, '.0f'):>4}  5xx {num(err, '.2%'):>6}  p99 {num(p99, '.3f'):>6}s  {verdict:<12}"
         f"  (client answers {served})"
     )

@@ -8,8 +8,9 @@
   the standard library). The server's load-time probes (mid-range, bounds, random rows) never hit
   0.0 exactly, so both load, self-check and turn ready, like a real subtly broken model.
 - `rows(...)`, `invalid_instance(...)`: request rows (valid, zero-reading, contract-breaking).
-- `ArtifactServer` (a thread) / `serve_detached` (a background process for the demo): the model
-  store on 127.0.0.1.
+- `publish_models(env)`: the models trained into the cluster's MODEL_STORE_DIR, the folder its
+  model store Service serves at MODEL_STORE_URL (where the server pods fetch them).
+- `ArtifactServer` (a thread): a model store on 127.0.0.1 for servers run as local processes.
 - `Traffic`: bounded concurrent requests through the gateway, every answer kept with its latency
   and the phase it belongs to; `stats()` gives requests, 2xx, 4xx, 5xx, connection errors, p99.
 - `Operator`: `modeldeploy-operator` as a process (tick, scale-down delay, namespaces), killable
@@ -40,6 +41,7 @@ import httpx
 import joblib
 import numpy as np
 from sklearn.datasets import load_wine
+from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
@@ -98,7 +100,8 @@ def _sleeper(seconds: float) -> Any:
 
 
 def train_models(folder: Path) -> dict[str, Model]:
-    """Train and save every model; returns them by key (v1, v2, v3, bad, slow)."""
+    """Train and save every model; returns them by key (v1, v2, v3, bad, slow, constant: a model
+    predicting the same class for all inputs, fast, 200 and wrong)."""
     folder.mkdir(parents=True, exist_ok=True)
     x, y = load_wine(return_X_y=True)
 
@@ -117,7 +120,18 @@ def train_models(folder: Path) -> dict[str, Model]:
                               StandardScaler(), logistic(1.0)).fit(x, y),
                 folder, "wine-slow",
             ),
+            "constant": save_model(DummyClassifier(strategy="constant", constant=0).fit(x, y), folder, "wine-constant"),
         }  # fmt: skip
+
+
+def publish_models(env: dict[str, str]) -> tuple[str, dict[str, Model]]:
+    """(MODEL_STORE_URL, models): every model trained into the cluster's MODEL_STORE_DIR, readable
+    by the store pod's uid 10001."""
+    folder = Path(env["MODEL_STORE_DIR"])
+    models = train_models(folder)
+    for m in models.values():
+        m.path.chmod(0o644)
+    return env["MODEL_STORE_URL"], models
 
 
 def rows(n: int, bad_share: float, seed: int = 0) -> list[list[float]]:
@@ -237,6 +251,7 @@ class Answer:
     code: int  # HTTP status; 0: no answer (connection error or timeout)
     seconds: float
     phase: str
+    pod: str = ""  # x-modeldeploy-pod of the answer: which pod (so which revision) answered
 
 
 @dataclass(frozen=True)
@@ -319,11 +334,13 @@ class Traffic:
                 if rng.random() < self.invalid_share:
                     row = invalid_instance(row, i)
                 phase, t, t0 = self.phase, time.time(), time.perf_counter()
+                pod = ""
                 try:
-                    code = client.post(url, json={"instances": [row]}).status_code
+                    response = client.post(url, json={"instances": [row]})
+                    code, pod = response.status_code, response.headers.get("x-modeldeploy-pod", "")
                 except httpx.HTTPError:
                     code = 0
-                self.records.append(Answer(t, code, time.perf_counter() - t0, phase))
+                self.records.append(Answer(t, code, time.perf_counter() - t0, phase, pod))
                 i += 1
                 next_at = max(next_at + period, time.monotonic())
                 self._stop.wait(next_at - time.monotonic())
@@ -384,7 +401,7 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path, namespace: str | None = None,
                  tick: float = 1.0, scale_down_delay: int = 5, detach: bool = False,
-                 pid_file: Path | None = None) -> None:  # fmt: skip
+                 pid_file: Path | None = None, image: str | None = None) -> None:  # fmt: skip
         self.metrics_port = free_port()
         self.log = log
         self.detach, self.pid_file = detach, pid_file
@@ -397,7 +414,11 @@ class Operator:
             "MODELDEPLOY_OPERATOR_METRICS_BIND_ADDRESS": "127.0.0.1",
             "MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS": str(scale_down_delay),
             "MODELDEPLOY_OPERATOR_NAMESPACES": namespace or "",
+            # status.cost every minute even while nothing else changes (the default waits 5 min)
+            "MODELDEPLOY_OPERATOR_COST_REFRESH_SECONDS": "60",
         }
+        if image:  # the server pods' image (the cluster's IMAGE), else the operator's default
+            self.env["MODELDEPLOY_OPERATOR_SERVER_IMAGE"] = image
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -406,7 +427,7 @@ class Operator:
         assert self.proc is not None, "the operator was not started"
         return self.proc.pid
 
-    def start(self, timeout: float = 60.0) -> Operator:
+    def start(self, timeout: float = 120.0) -> Operator:  # imports alone take 15 s+ on a loaded machine
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

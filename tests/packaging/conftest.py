@@ -24,6 +24,7 @@ SHARED_NAMESPACES = ("modeldeploy-system", "pkg-watched", "pkg-cli")
 def kube(cluster: Any) -> Iterator[Kube]:
     k = Kube(Path(cluster.kubeconfig))
     k.prometheus_url = str(cluster.prometheus_url)
+    k.cluster_env = dict(cluster.env)
     k.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     k.apply(MONITORING_CRDS, "--server-side")
     for crd in ("modeldeployments.modeldeploy.io", "prometheusrules.monitoring.coreos.com"):

@@ -45,15 +45,20 @@ class Kube:
         self.kubeconfig = str(kubeconfig)
         self.env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         self.prometheus_url = ""
+        self.cluster_env: dict[str, str] = {}  # the cluster's env file (IMAGE, MODEL_STORE_DIR, ...)
         # what the tests installed, removed by the session fixture at the end
         self.releases: list[tuple[str, str]] = []
         self.namespaces: set[str] = set()
 
     def install(self, release: str, namespace: str, *flags: str) -> None:
-        """helm install (no --wait: operator pods stay Pending under the process kubelet)."""
+        """helm install, checked by the objects it creates (no --wait): image.pullPolicy=Never keeps
+        the operator pods from the chart's default image (absent here) from running or pulling, so
+        no second operator acts on the session's objects; tests/cluster/test_real_node.py runs the
+        chart's operator from the built image."""
         self.releases.append((release, namespace))
         self.namespaces.add(namespace)
-        self.helm("install", release, str(CHART), "-n", namespace, "--create-namespace", *flags)
+        self.helm("install", release, str(CHART), "-n", namespace, "--create-namespace",
+                  "--set", "image.pullPolicy=Never", *flags)  # fmt: skip
 
     def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(list(args), input=input, capture_output=True, text=True, env=self.env, timeout=180)

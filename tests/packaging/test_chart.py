@@ -21,6 +21,8 @@ CONTRACT_ENV = {
     "MODELDEPLOY_OPERATOR_CPU_CORE_HOUR_USD",
     "MODELDEPLOY_OPERATOR_MEMORY_GIB_HOUR_USD",
     "MODELDEPLOY_OPERATOR_MANAGED_PER_1K_USD",
+    "MODELDEPLOY_OPERATOR_SELECTOR",
+    "MODELDEPLOY_OPERATOR_WORKERS",
 }
 
 
@@ -81,6 +83,7 @@ def test_default_operator_settings() -> None:
     assert env["MODELDEPLOY_OPERATOR_SCALE_DOWN_DELAY_SECONDS"] == "30"
     assert env["MODELDEPLOY_OPERATOR_METRICS_PORT"] == "8000"
     assert env["MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS"] == "30"
+    assert env["MODELDEPLOY_OPERATOR_SELECTOR"] == "" and env["MODELDEPLOY_OPERATOR_WORKERS"] == "16"
 
 
 def test_every_operator_env_is_an_operator_setting() -> None:
@@ -134,7 +137,9 @@ def test_rbac_least_privilege_cluster_mode() -> None:
     for rule in rules:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], f"wildcard in {rule}"
-        assert "secrets" not in rule["resources"] and "nodes" not in rule["resources"]
+        assert "nodes" not in rule["resources"]
+        if "secrets" in rule["resources"]:  # write-only (the shadow token's Secret): never read
+            assert rule["resources"] == ["secrets"] and set(rule["verbs"]) == {"create", "patch"}, rule
     needed = [
         ("modeldeploy.io", "modeldeployments", "watch"),
         ("modeldeploy.io", "modeldeployments", "patch"),

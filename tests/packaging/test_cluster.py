@@ -1,8 +1,8 @@
 """The chart, the plain manifests, the examples and the CLI against the real local API server.
 
-Uses the session fixture `cluster` (tests/conftest.py: .kubeconfig, .env). Operator pods stay
-Pending here (the process kubelet runs only `modeldeploy-server` pods), so installs are checked by
-the objects they create, never with --wait. Releases and namespaces use a `pkg-` prefix and are
+Uses the session fixture `cluster` (tests/conftest.py: .kubeconfig, .env). Operator pods never run
+here (Kube.install: image.pullPolicy=Never with the chart's default image), so installs are checked
+by the objects they create, never with --wait. Releases and namespaces use a `pkg-` prefix and are
 removed at the end; the CRD stays (other tests need it, and Helm never deletes CRDs).
 """
 

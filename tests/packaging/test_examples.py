@@ -28,7 +28,8 @@ def _server_metrics() -> set[str]:
     """The series names the server exposes (its metric name constants are the contract)."""
     from modeldeploy_server import metrics as sm
 
-    return {sm.REQUESTS, f"{sm.DURATION}_bucket", sm.REJECTIONS, sm.PREDICTIONS, sm.INFO}
+    return {sm.REQUESTS, f"{sm.DURATION}_bucket", sm.REJECTIONS, sm.PREDICTIONS, sm.INFO, sm.PREDICTION_CLASS,
+            sm.PREDICTION_BIN, sm.INPUT_BIN, sm.INPUT_REFERENCE, sm.NONFINITE}  # fmt: skip
 
 
 def _operator_metrics() -> set[str]:
@@ -172,3 +173,41 @@ def test_argocd_health_check(status: dict[str, Any] | None, generation: int, hea
     assert got == health
     if status and status.get("message"):
         assert status["message"] in message
+
+
+def test_the_input_drift_alert_names_the_drifted_feature_in_prometheus_own_engine(tmp_path: Path) -> None:
+    """promtool's rule unit test evaluates the example's expression on series shaped like the
+    server's: GR's inputs all moved to its top bin (distance 0.75), RHOB's match training (0)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    (rule,) = [d for _, d in example_docs() if d["kind"] == "PrometheusRule"]
+    (rules_file := tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    sel = 'namespace="ml",model="logs",revision="r1"'
+    series = []
+    for feature in ("GR", "RHOB"):
+        for b in range(4):
+            per_minute = 10 if feature == "RHOB" or b == 3 else 0
+            series.append({"series": f'modeldeploy_input_bin_total{{{sel},feature="{feature}",bin="{b}"}}',
+                           "values": f"0+{per_minute}x600"})
+            series.append({"series": f'modeldeploy_input_reference_proportion{{{sel},feature="{feature}",bin="{b}"}}',
+                           "values": "0.25x600"})
+    alert = {
+        "exp_labels": {"severity": "info", "namespace": "ml", "model": "logs", "revision": "r1", "feature": "GR"},
+        "exp_annotations": {
+            "summary": "ml/logs revision r1: input GR drifted from training (distance 0.75)",
+            "description": "The share of GR values in each training bin differs from the reference profile by a "
+            "total-variation distance above 0.2 over 6 h; compare modeldeploy_input_bin_total with "
+            "modeldeploy_input_reference_proportion by bin.",
+        },
+    }
+    tests = {
+        "rule_files": [str(rules_file)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+            {"eval_time": "35m", "alertname": "ModelInputDrift", "exp_alerts": []},  # 350 rows < 2,000 (no `for` left)
+            {"eval_time": "400m", "alertname": "ModelInputDrift", "exp_alerts": [alert]},
+        ]}],
+    }  # fmt: skip
+    (test_file := tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

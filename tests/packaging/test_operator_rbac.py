@@ -53,21 +53,23 @@ def _chart_container(kube: Kube, release: str, namespace: str, flags: list[str])
     return dict(container)
 
 
-def _model(folder: Path, version: int = 1) -> dict[str, str]:
+def _model(kube: Kube, name: str, version: int = 1) -> dict[str, str]:
+    """A joblib model in the cluster's model store (MODEL_STORE_DIR), fetched by the pods from MODEL_STORE_URL."""
     x = np.array([[0.1, 0.2], [0.4, 0.1], [0.5, 0.9], [0.9, 0.3]])
-    artifact = folder / f"model-{version}.joblib"
+    artifact = Path(kube.cluster_env["MODEL_STORE_DIR"]) / f"{name}-{version}.joblib"
     joblib.dump(LinearRegression().fit(x, version * x.sum(axis=1)), artifact)
+    artifact.chmod(0o644)  # the store pod runs as uid 10001
     sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    return {"uri": artifact.as_uri(), "sha256": sha256, "version": str(version)}
+    return {"uri": f"{kube.cluster_env['MODEL_STORE_URL']}/{artifact.name}", "sha256": sha256, "version": str(version)}
 
 
 def _wait_healthy(kube: Kube, name: str, namespace: str, generation: int, operator: Any, log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180  # a server pod from the image: 8-20 s
     status: dict[str, Any] = {}
     while not (status.get("phase") == "Healthy" and status.get("observedGeneration") == generation):
         assert operator.poll() is None, f"operator exited {operator.returncode}:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, (
-            f"not Healthy in 120 s; status {json.dumps(status)}\n{log.read_text()[-3000:]}"
+            f"not Healthy in 180 s; status {json.dumps(status)}\n{log.read_text()[-3000:]}"
         )
         time.sleep(1)
         status = kube.get("modeldeployment", name, "-n", namespace).get("status") or {}
@@ -79,17 +81,20 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
     release, release_ns, models_ns, flags = MODES[mode]
     kube.namespaces.add(models_ns)
     kube.kubectl("create", "namespace", models_ns)
-    kube.install(release, release_ns, *flags)
+    kube.install(release, release_ns, "--set", f"serverImage={kube.cluster_env['IMAGE']}", *flags)
     container = _chart_container(kube, release, release_ns, flags)
     sa_kubeconfig = kube.token_kubeconfig(release_ns, f"{release}-modeldeploy", tmp_path / "sa-kubeconfig")
     port = _free_port()
     # the image's ENV and installed entrypoints, then the chart's env (downward-API fields resolved as
     # the kubelet would for a pod in the release namespace), then loopback-only overrides
     pod_fields = {"metadata.namespace": release_ns, "metadata.name": f"{release}-modeldeploy-test"}
+    # (an optional secretKeyRef, the shadow key, names a Secret nobody created: unset, as the kubelet leaves it)
     chart_env = {
         e["name"]: e["value"] if "value" in e else pod_fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
         for e in container["env"]
+        if "value" in e or "fieldRef" in e["valueFrom"]
     }
+    assert {e["name"] for e in container["env"]} - set(chart_env) == {"MODELDEPLOY_OPERATOR_SHADOW_KEY"}
     env = (
         image_env(image_venv)
         | chart_env
@@ -105,7 +110,7 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
     )
     assert env["MODELDEPLOY_OPERATOR_NAMESPACES"] == ("" if mode == "cluster" else models_ns)
     name = f"rbac-{mode}"
-    v1, v2 = _model(tmp_path, 1), _model(tmp_path, 2)
+    v1, v2 = _model(kube, name, 1), _model(kube, name, 2)
     kube.apply([{
         "apiVersion": "modeldeploy.io/v1alpha1",
         "kind": "ModelDeployment",

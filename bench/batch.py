@@ -1,0 +1,97 @@
+"""Batch scoring throughput: `modeldeploy-server score --shards N` against in-process `model.predict`.
+
+A 1,000,000-row Parquet file (iris-shaped rows spread over the contract's ranges, 10 row groups) and
+the 100-tree `RandomForestClassifier` of the server benchmark, saved with joblib. Measured, each the
+median of `--rounds`:
+
+- in-process: `model.predict_proba` on the whole matrix (the artifact's own method, one call);
+- 1 shard: the real console script scoring all rows (process start, digest check, load, fast-path
+  choice, Parquet read, contract check, prediction, Parquet write, report), wall time;
+- 2 shards: two such processes at once (an Indexed Job with parallelism 2 on one node), wall time.
+
+Prints a Markdown table (rows/s, ratios) and whether the shards' predictions are bit-identical to
+in-process `predict_proba`. Usage: `.venv/bin/python bench/batch.py [--rows N] [--rounds R]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+
+NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+SERVER = Path(sys.executable).with_name("modeldeploy-server")
+
+
+def _shards(n: int, env: dict[str, str], inp: Path, out: Path, run: str) -> float:
+    args = [str(SERVER), "score", "--input", str(inp), "--output", out.as_uri(), "--shards", str(n), "--run-id", run]
+    started = time.perf_counter()
+    procs = [subprocess.Popen(args, env=env | {"JOB_COMPLETION_INDEX": str(i)}, stderr=subprocess.PIPE)
+             for i in range(n)]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"shard failed: {err.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    a = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="modeldeploy-batch-bench-"))
+    x_iris, y_iris = load_iris(return_X_y=True)
+    model = RandomForestClassifier(n_estimators=100, random_state=0).fit(x_iris, y_iris)
+    artifact = work / "forest.joblib"
+    joblib.dump(model, artifact)
+    rng = np.random.default_rng(0)
+    x = np.round(rng.uniform(0.1, 8.0, size=(a.rows, 4)), 2)
+    pq.write_table(pa.table({n: x[:, j] for j, n in enumerate(NAMES)}), work / "in.parquet",
+                   row_group_size=a.rows // 10)  # fmt: skip
+    inputs = [{"name": n, "min": 0, "max": 10} for n in NAMES]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPLOY_")} | {
+        "MODELDEPLOY_MODEL_URI": artifact.as_uri(), "MODELDEPLOY_MODEL_SHA256": hashlib.sha256(
+            artifact.read_bytes()).hexdigest(), "MODELDEPLOY_MODEL_METHOD": "predict_proba",
+        "MODELDEPLOY_INPUTS": json.dumps(inputs), "MODELDEPLOY_CACHE_DIR": str(work / "cache"),
+        "MODELDEPLOY_LOG_LEVEL": "warning",
+    }  # fmt: skip
+    inproc, one, two = [], [], []
+    for r in range(a.rounds):
+        started = time.perf_counter()
+        expected = model.predict_proba(x)
+        inproc.append(time.perf_counter() - started)
+        one.append(_shards(1, env, work / "in.parquet", work / "out1", f"r{r}"))
+        two.append(_shards(2, env, work / "in.parquet", work / "out2", f"r{r}"))
+    manifest = json.loads((work / "out2" / "_SUCCESS").read_text())
+    got = pa.concat_tables([pq.read_table(work / "out2" / p) for p in manifest["parts"]])
+    proba = np.column_stack([got.column(f"predict_proba_{c}").to_numpy() for c in range(3)])
+    identical = bool(np.array_equal(proba, expected))
+    path = json.loads((work / "out2" / "runs" / f"r{a.rounds - 1}" / "report-00000.json").read_text())["path"]
+    t0, t1, t2 = median(inproc), median(one), median(two)
+    load = os.getloadavg()
+    print(f"rows {a.rows}, rounds {a.rounds}, cores {os.cpu_count()}, load average {load[0]:.1f}/{load[1]:.1f}")
+    print("| run | seconds | rows/s | vs in-process |")
+    print("|---|---:|---:|---:|")
+    print(f"| in-process `predict_proba` (1 call) | {t0:.2f} | {a.rows / t0:,.0f} | 1.00 |")
+    print(f"| `score`, 1 shard (`{path}`) | {t1:.2f} | {a.rows / t1:,.0f} | {t0 / t1:.2f} |")
+    print(f"| `score`, 2 shards at once | {t2:.2f} | {a.rows / t2:,.0f} | {t0 / t2:.2f} |")
+    print(f"2 shards / 1 shard: {t1 / t2:.2f}x; predictions bit-identical to in-process: {identical}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""End to end: shadow steps (real operator, Prometheus, pods, traffic through the gateway).
+
+- a candidate that answers 200, fast, but another class on 10% of the rows production sends, is
+  rolled back during its shadow step: users received no answer from it (every answer's
+  `x-modeldeploy-pod` is a stable pod), and the decision record has agreement, interval and n;
+- a candidate equal to stable passes its shadow step and continues to its setWeight step;
+- stable's answers during the shadow step: no user request failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_wine
+from sklearn.neighbors import KNeighborsClassifier
+
+from modeldeploy_demo import kube as k
+from modeldeploy_demo.workload import rows, save_model
+from tests.e2e.conftest import E2E, NAME
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+NAMESPACES = ("flip", "equal")
+Say = Callable[[str], None]
+WORKERS = 4
+STEPS = [{"shadow": {"seconds": 20, "percent": 50}}, {"setWeight": 50}, {"pause": {"seconds": 5}}]
+ANALYSIS = {"minAgreement": 0.97, "minRequests": 50}
+
+
+def flipping_model(e2e: E2E) -> str:
+    """A real sklearn classifier (1-nearest-neighbour on the rows the traffic sends) answering v1's class
+    on 90% of them and the next class on every tenth: what a subtly different model looks like."""
+    if "flip" not in e2e.store.models:
+        import joblib
+
+        v1 = joblib.load(e2e.store.models["v1"].path)
+        x = np.array([r for w in range(WORKERS) for r in rows(1000, 0.0, seed=w)])
+        y = v1.predict(x)
+        classes = np.unique(load_wine().target)
+        flip = np.arange(len(x)) % 10 == 0
+        y = np.where(flip, classes[(np.searchsorted(classes, y) + 1) % len(classes)], y)
+        model = KNeighborsClassifier(n_neighbors=1).fit(x, y)
+        e2e.store.models["flip"] = save_model(model, e2e.store.models["v1"].path.parent, "wine-flip")
+    return "flip"
+
+
+def stable_pods(st: dict[str, Any]) -> str:
+    return f"{NAME}-{st['stableRevision']}-"
+
+
+def test_a_candidate_flipping_ten_percent_is_rolled_back_in_its_shadow_step(e2e: E2E, say: Say) -> None:
+    ns, host = e2e.deploy_v1("flip", steps=STEPS, analysis=ANALYSIS)
+    v1 = e2e.kube.status(ns, NAME)
+    traffic = e2e.traffic(host, rate=40, bad_share=0.0, workers=WORKERS)
+    started = time.time()
+    k.apply(e2e.kubeconfig, ns, e2e.mdep(flipping_model(e2e), "3", steps=STEPS, analysis=ANALYSIS))
+    st = e2e.kube.wait_for_phase(ns, NAME, "RolledBack", 150)
+    rolled = time.time()
+    traffic.stop()
+    answers = traffic.select(since=started)
+    assert answers and all(a.code == 200 for a in answers), {a.code for a in answers}
+    strangers = {a.pod for a in answers if not a.pod.startswith(stable_pods(v1))}
+    assert strangers == set(), f"answers from pods other than stable's: {strangers}"
+    last = st["lastAnalysis"]
+    check = next(c for c in last["checks"] if c["name"] == "shadow-agreement")
+    assert check["verdict"] == "Failed" and last["weight"] == 0, last
+    assert check["samples"] >= 50 and check["upper"] < 0.97 and check["lower"] <= 0.9 <= check["upper"], check
+    assert 0.85 <= check["value"] <= 0.95, check
+    assert st["history"][-1]["outcome"] == "RolledBack" and "shadow-agreement" in st["message"], st
+    say(f"flipping canary rolled back {rolled - started:.0f}s after the change, 0 of {len(answers)} user answers "
+        f"from it; decisive: {check['message']}")  # fmt: skip
+    e2e.figures(shadow_flip_seconds_to_rollback=round(rolled - started, 1), shadow_flip_pairs=check["samples"],
+                shadow_flip_agreement=round(check["value"], 4))  # fmt: skip
+
+
+def test_an_equal_candidate_passes_its_shadow_step_and_gets_its_weight(e2e: E2E, say: Say) -> None:
+    ns, host = e2e.deploy_v1("equal", steps=STEPS, analysis=ANALYSIS)
+    v1 = e2e.kube.status(ns, NAME)
+    traffic = e2e.traffic(host, rate=40, bad_share=0.0, workers=WORKERS)
+    watch = e2e.watch(ns)
+    started = time.time()
+    k.apply(e2e.kubeconfig, ns, e2e.mdep("v1", "2", steps=STEPS, analysis=ANALYSIS))  # same artifact, version 2
+    st = e2e.kube.wait_for_phase(ns, NAME, "Healthy", 150, lambda s: s.get("stableVersion") == "2")
+    traffic.stop()
+    answers = traffic.select(since=started)
+    assert answers and all(a.code == 200 for a in answers), {a.code for a in answers}
+    first_weight = watch.first_weight(50, after=started)
+    assert first_weight is not None, watch.weights
+    # the watch sees the route's new weight up to a poll (0.2 s) after it was written, and Traefik
+    # applies it within that time: answers of the last half second may already be the canary's
+    during = [a for a in answers if a.t < first_weight - 0.5]
+    assert during and all(a.pod.startswith(stable_pods(v1)) for a in during)  # only stable answered while shadowed
+    shadow = [h for h in st["history"] if h["version"] == "2"]
+    assert shadow and shadow[-1]["outcome"] == "Promoted", st["history"]
+    say(
+        f"equal canary: shadow passed and weight 50 {first_weight - started:.0f}s after the change; "
+        f"{len(answers)} user answers, none failed"
+    )
