@@ -103,10 +103,17 @@ def queries(spec: AnalysisSpec, namespace: str, model: str, canary: str, stable:
             out[_key(arm, "classes")] = f"sum by (class) (increase({CLASS_METRIC}{{{sel}}}[{window}s]))"
             out[_key(arm, "bins")] = f"sum by (bin) (increase({BIN_METRIC}{{{sel}}}[{window}s]))"
     if spec.max_input_drift is not None:
-        sel = f'namespace="{namespace}",model="{model}",revision="{canary}"'
-        out[_key("canary", "inputs")] = f"sum by (feature, bin) (increase({INPUT_BIN_METRIC}{{{sel}}}[{window}s]))"
-        out[_key("canary", "reference")] = f"max by (feature, bin) ({REFERENCE_METRIC}{{{sel}}})"
+        inputs, reference = input_queries(namespace, model, canary, window)
+        out[_key("canary", "inputs")], out[_key("canary", "reference")] = inputs, reference
     return out
+
+
+def input_queries(namespace: str, model: str, revision: str, window: int) -> tuple[str, str]:
+    """A revision's rows per (feature, bin) over `window` seconds, and its reference shares per (feature, bin)
+    (the canary's `maxInputDrift` and the stable's `driftwatch`)."""
+    sel = f'namespace="{namespace}",model="{model}",revision="{revision}"'
+    return (f"sum by (feature, bin) (increase({INPUT_BIN_METRIC}{{{sel}}}[{window}s]))",
+            f"max by (feature, bin) ({REFERENCE_METRIC}{{{sel}}})")  # fmt: skip
 
 
 def _count(res: QueryResult) -> float:
@@ -210,15 +217,13 @@ def _drift(
     failed = _series(keys, promql, results)
     if failed is not None:
         return CheckRecord(name=INPUT_DRIFT, query=query, window_seconds=window, verdict="Error", message=failed)
-    counts, reference = (_by_feature(results[k].series or {}) for k in keys)
-    features = sorted(f for f in reference if f in counts and len(reference[f]) == len(counts[f]) >= 2)
-    if not features or min(sum(counts[f]) for f in features) <= 0:
-        text = (f"{INPUT_DRIFT}: no binned canary inputs against a reference profile yet ({len(features)} profiled "
+    d, profiled = input_drift_of(results[keys[0]].series or {}, results[keys[1]].series or {}, threshold,
+                                 spec.confidence)  # fmt: skip
+    if d is None:
+        text = (f"{INPUT_DRIFT}: no binned canary inputs against a reference profile yet ({profiled} profiled "
                 "features; the server exports reference shares only when it loaded spec.model.reference)")  # fmt: skip
         return CheckRecord(name=INPUT_DRIFT, query=query, window_seconds=window, threshold=limit,
                            verdict="Inconclusive", message=text)  # fmt: skip
-    ref = {f: _normalised(reference[f]) for f in features}
-    d = judge.input_drift({f: counts[f] for f in features}, ref, threshold, spec.confidence)
     ranked = sorted(d.per_feature.items(), key=lambda kv: -kv[1][0])
     per = ", ".join(f"{f} {e:.3g} [{lo:.3g}, {hi:.3g}]" for f, (e, lo, hi) in ranked)
     distances = [FeatureDistance(name=f, value=e, lower=lo, upper=hi) for f, (e, lo, hi) in ranked]
@@ -228,6 +233,20 @@ def _drift(
         message="largest per-feature total-variation distance of the canary's inputs from the reference profile, "
         f"since the canary started: {d.describe()}; per feature: {per}",
     )  # fmt: skip
+
+
+def input_drift_of(
+    inputs: Mapping[tuple[str, ...], float], reference: Mapping[tuple[str, ...], float], threshold: float,
+    confidence: float, look_ahead: bool = True,
+) -> tuple[judge.Decision | None, int]:  # fmt: skip
+    """`judge.input_drift` of the (feature, bin) series of `input_queries`, over the features that
+    have both counts and reference shares with the same bins; (None, features) when none has rows."""
+    counts, shares = _by_feature(inputs), _by_feature(reference)
+    features = sorted(f for f in shares if f in counts and len(shares[f]) == len(counts[f]) >= 2)
+    if not features or min(sum(counts[f]) for f in features) <= 0:
+        return None, len(features)
+    ref = {f: _normalised(shares[f]) for f in features}
+    return judge.input_drift({f: counts[f] for f in features}, ref, threshold, confidence, look_ahead), len(features)
 
 
 def _by_feature(series: Mapping[tuple[str, ...], float]) -> dict[str, list[float]]:

@@ -46,6 +46,7 @@ from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus,
 from modeldeploy_operator.children import Owner
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.costwatch import CostWatch
+from modeldeploy_operator.driftwatch import DriftWatch
 from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER, BatchObservation, Kube, Observation, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
@@ -127,6 +128,7 @@ class Shell:
     # the last child-write error said per object (an Event once per distinct error, not per tick)
     apply_errors: dict[tuple[str, str], str] = field(default_factory=dict)
     cost: Callable[[ModelDeploymentSpec, Meta, ModelDeploymentStatus, datetime, bool], None] | None = None  # costwatch
+    drift: Callable[[ModelDeploymentSpec, Meta, Decision, datetime], None] | None = None  # driftwatch: InputDrift
     shadow: ShadowControl | None = None  # shadow steps: the token Secret and the stable pods' control calls
     tick_seconds: float = 0.0  # the timer's period: a tick that starts later than that after the last one is lag
     last_start: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -250,6 +252,8 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
     decision = decide(spec, status, observed, now, meta=meta, config=shell.config)
     if shell.cost is not None:  # status.cost, about once a minute with another write; never raises
         shell.cost(spec, meta, decision.status, now, bool(status_changes(raw_status, decision.status)))
+    if shell.drift is not None:  # InputDrift of the stable revision, every driftIntervalSeconds; never raises
+        shell.drift(spec, meta, decision, now)
     batch_plan = _batch(shell, spec, status, meta, decision, seen) if spec.batch or status.batch else None
     scaler = _autoscaler(spec, meta, decision)
     outcome = _commit(shell, obj, meta, rv, raw_status, decision, labels)
@@ -425,6 +429,7 @@ def register(
             prom,
             core_config,
             cost=CostWatch(kube.deployments_of, prom, operator_settings),
+            drift=DriftWatch(prom, operator_settings),
             gate=CanaryGate(operator_settings.max_concurrent_canaries, 1.5 * tick),
             leader=leader or (lambda: True),
             tick_seconds=tick,

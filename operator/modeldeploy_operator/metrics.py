@@ -46,6 +46,16 @@ TICK_LAG = Histogram(
 API_REQUESTS = Counter(
     "modeldeploy_operator_api_requests_total", "Kubernetes API requests sent by the operator's ticks.", ["verb"]
 )
+INPUT_DRIFT = Gauge(
+    "modeldeploy_operator_input_drift",
+    "Stable revision: each input feature's total-variation distance from the reference profile over the drift window.",
+    ["namespace", "name", "feature"],
+)
+INPUT_DRIFTED = Gauge(
+    "modeldeploy_operator_input_drifted",
+    "1 for each feature the InputDrift=True condition names (a sustained drift of the stable revision), else 0.",
+    ["namespace", "name", "feature"],
+)
 
 STARTED = time.time()
 
@@ -100,7 +110,7 @@ class Health:
 
 def forget_series(namespace: str, name: str) -> None:
     """Drop every per-object series of a deleted ModelDeployment (no label leak)."""
-    for metric in (ROLLOUTS, CANARY_WEIGHT, ANALYSES, RECONCILE_ERRORS):
+    for metric in (ROLLOUTS, CANARY_WEIGHT, ANALYSES, RECONCILE_ERRORS, INPUT_DRIFT, INPUT_DRIFTED):
         names = metric._labelnames
         for values in list(metric._metrics):
             got = dict(zip(names, values, strict=True))

@@ -19,6 +19,7 @@ CONTROL_ANNOTATIONS: Final = (ANNOTATION_PROMOTE, ANNOTATION_ABORT, ANNOTATION_R
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
+INPUT_DRIFT: Final = "InputDrift"  # the stable revision's inputs against its reference profile (driftwatch)
 
 # Phases (derived, for display: `kubectl get mdep`).
 PHASE_DEPLOYING: Final = "Deploying"
@@ -73,6 +74,9 @@ ROLLOUT_RESUMED: Final = "RolloutResumed"
 ROLLOUT_COMPLETE: Final = "RolloutComplete"
 ROUTE_NOT_FOUND: Final = "HTTPRouteNotFound"
 AS_EXPECTED: Final = "AsExpected"
+INPUT_DRIFTED: Final = "InputDrifted"  # InputDrift=True, and its Event (Warning)
+NO_INPUT_DRIFT: Final = "NoInputDrift"  # InputDrift=False
+INPUT_DRIFT_RECOVERED: Final = "InputDriftRecovered"  # the Event of InputDrift True -> False
 
 # History outcomes.
 OUTCOME_DEPLOYED: Final = "Deployed"

@@ -58,6 +58,15 @@ class OperatorSettings(BaseSettings):
         description="status.cost alone (no other status change) is rewritten at most this often; every minute "
         "when the tick writes status anyway.",
     )
+    drift_interval_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="How often the stable revision's inputs are compared with spec.model.reference (InputDrift); "
+        "0: never.",
+    )
+    drift_window_seconds: int = Field(
+        default=600, ge=10, description="The stable revision's inputs of this many last seconds make one drift check."
+    )
     scrape_interval_seconds: float = Field(
         default=2.0, gt=0, description="Prometheus' scrape interval; analysis windows span at least two."
     )
