@@ -211,3 +211,38 @@ def test_the_input_drift_alert_names_the_drifted_feature_in_prometheus_own_engin
     (test_file := tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
     proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_operator_input_drift_alert_fires_for_the_features_the_condition_names(tmp_path: Path) -> None:
+    """promtool's rule unit test of `ModelDeploymentInputDrift` on the operator's series: GR is named by
+    InputDrift=True from minute 5 (distance 0.65), RHOB never (distance 0.02)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    (rule,) = [d for _, d in example_docs() if d["kind"] == "PrometheusRule"]
+    (rules_file := tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    sel = 'namespace="ml",name="logs",job="modeldeploy-operator",instance="10.0.0.7:8000"'
+    series = [
+        {"series": f'modeldeploy_operator_input_drift{{{sel},feature="GR"}}', "values": "0.65x30"},
+        {"series": f'modeldeploy_operator_input_drift{{{sel},feature="RHOB"}}', "values": "0.02x30"},
+        {"series": f'modeldeploy_operator_input_drifted{{{sel},feature="GR"}}', "values": "0x4 1x25"},
+        {"series": f'modeldeploy_operator_input_drifted{{{sel},feature="RHOB"}}', "values": "0x30"},
+    ]
+    alert = {
+        "exp_labels": {"severity": "info", "namespace": "ml", "name": "logs", "feature": "GR"},
+        "exp_annotations": {
+            "summary": "ml/logs: the stable revision's input GR drifted from its training profile (distance 0.65)",
+            "description": "`kubectl describe mdep logs -n ml` shows the InputDrift condition: each drifted feature's "
+            "distance and interval, the window and n. Look at the inputs and retrain; the operator does not roll back.",
+        },
+    }
+    tests = {
+        "rule_files": [str(rules_file)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "ModelDeploymentInputDrift", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "ModelDeploymentInputDrift", "exp_alerts": [alert]},
+        ]}],
+    }  # fmt: skip
+    (test_file := tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
