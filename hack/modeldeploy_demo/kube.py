@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -198,8 +199,8 @@ class Watch:
                 st = self.kube.status(self.namespace, self.name)
                 if not self.statuses or _digest(self.statuses[-1][1]) != _digest(st):
                     self.statuses.append((now, st))
-            except (ApiException, OSError):
-                pass  # a transient API error: the next poll records the change
+            except (ApiException, OSError, urllib3.exceptions.HTTPError):
+                pass  # a transient API error (or the API server restarting): the next poll records the change
             self._stop.wait(0.2)
 
     def stop(self) -> None:
@@ -214,6 +215,15 @@ class Watch:
 
     def max_weight(self, since: float = 0.0) -> int:
         return max([0, *self.weights_since(since)])
+
+    def distinct_weights(self) -> list[int]:
+        """The canary weights the route went through, in order (each change once)."""
+        return [w for _, w in list(self.weights)]
+
+    def settle(self, weight: int = 0, timeout: float = 15) -> None:
+        """Wait until the route's canary weight is `weight`: status is written before the route (a
+        decision survives a failed route write), so a phase can be seen a moment before its weight."""
+        wait_for(lambda: self.weights and self.weights[-1][1] == weight, timeout, f"canary weight {weight}")
 
 
 def prometheus_query(prometheus_url: str, query: str) -> list[Obj]:
@@ -242,26 +252,3 @@ def served(prometheus_url: str, namespace: str, model: str, revision: str, lookb
     result = prometheus_query(prometheus_url, q)
     value = float(result[0]["value"][1]) if result else 0.0
     return 0.0 if math.isnan(value) else value
-
-
-# kubectl-based one-shot reads (the names tests/operator/e2e_helpers.py uses), for scripts without a Kube
-def get_mdep(kubeconfig: Path, namespace: str, name: str) -> Obj:
-    return dict(json.loads(kubectl(kubeconfig, "get", "mdep", name, "-n", namespace, "-o", "json")))
-
-
-def route_weights(kubeconfig: Path, namespace: str, name: str) -> dict[str, int]:
-    route = json.loads(kubectl(kubeconfig, "get", "httproute", name, "-n", namespace, "-o", "json"))
-    return {ref["name"]: ref.get("weight", 1) for rule in route["spec"]["rules"] for ref in rule["backendRefs"]}
-
-
-def wait_for_phase(kubeconfig: Path, namespace: str, name: str, phase: str, timeout: float,
-                   also: Callable[[Obj], bool] = lambda _: True) -> Obj:  # fmt: skip
-    """Like Kube.wait_for_phase, through kubectl; returns the whole object."""
-    kube = Kube(kubeconfig)
-    kube.wait_for_phase(namespace, name, phase, timeout, also=lambda st: also({"status": st}))
-    return get_mdep(kubeconfig, namespace, name)
-
-
-def events(kubeconfig: Path, namespace: str) -> list[Obj]:
-    out = json.loads(kubectl(kubeconfig, "get", "events", "-n", namespace, "-o", "json"))
-    return sorted(out["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")

@@ -90,6 +90,12 @@ class E2E:
                                  ).start()  # fmt: skip
         return self.operator
 
+    def replace_operator(self, start: Callable[[], Operator]) -> None:
+        """Stop the module's operator and put the one `start()` returns in its place (a test that
+        needs operators of its own, e.g. two replicas with leader election)."""
+        self.operator.stop()
+        self.operator = start()
+
     def reasons(self, ns: str) -> list[str]:
         return [str(e["reason"]) for e in self.kube.events(ns)]
 

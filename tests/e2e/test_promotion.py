@@ -4,7 +4,8 @@
   connection error), through the promotion switch and the old revision's scale-down;
 - a flood of invalid client input during a canary gets 422s and the canary is still promoted;
 - a canary that gets no traffic holds as Inconclusive (not rolled back) for three intervals;
-- a new revision while a canary runs supersedes it; the stable revision's pods are untouched.
+- a new revision while a canary runs supersedes it; the stable revision's pods are untouched;
+- an indefinite pause waits for the `promote` annotation, which is consumed once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from modeldeploy_demo.workload import wait_for
 from tests.e2e.conftest import E2E, INTERVAL, NAME, SCALE_DOWN_DELAY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-NAMESPACES = ("healthy", "flood", "idle", "supersede")
+NAMESPACES = ("healthy", "flood", "idle", "supersede", "manual")
 Say = Callable[[str], None]
 
 
@@ -136,3 +137,26 @@ def test_a_new_revision_supersedes_the_running_canary_and_leaves_stable_untouche
                  f"the superseded canary {v2} scaled to 0 or deleted, its pods gone")  # fmt: skip
     except TimeoutError as err:
         raise AssertionError(f"{err}; Deployment replicas by revision: {e2e.kube.replicas(ns, NAME)}") from None
+
+
+def test_an_indefinite_pause_waits_for_the_promote_annotation_which_is_consumed(e2e: E2E, say: Say) -> None:
+    steps = [{"setWeight": 30}, {"pause": {}}]
+    ns, host = e2e.deploy_v1("manual", steps=steps)
+    traffic = e2e.traffic(host, rate=20, bad_share=0.0)
+    started = time.time()
+    k.apply(e2e.kubeconfig, ns, e2e.mdep("v2", "2", steps=steps))
+    paused = e2e.kube.wait_for_phase(ns, NAME, "Paused", 90)
+    assert paused["canaryWeight"] == 30, paused
+    progressing = next(c for c in paused["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "StepPaused", progressing
+    time.sleep(8)  # analysis keeps running; nothing advances by itself
+    assert e2e.kube.status(ns, NAME)["phase"] == "Paused"
+    k.kubectl(e2e.kubeconfig, "annotate", "mdep", NAME, "-n", ns, "modeldeploy.io/promote=now")
+    final = e2e.kube.wait_for_phase(ns, NAME, "Healthy", 90, also=lambda s: s.get("stableVersion") == "2")
+    traffic.stop()
+    assert "modeldeploy.io/promote" not in (e2e.kube.mdep(ns, NAME)["metadata"].get("annotations") or {})
+    last = final["history"][-1]
+    assert last["outcome"] == "Promoted" and last["reason"] == "by annotation", last
+    assert "PromoteRequested" in e2e.reasons(ns)
+    assert set(traffic.counts(since=started)) == {200}, traffic.counts(since=started)
+    say(f"indefinite pause at weight 30 held until the promote annotation; promoted {last}")

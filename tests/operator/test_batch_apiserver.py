@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from modeldeploy_demo import kube as h
 from modeldeploy_operator import batch
 from modeldeploy_operator.api import parse_spec
 from modeldeploy_operator.children import Owner, deployment
 from modeldeploy_operator.kube import Kube
 from modeldeploy_operator.model import Meta
-from tests.operator import e2e_helpers as h
 from tests.operator.sim import spec_dict
 
 pytestmark = [pytest.mark.cluster]

@@ -1,7 +1,7 @@
 """The operator's PromQL asks for metrics and labels the real server exposes (the names are a contract).
 
-A real `modeldeploy-server` process on 127.0.0.1 serves a real sklearn model (the `bad` one of the
-e2e helpers, which answers 200, 500 and 422; plus a route 404, a 405 and an abandoned upload, 499);
+A real `modeldeploy-server` process on 127.0.0.1 serves a real sklearn model (the demo's and the e2e
+scenarios' `bad` one, which answers 200, 500 and 422; plus a route 404, a 405 and an abandoned upload, 499);
 its /metrics text is parsed with prometheus_client's parser and every selector of the operator's
 built-in queries is matched against it, and evaluated on it: the error rate and the p99 see only
 the requests the model answered.
@@ -9,24 +9,54 @@ the requests the model answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from modeldeploy_demo.workload import BIN, INPUTS, ZERO_FEATURE, ArtifactServer, free_port, rows, train_models, wait_for
 from modeldeploy_operator import analysis, compare
 from modeldeploy_operator.api import AnalysisSpec
 from modeldeploy_server.metrics import FLUSH_SECONDS
-from tests.operator.e2e_helpers import INPUTS, ArtifactServer, start_server, train_models
 
 # Labels Prometheus adds from service discovery (the local cluster's and a real cluster's scrape configs).
 TARGET_LABELS = {"namespace", "pod"}
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)\s*"([^"]*)"')
+
+
+@contextlib.contextmanager
+def start_server(env: dict[str, str], log: Path) -> Iterator[str]:
+    """The real server process on 127.0.0.1:<free port>; yields its base URL once ready."""
+    port = free_port()
+    full = {**os.environ, **env, "MODELDEPLOY_HOST": "127.0.0.1", "MODELDEPLOY_PORT": str(port)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "modeldeploy-server")], env=full, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"modeldeploy-server exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 120, "the server to be ready")  # imports take long on a loaded machine
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +66,21 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[st
     store = ArtifactServer(folder)
     bad = models["bad"]
     env = {
-        "MODELDEPLOY_MODEL_NAME": "iris", "MODELDEPLOY_MODEL_URI": bad.uri(store.url),
+        "MODELDEPLOY_MODEL_NAME": "wine", "MODELDEPLOY_MODEL_URI": bad.uri(store.url),
         "MODELDEPLOY_MODEL_SHA256": bad.sha256, "MODELDEPLOY_MODEL_VERSION": "3",
         "MODELDEPLOY_MODEL_REVISION": "0123abcdef", "MODELDEPLOY_INPUTS": json.dumps(INPUTS),
     }  # fmt: skip
     try:
         with start_server(env, folder / "server.log") as url:
             codes = []
-            for row in ([5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 4.8, 1.8], [0.0, 3.0, 4.8, 1.8], [1.0, 2.0]):
-                codes.append(httpx.post(f"{url}/v1/models/iris:predict", json={"instances": [row]}).status_code)
+            good = rows(2, 0.0)
+            zero = [*good[0][:ZERO_FEATURE], 0.0, *good[0][ZERO_FEATURE + 1 :]]
+            for row in (*good, zero, [1.0, 2.0]):
+                codes.append(httpx.post(f"{url}/v1/models/wine:predict", json={"instances": [row]}).status_code)
             assert codes == [200, 200, 500, 422]
             # requests the model never answered: a route 404, a 405, an upload the client abandoned
             assert httpx.get(f"{url}/v2/no-such-route").status_code == 404
-            assert httpx.get(f"{url}/v1/models/iris:predict").status_code == 405
+            assert httpx.get(f"{url}/v1/models/wine:predict").status_code == 405
             _abandon_upload(url)
             time.sleep(2 * FLUSH_SECONDS)  # the worker the scrape does not reach exports its rows by then
             text = httpx.get(f"{url}/metrics").text
@@ -60,7 +92,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, dict[st
 def _abandon_upload(url: str) -> None:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b'POST /v1/models/iris:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{"inst')
+        sock.sendall(b'POST /v1/models/wine:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{"inst')
     deadline = time.monotonic() + 10
     while not _count(httpx.get(f"{url}/metrics").text, "499"):
         assert time.monotonic() < deadline, "the abandoned upload was never counted"
@@ -96,7 +128,7 @@ def test_error_rate_and_p99_use_only_the_requests_the_model_answered(
 ) -> None:
     """A flood of cheap 422s (or 404s, 405s, abandoned uploads) can neither dilute the error rate nor pull
     the canary's p99 down: the queries select the 200s and the 500 only."""
-    queries = analysis.builtin_queries("ml", "iris", "0123abcdef", 30)
+    queries = analysis.builtin_queries("ml", "wine", "0123abcdef", 30)
     requests = _selected(queries[analysis.REQUESTS], scraped)
     assert sorted((s["code"], v) for s, v in requests if v) == [("200", 2.0), ("500", 1.0)]
     errors = _selected(queries[analysis.ERRORS], scraped)
@@ -107,7 +139,7 @@ def test_error_rate_and_p99_use_only_the_requests_the_model_answered(
 
 
 def test_every_builtin_query_selects_real_series(scraped: list[tuple[str, dict[str, str], float]]) -> None:
-    queries = analysis.builtin_queries("ml", "iris", "0123abcdef", 30)
+    queries = analysis.builtin_queries("ml", "wine", "0123abcdef", 30)
     assert set(queries) == {analysis.REQUESTS, analysis.ERRORS, analysis.LATENCY_P99}
     for name, promql in queries.items():
         selectors = SELECTOR.findall(promql)
@@ -141,7 +173,7 @@ def test_latency_histogram_has_the_labels_the_p99_query_groups_by(
     buckets = [s for n, s, _ in scraped if n == analysis.DURATION_BUCKET_METRIC]
     assert {"le", "model", "revision"} <= set(buckets[0])
     assert any(s["le"] == "+Inf" for s in buckets)
-    assert {s["revision"] for s in buckets} == {"0123abcdef"} and {s["model"] for s in buckets} == {"iris"}
+    assert {s["revision"] for s in buckets} == {"0123abcdef"} and {s["model"] for s in buckets} == {"wine"}
 
 
 def test_canary_against_stable_queries_select_real_series_and_count_what_they_say(
@@ -150,7 +182,7 @@ def test_canary_against_stable_queries_select_real_series_and_count_what_they_sa
     """Errors over answered requests (like the built-in rate); refusals (422) over the rows that
     reached the contract: answered plus refused, not 404s, 405s, 503s or abandoned uploads."""
     spec = AnalysisSpec(max_error_rate_increase=0.01, max_refusal_rate_increase=0.05)
-    queries = compare.queries(spec, "ml", "iris", "0123abcdef", "0123abcdef", 600)
+    queries = compare.queries(spec, "ml", "wine", "0123abcdef", "0123abcdef", 600)
     assert len(queries) == 8  # n and events of two checks, for each arm
     counted = {name: sum(v for _, v in _selected(q, scraped)) for name, q in queries.items()}
     assert all(_selected(q, scraped) for q in queries.values()), queries
@@ -163,7 +195,7 @@ def test_the_p99_ratio_asks_the_buckets_the_server_has(scraped: list[tuple[str, 
     buckets = {s["le"] for n, s, _ in scraped if n == analysis.DURATION_BUCKET_METRIC}
     assert buckets == set(compare.LE)
     spec = AnalysisSpec(max_latency_p99_ratio=1.5)
-    queries = compare.queries(spec, "ml", "iris", "0123abcdef", "0123abcdef", 600)
+    queries = compare.queries(spec, "ml", "wine", "0123abcdef", "0123abcdef", 600)
     assert all(f'le="{le}"' in queries[f"judge:canary:le={le}"] for le in compare.LE)
     finite = [sum(v for _, v in _selected(queries[f"judge:canary:le={le}"], scraped)) for le in compare.LE[:-1]]
     answered = ("success", "error")
@@ -178,7 +210,7 @@ def test_prediction_shift_and_input_drift_ask_the_series_the_server_has(
     """The class counters count the rows the model answered (not the 500, not the 422); every
     declared input is binned over its range; without a profile there are no reference shares."""
     spec = AnalysisSpec(max_prediction_shift=0.1, max_input_drift=0.1)
-    queries = compare.queries(spec, "ml", "iris", "0123abcdef", "0123abcdef", 600)
+    queries = compare.queries(spec, "ml", "wine", "0123abcdef", "0123abcdef", 600)
     classes = _selected(queries["judge:canary:classes"], scraped)
     assert sorted(s["class"] for s, _ in classes) == ["0", "1", "2"]  # every class, at 0 from the start
     assert sum(v for _, v in classes) == 2.0
