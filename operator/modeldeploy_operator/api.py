@@ -403,9 +403,10 @@ class AnalysisSpec(_Model):
     max_mean_abs_diff: float | None = Field(
         default=None,
         gt=0,
-        le=1,
-        description="Largest mean absolute difference between canary and stable answers on mirrored requests "
-        "(per row the mean over its output values, each difference capped at 1); absent: off.",
+        allow_inf_nan=False,
+        description="Largest mean absolute difference between canary and stable answers on mirrored requests, "
+        "in the answers' unit (probabilities, or a regressor's values in any unit; per row the mean over its "
+        "output values, each difference capped at 10 x this threshold); absent: off.",
     )
     agreement_tolerance: float = Field(
         default=0.0,

@@ -43,6 +43,7 @@ from modeldeploy_operator.report import (
     step_weight,
 )
 from modeldeploy_operator.revision import revision_of
+from modeldeploy_operator.shadow import diff_cap
 
 
 def gate_waiting(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, since: float) -> bool:
@@ -558,7 +559,7 @@ class Tick(Report):
             return False
         self.d.shadow = ShadowTarget(
             st.stable_revision, st.canary_revision, f"{self.meta.name}-canary", step.percent,
-            a.agreement_tolerance, a.shadow.log_disagreements,
+            a.agreement_tolerance, a.shadow.log_disagreements, diff_cap(a.max_mean_abs_diff),
         )  # fmt: skip
         if since < step.seconds:
             until = later(parse_time(st.step_started_at or fmt_time(self.now)), step.seconds)

@@ -136,6 +136,7 @@ class ShadowTarget:
     percent: int
     tolerance: float
     log_disagreements: int
+    diff_cap: float = 1.0  # each value's absolute difference counts at most this much (shadow.diff_cap)
 
 
 @dataclass

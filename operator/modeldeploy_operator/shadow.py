@@ -3,7 +3,8 @@
 During a `shadow` step the stable pods forward a sampled share of what they answered (request id,
 input rows, their answer) to the canary, which computes its own answer and counts, per pair of
 revisions (`revision` = canary, `stable_revision` = stable): pairs, agreements, the sum of the
-per-pair mean absolute differences (each capped at 1) and its own failures on mirrored requests;
+per-pair mean absolute differences (each value's difference capped at `diff_cap`) and its own
+failures on mirrored requests;
 stable counts what it mirrored and what it dropped (server `shadow` module). The counters start at 0
 with the canary's pods, which serve no user during the step, so their current sums are the
 cumulative counts since the canary started: the sequence the anytime-valid bounds are about.
@@ -11,10 +12,14 @@ cumulative counts since the canary started: the sequence the anytime-valid bound
 `minAgreement`: the disagreement share (1 - agreement; a canary error or refusal on a mirrored
 request is a disagreement) gets `judge.prop_bounds` (one-sided, anytime-valid at `confidence`);
 Failed iff the agreement's upper bound is below the threshold, Passed iff its lower bound is at
-least the threshold. `maxMeanAbsDiff`: the same bounds on the mean of per-pair values in [0, 1]
+least the threshold. `maxMeanAbsDiff` (in the answers' own unit: probabilities, or a regressor's
+values in any unit): each value's difference is capped at C = 10 x the threshold (`diff_cap`, sent to
+the servers with the step), so the per-pair values divided by C lie in [0, 1] and get the same bounds
 (the Beta-mixture e-value stays a supermartingale for any [0, 1]-valued observation: x -> a^x b^(1-x)
-is convex, so E[...] <= mu a + (1 - mu) b = 1); Failed iff lower > threshold, Passed iff upper <=
-threshold. Passed also needs `minRequests` pairs, like every other check.
+is convex, so E[...] <= mu a + (1 - mu) b = 1), scaled back by C; Failed iff lower > threshold,
+Passed iff upper <= threshold. A bound needs bounded observations: what Passed certifies is the mean
+of the capped differences, so a canary can pass only if fewer than 10% of its rows are off by more
+than 10 x the threshold. Passed also needs `minRequests` pairs, like every other check.
 """
 
 from __future__ import annotations
@@ -60,6 +65,14 @@ def _count(res: QueryResult | None) -> float:
     return 0.0 if res is None or res.value is None or math.isnan(res.value) else max(0.0, float(res.value))
 
 
+DIFF_CAP_MULTIPLE = 10.0
+
+
+def diff_cap(max_mean_abs_diff: float | None) -> float:
+    """What the servers cap each value's absolute difference at: 10 x maxMeanAbsDiff; 1 without it."""
+    return 1.0 if max_mean_abs_diff is None else DIFF_CAP_MULTIPLE * max_mean_abs_diff
+
+
 def _bounds(k: float, n: float, confidence: float) -> tuple[float, float]:
     lo, hi = judge.prop_bounds(k, n, 1 - confidence)
     return float(lo), float(hi)
@@ -76,7 +89,8 @@ def evaluate(spec: AnalysisSpec, promql: Mapping[str, str], results: Mapping[str
     failed = [r.error for k in (PAIRS, AGREEMENTS, ABS_DIFF) if (r := results.get(k)) is not None and r.error]
     missing = [k for k in (PAIRS, AGREEMENTS, ABS_DIFF) if k not in results]
     n, agree, diff = (_count(results.get(k)) for k in (PAIRS, AGREEMENTS, ABS_DIFF))
-    agree, diff = min(agree, n), min(diff, n)
+    cap = diff_cap(spec.max_mean_abs_diff)
+    agree, diff = min(agree, n), min(diff, n * cap)
     sent, dropped, failures = (_count(results.get(k)) for k in (SENT, DROPPED, FAILURES))
     least = max(1, spec.min_requests)
     enough = n >= least
@@ -109,9 +123,10 @@ def evaluate(spec: AnalysisSpec, promql: Mapping[str, str], results: Mapping[str
             verdict = _verdict(lower >= threshold, upper < threshold, enough)
             what = "share of mirrored requests the canary answered as stable did"
         else:
-            value, (lower, upper) = diff / n, _bounds(diff, n, spec.confidence)
+            value, (lower, upper) = diff / n, _bounds(diff / cap, n, spec.confidence)
+            lower, upper = lower * cap, upper * cap
             verdict = _verdict(upper <= threshold, lower > threshold, enough)
-            what = "mean absolute difference of the canary's answers from stable's (each capped at 1)"
+            what = f"mean absolute difference of the canary's answers from stable's (each capped at {cap:g})"
         text = (
             f"{name} {value:.4g} in [{lower:.4g}, {upper:.4g}] at {spec.confidence:g} vs threshold {limit}: "
             f"{verdict}, {what}{tail}"

@@ -84,6 +84,7 @@ class ShadowControl:
             return
         body = {"targets": canary, "percent": target.percent, "canaryRevision": target.canary_revision,
                 "tolerance": target.tolerance, "logDisagreements": target.log_disagreements,
+                "diffCap": target.diff_cap,
                 "ttlSeconds": self.ttl}  # fmt: skip
         self.told[obj] = sorted({*self.told.get(obj, []), *stable})
         for address in stable:

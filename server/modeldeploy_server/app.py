@@ -14,6 +14,7 @@ nothing loads at import).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -215,15 +216,21 @@ async def shadow_compare(request: Request) -> Answer:
         tolerance = float(request.header(shadow.H_TOLERANCE) or b"0")
     except ValueError:
         raise MalformedRequest("shadow compare: x-modeldeploy-shadow-tolerance is not a number") from None
+    try:
+        cap = float(request.header(shadow.H_CAP) or b"1")
+    except ValueError:
+        cap = math.nan
+    if not 0 < cap < math.inf:
+        raise MalformedRequest("shadow compare: x-modeldeploy-shadow-diff-cap must be a number > 0")
     limit = min(shadow.header_int(request.header(shadow.H_LOG), "x-modeldeploy-shadow-log", 0), 1000)
     json_header = request.header(shadow.H_JSON_LENGTH)
     json_length = None if json_header is None else shadow.header_int(json_header, "x-modeldeploy-shadow-json-length")
     try:
         x, y = await app.plane.mirrored(request.header(shadow.H_KIND) == b"v1", body[:size], json_length)
     except RequestError as exc:
-        app.comparer.failed(stable_revision, exc.status, len(stable_y))
+        app.comparer.failed(stable_revision, exc.status, len(stable_y), cap)
         return _ok(orjson.dumps({"rows": len(stable_y), "agreements": 0, "canaryStatus": exc.status}))
-    n, k = app.comparer.paired(stable_revision, request.request_id, x, stable_y, y, tolerance, limit)
+    n, k = app.comparer.paired(stable_revision, request.request_id, x, stable_y, y, tolerance, limit, cap)
     return _ok(orjson.dumps({"rows": n, "agreements": k, "canaryStatus": 200}))
 
 

@@ -12,7 +12,9 @@ Owned here, both sides of it:
 - **Canary** (`Comparer`): `POST /shadow/v1/compare` parses the mirrored request exactly as a user
   request (same contract, same model path), predicts, and compares row by row with stable's
   answer: agreement (equal classes; numbers within the tolerance), the per-row mean absolute
-  difference capped at 1, its own errors and refusals (a disagreement for every row). Counters per
+  difference, each value's difference capped at the configured `diffCap` (1 when absent; the
+  operator sends 10 x maxMeanAbsDiff, so regression values in any unit can be judged), its own
+  errors and refusals (a disagreement for every row, and a difference of the cap). Counters per
   pair of revisions (`revision` is the canary's own, `stable_revision` the sender's); at most the
   configured number of disagreements is logged (input row, both answers).
 
@@ -28,6 +30,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -53,11 +56,11 @@ ABS_DIFF = "modeldeploy_shadow_abs_diff_total"
 FAILURES = "modeldeploy_shadow_canary_failures_total"
 ABS_DIFF_ROWS = "modeldeploy_shadow_row_abs_diff"
 RESULTS = ("sent", "queue_full", "timeout", "error", "refused")
-DIFF_BUCKETS = (0.0, 1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+DIFF_BUCKETS = (0.0, 1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 100.0, 1e3, 1e4, 1e6)
 FAILURE_CODES = ("400", "413", "422", "500", "503")
 CONFIG_PATH, COMPARE_PATH = "/shadow/v1/config", "/shadow/v1/compare"
-H_KIND, H_STABLE, H_TOLERANCE, H_LOG = (
-    b"x-modeldeploy-shadow-" + k for k in (b"kind", b"stable-revision", b"tolerance", b"log")
+H_KIND, H_STABLE, H_TOLERANCE, H_LOG, H_CAP = (
+    b"x-modeldeploy-shadow-" + k for k in (b"kind", b"stable-revision", b"tolerance", b"log", b"diff-cap")
 )
 H_REQUEST_LENGTH, H_JSON_LENGTH = b"x-modeldeploy-shadow-request-length", b"x-modeldeploy-shadow-json-length"
 MAX_TTL_SECONDS = 600
@@ -73,6 +76,7 @@ class Config:
     tolerance: float = 0.0
     log_disagreements: int = 0
     expires_at: float = 0.0
+    diff_cap: float = 1.0  # each value's absolute difference counts at most this much
 
     @classmethod
     def parse(cls, body: Mapping[str, Any], now: float) -> Config:
@@ -95,12 +99,15 @@ class Config:
         tolerance = float(get("tolerance", (int, float), 0.0))
         log_count = get("logDisagreements", int, 0)
         revision = get("canaryRevision", str)
+        cap = float(get("diffCap", (int, float), 1.0))
         if not 0 <= percent <= 100 or not 0 < ttl <= MAX_TTL_SECONDS or tolerance < 0 or not 0 <= log_count <= 1000:
             raise MalformedRequest(
                 f"shadow config: percent {percent:g} (0-100), ttlSeconds {ttl:g} (0-{MAX_TTL_SECONDS}], "
                 f"tolerance {tolerance:g} (>= 0), logDisagreements {log_count} (0-1000): out of range"
             )
-        return cls(tuple(targets), percent, revision[:64], tolerance, log_count, now + ttl)
+        if not 0 < cap < math.inf:
+            raise MalformedRequest(f"shadow config: diffCap {cap:g} must be a number > 0")
+        return cls(tuple(targets), percent, revision[:64], tolerance, log_count, now + ttl, cap)
 
 
 def _address(target: Any) -> bool:
@@ -167,17 +174,20 @@ def decode_answer(data: bytes) -> npt.NDArray[Any]:
         raise MalformedRequest(f"shadow compare: stable's answer is not a .npy array ({exc})") from None
 
 
-def compare(stable: npt.NDArray[Any], canary: npt.NDArray[Any], tolerance: float) -> tuple[npt.NDArray[Any], ...]:
-    """Per row: agreed (bool) and the mean absolute difference over its values, each capped at 1."""
+def compare(
+    stable: npt.NDArray[Any], canary: npt.NDArray[Any], tolerance: float, cap: float = 1.0
+) -> tuple[npt.NDArray[Any], ...]:
+    """Per row: agreed (bool) and the mean absolute difference over its values, each capped at `cap`
+    (labels: the share of values that differ; another shape: `cap` for every row)."""
     rows = len(stable)
     if canary.shape != stable.shape:  # another number of classes or outputs: nothing agrees
-        return np.zeros(rows, dtype=bool), np.ones(rows)
+        return np.zeros(rows, dtype=bool), np.full(rows, cap)
     s, c = stable.reshape(rows, -1), canary.reshape(rows, -1)
     if s.dtype.kind in "fiub" and c.dtype.kind in "fiub":
         diff = np.abs(s.astype(np.float64) - c.astype(np.float64))
         exact = s.dtype.kind in "iub" and c.dtype.kind in "iub"  # classes: equal or not
         agreed = np.all(diff == 0 if exact else diff <= tolerance, axis=1)
-        return agreed, np.minimum(diff, 1.0).mean(axis=1)
+        return agreed, np.minimum(diff, cap).mean(axis=1)
     same = s.astype(str) == c.astype(str)
     return np.all(same, axis=1), 1.0 - same.mean(axis=1)
 
@@ -197,12 +207,13 @@ class ShadowMetrics:
         self.agreements = Counter(AGREEMENTS.removesuffix("_total"), "Mirrored rows answered as stable did.", pair,
                                   registry=reg)  # fmt: skip
         self.abs_diff = Counter(ABS_DIFF.removesuffix("_total"), "Sum over mirrored rows of the mean absolute "
-                                "difference from stable's answer (each difference capped at 1).", pair,
+                                "difference from stable's answer (each difference capped at the step's diffCap).", pair,
                                 registry=reg)  # fmt: skip
         self.failures = Counter(FAILURES.removesuffix("_total"), "Mirrored requests this canary refused or failed, "
                                 "by HTTP status.", (*pair, "code"), registry=reg)  # fmt: skip
         self.row_diff = Histogram(ABS_DIFF_ROWS, "Per mirrored row: mean absolute difference from stable's answer "
-                                  "(capped at 1).", pair, buckets=DIFF_BUCKETS, registry=reg)  # fmt: skip
+                                  "(each difference capped at the step's diffCap).", pair, buckets=DIFF_BUCKETS,
+                                  registry=reg)  # fmt: skip
         self._canaries: set[str] = set()
         self._stables: set[str] = set()
 
@@ -334,6 +345,7 @@ class Mirror:
             ("authorization", f"Bearer {self.token}"), ("x-request-id", item.request_id),
             (H_KIND.decode(), "v1" if item.v1 else "v2"), (H_STABLE.decode(), self.revision),
             (H_TOLERANCE.decode(), repr(config.tolerance)), (H_LOG.decode(), str(config.log_disagreements)),
+            (H_CAP.decode(), repr(config.diff_cap)),
             (H_REQUEST_LENGTH.decode(), str(len(item.body))), ("content-type", "application/octet-stream"),
         ]  # fmt: skip
         if item.json_length is not None:
@@ -358,17 +370,18 @@ class Comparer:
         self.metrics = metrics
         self.logged = 0
 
-    def failed(self, stable_revision: str, code: int, rows: int) -> None:
+    def failed(self, stable_revision: str, code: int, rows: int, cap: float = 1.0) -> None:
         labels = self.metrics.stable(stable_revision)
         self.metrics.failures.labels(*labels, str(code)).inc()
         if code != 503:  # not ready (draining): no answer of this canary's to compare, not a disagreement
             self.metrics.pairs.labels(*labels).inc(rows)
-            self.metrics.abs_diff.labels(*labels).inc(rows)
+            self.metrics.abs_diff.labels(*labels).inc(rows * cap)
 
     def paired(self, stable_revision: str, request_id: str, x: npt.NDArray[Any], stable: npt.NDArray[Any],
-               canary: npt.NDArray[Any], tolerance: float, log_limit: int) -> tuple[int, int]:  # fmt: skip
+               canary: npt.NDArray[Any], tolerance: float, log_limit: int,
+               cap: float = 1.0) -> tuple[int, int]:  # fmt: skip
         labels = self.metrics.stable(stable_revision)
-        agreed, diffs = compare(stable, canary, tolerance)
+        agreed, diffs = compare(stable, canary, tolerance, cap)
         n, k = len(agreed), int(agreed.sum())
         self.metrics.pairs.labels(*labels).inc(n)
         self.metrics.agreements.labels(*labels).inc(k)

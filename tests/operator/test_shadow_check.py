@@ -41,6 +41,35 @@ def test_mean_abs_diff_bounds_and_verdicts() -> None:
     assert bad.verdict == "Failed" and bad.lower is not None and bad.lower > 0.01
 
 
+def test_a_regressor_threshold_in_its_own_unit() -> None:
+    """maxMeanAbsDiff 2.5 (say, minutes of a delivery-time regressor): the servers cap each difference at
+    25, so answers 1 minute apart pass, answers 4 minutes apart fail, and a canary 100 minutes off on
+    a fifth of the rows fails although most of its rows are exact."""
+    assert shadow.diff_cap(2.5) == 25.0 and shadow.diff_cap(None) == 1.0
+    close = judged(5_000, 0, diff=5_000 * 1.0, max_mean_abs_diff=2.5)[shadow.MEAN_ABS_DIFF]
+    assert close.verdict == "Passed" and close.value == 1.0
+    assert close.upper is not None and 1.0 < close.upper <= 2.5, close.message
+    assert "each capped at 25" in close.message
+    far = judged(5_000, 0, diff=5_000 * 4.0, max_mean_abs_diff=2.5)[shadow.MEAN_ABS_DIFF]
+    assert far.verdict == "Failed" and far.lower is not None and far.lower > 2.5
+    wild = judged(5_000, 4_000, diff=1_000 * 25.0, max_mean_abs_diff=2.5)[shadow.MEAN_ABS_DIFF]
+    assert wild.verdict == "Failed", wild.message
+
+
+def test_a_shadow_target_carries_the_cap_to_the_servers() -> None:
+    from modeldeploy_operator.model import Decision, Meta, PodState, RevisionState, ShadowTarget
+    from modeldeploy_operator.shadowctl import ShadowControl
+
+    sent: list[dict[str, object]] = []
+    control = ShadowControl(b"k" * 32, 15)
+    control._send = lambda meta, address, body: sent.append(body)  # type: ignore[method-assign]
+    target = ShadowTarget("s", "c", "iris-canary", 25, 0.0, 0, shadow.diff_cap(2.5))
+    pods = {"s": RevisionState(1, (PodState("s-0", ready=True, ip="198.18.0.5"),)),
+            "c": RevisionState(1, (PodState("c-0", ready=True, ip="198.18.0.6"),))}  # fmt: skip
+    control.push(Decision(status=None, shadow=target), Meta("iris", "ml", "u"), pods)  # type: ignore[arg-type]
+    assert sent and sent[0]["diffCap"] == 25.0
+
+
 def test_no_pairs_is_inconclusive_and_a_failed_query_is_error() -> None:
     assert judged(0, 0, min_agreement=0.98)[shadow.AGREEMENT].verdict == "Inconclusive"
     spec = AnalysisSpec(min_agreement=0.98)
@@ -62,7 +91,7 @@ def shadow_spec(steps: list[dict[str, object]], **analysis: object) -> dict[str,
         ([{"shadow": {"seconds": 60, "percent": 0}}], {"minAgreement": 0.98}, "steps[0].shadow.percent"),
         ([{"shadow": {"seconds": 0, "percent": 5}}], {"minAgreement": 0.98}, "steps[0].shadow.seconds"),
         ([{"shadow": {"seconds": 9, "percent": 5}}], {"minAgreement": 1}, "analysis.minAgreement"),
-        ([{"shadow": {"seconds": 9, "percent": 5}}], {"maxMeanAbsDiff": 2}, "analysis.maxMeanAbsDiff"),
+        ([{"shadow": {"seconds": 9, "percent": 5}}], {"maxMeanAbsDiff": -2.5}, "analysis.maxMeanAbsDiff"),
     ],
 )  # fmt: skip
 def test_bad_shadow_specs_are_refused_naming_the_field(

@@ -106,7 +106,7 @@ def test_a_canary_flipping_ten_percent_of_classes_is_measured_at_ninety_percent_
 ) -> None:  # fmt: skip
     stable = start(serve, artifacts["pipe"], cache_dir, "stable2")
     canary = start(serve, flip_artifact, cache_dir, "canary1")
-    assert configure(stable, canary.url, 50, logDisagreements=3).status_code == 200
+    assert configure(stable, canary.url, 50, logDisagreements=3, diffCap=0.5).status_code == 200
     x = rows(1600, 2)
     with caplog.at_level(logging.WARNING, logger="modeldeploy_server.shadow"):
         user_answers(stable, x)
@@ -118,6 +118,8 @@ def test_a_canary_flipping_ten_percent_of_classes_is_measured_at_ninety_percent_
     agree = metric(canary, "modeldeploy_shadow_agreements_total", stable_revision="stable2")
     assert 650 <= pairs <= 950  # 50% of 1600
     assert 0.86 <= agree / pairs <= 0.94, agree / pairs
+    # another class is 1 or 2 apart: each such row counts the step's cap (0.5), sent by stable with the pair
+    assert metric(canary, "modeldeploy_shadow_abs_diff_total", stable_revision="stable2") == 0.5 * (pairs - agree)
     logged = [r for r in caplog.records if r.getMessage() == "shadow disagreement"]
     assert len(logged) == 3
     fields = logged[0].__dict__["fields"]
@@ -175,7 +177,8 @@ def test_an_unreachable_canary_and_a_full_queue_are_counted_drops_and_no_user_re
      ({"targets": [], "percent": 5, "canaryRevision": "c", "ttlSeconds": 5}, "targets"),
      ({"targets": ["http://x"], "percent": 500, "canaryRevision": "c", "ttlSeconds": 5}, "percent 500"),
      ({"targets": ["http://x"], "percent": 5, "canaryRevision": "c"}, "ttlSeconds"),
-     ({"targets": ["http://x"], "percent": True, "canaryRevision": "c", "ttlSeconds": 5}, "percent")],
+     ({"targets": ["http://x"], "percent": True, "canaryRevision": "c", "ttlSeconds": 5}, "percent"),
+     ({"targets": ["http://x"], "percent": 5, "canaryRevision": "c", "ttlSeconds": 5, "diffCap": 0}, "diffCap")],
 )  # fmt: skip
 def test_a_bad_config_names_the_field(body: dict[str, Any], field: str) -> None:
     with pytest.raises(Exception, match=field) as err:
@@ -200,6 +203,10 @@ def test_compare_rows_classes_probabilities_and_shapes() -> None:
     assert agreed.tolist() == [True, False] and np.allclose(diff, [0.01, 0.3])
     agreed, diff = shadow.compare(np.array([100.0]), np.array([103.0]), 0.5)
     assert agreed.tolist() == [False] and diff.tolist() == [1.0]  # capped at 1
+    agreed, diff = shadow.compare(np.array([100.0, 50.0]), np.array([103.0, 90.0]), 0.5, cap=25.0)
+    assert agreed.tolist() == [False, False] and diff.tolist() == [3.0, 25.0]  # a regressor: cap from the step
+    agreed, diff = shadow.compare(p, np.array([[1.0, 0, 0], [1, 0, 0]]), 0.5, cap=25.0)
+    assert diff.tolist() == [25.0, 25.0]  # another shape: the cap
     agreed, diff = shadow.compare(np.array(["a", "b"], dtype=object), np.array(["a", "c"], dtype=object), 0)
     assert agreed.tolist() == [True, False]
     agreed, _ = shadow.compare(p, np.array([[1.0, 0, 0], [1, 0, 0]]), 0.5)  # another number of classes
