@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -52,7 +51,7 @@ from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import APPLY_FAILED, STATUS_UNREADABLE
 from modeldeploy_operator.settings import OperatorSettings
-from modeldeploy_operator.shadowctl import ShadowControl
+from modeldeploy_operator.shadowctl import ShadowControl, resolve_key
 
 log = logging.getLogger("modeldeploy.operator")
 
@@ -433,16 +432,13 @@ def register(
             gate=CanaryGate(operator_settings.max_concurrent_canaries, 1.5 * tick),
             leader=leader or (lambda: True),
             tick_seconds=tick,
-            shadow=ShadowControl(shadow_key, 3 * tick),
+            shadow=ShadowControl(resolve_key(shadow_key, operator_settings.shadow_key_secret, kube.core), 3 * tick),
         )
         m.HEALTH.stale_after = max(30.0, operator_settings.stale_ticks * tick)
         m.HEALTH.started = True
 
     operator_settings = settings
-    configured = settings.shadow_key.get_secret_value() if settings.shadow_key is not None else ""
-    if not configured:
-        log.warning("MODELDEPLOY_OPERATOR_SHADOW_KEY is not set: shadow-step tokens use a random key of this process")
-    shadow_key = configured.encode() if configured else os.urandom(32)
+    shadow_key = settings.shadow_key.get_secret_value() if settings.shadow_key is not None else ""
 
     @kopf.timer(
         GROUP,

@@ -79,8 +79,15 @@ class OperatorSettings(BaseSettings):
 
     shadow_key: SecretStr | None = Field(
         default=None,
-        description="Key of the shadow-step tokens (HMAC of namespace/name/uid); unset: a random key per process, "
-        "so pods started before an operator restart can no longer be told to shadow.",
+        description="Key of the shadow-step tokens (HMAC of namespace/name/uid); unset: the key of "
+        "shadow_key_secret.",
+    )
+    shadow_key_secret: str = Field(
+        default="",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+        description="<namespace>/<name> of the Secret whose `key` signs the shadow-step tokens, created with a "
+        "random key when absent (the chart: modeldeploy-shadow-key in its namespace); empty, and shadow_key unset: "
+        "a random key per process, so pods started before an operator restart can no longer be told to shadow.",
     )
 
     @field_validator("selector")

@@ -23,6 +23,7 @@ CONTRACT_ENV = {
     "MODELDEPLOY_OPERATOR_MANAGED_PER_1K_USD",
     "MODELDEPLOY_OPERATOR_SELECTOR",
     "MODELDEPLOY_OPERATOR_WORKERS",
+    "MODELDEPLOY_OPERATOR_SHADOW_KEY_SECRET",
 }
 
 
@@ -40,7 +41,8 @@ def test_helm_lint_strict() -> None:
 def test_default_render_has_the_operator_objects() -> None:
     kinds = sorted(d["kind"] for d in docs(template()))
     assert kinds == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "Role", "RoleBinding", "RoleBinding", "Service",
+        "ServiceAccount",
     ]  # fmt: skip
 
 
@@ -84,6 +86,18 @@ def test_default_operator_settings() -> None:
     assert env["MODELDEPLOY_OPERATOR_METRICS_PORT"] == "8000"
     assert env["MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS"] == "30"
     assert env["MODELDEPLOY_OPERATOR_SELECTOR"] == "" and env["MODELDEPLOY_OPERATOR_WORKERS"] == "16"
+    assert env["MODELDEPLOY_OPERATOR_SHADOW_KEY_SECRET"] == "modeldeploy-system/modeldeploy-shadow-key"
+
+
+def test_the_only_secret_the_operator_reads_is_its_shadow_key_by_name() -> None:
+    (role,) = [r for r in by_kind(template(), "Role") if r["metadata"]["name"].endswith("-shadow-key")]
+    assert role["metadata"]["namespace"] == "modeldeploy-system"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["modeldeploy-shadow-key"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    (binding,) = [b for b in by_kind(template(), "RoleBinding") if b["metadata"]["name"].endswith("-shadow-key")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modeldeploy", "namespace": "modeldeploy-system"}]
 
 
 def test_every_operator_env_is_an_operator_setting() -> None:
@@ -162,7 +176,7 @@ def test_rbac_least_privilege_cluster_mode() -> None:
 
 
 def test_every_rbac_rule_has_a_comment_saying_why() -> None:
-    for name in ("_rbac.tpl", "clusterrole.yaml"):
+    for name in ("_rbac.tpl", "clusterrole.yaml", "shadow-key.yaml"):
         lines = (CHART / "templates" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -180,8 +194,9 @@ def test_namespaced_mode_uses_roles_only(flags: list[str], namespaces: list[str]
     rendered = template(*flags)
     kinds = {d["kind"] for d in docs(rendered)}
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
-    roles = [r for r in by_kind(rendered, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
-    bindings = [b for b in by_kind(rendered, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
+    own = ("-leader-election", "-shadow-key")  # the release namespace's own Roles
+    roles = [r for r in by_kind(rendered, "Role") if not r["metadata"]["name"].endswith(own)]
+    bindings = [b for b in by_kind(rendered, "RoleBinding") if not b["metadata"]["name"].endswith(own)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for b in bindings:

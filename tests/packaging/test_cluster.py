@@ -73,6 +73,7 @@ def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Ku
     sa = f"system:serviceaccount:{INSTALL_NS}:{name}"
     can = [
         ("watch", "modeldeployments.modeldeploy.io", "-A"),
+        ("get", "secrets/modeldeploy-shadow-key", "-n", INSTALL_NS),  # its shadow-step key, by name only
         ("patch", "modeldeployments.modeldeploy.io", "-n", "default"),
         ("patch", "modeldeployments.modeldeploy.io", "--subresource=status", "-n", "default"),
         ("create", "deployments.apps", "-n", "default"),
@@ -90,6 +91,8 @@ def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Ku
         ("list", "secrets", "-A"),
         ("get", "secrets", "-n", "default"),
         ("get", "secrets", "-n", INSTALL_NS),
+        ("get", "secrets/another-secret", "-n", INSTALL_NS),
+        ("get", "secrets/modeldeploy-shadow-key", "-n", "default"),
         ("delete", "pods", "-n", "default"),
         ("create", "httproutes.gateway.networking.k8s.io", "-n", "default"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

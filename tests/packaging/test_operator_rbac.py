@@ -12,6 +12,7 @@ namespace with Roles only.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -88,13 +89,12 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
     # the image's ENV and installed entrypoints, then the chart's env (downward-API fields resolved as
     # the kubelet would for a pod in the release namespace), then loopback-only overrides
     pod_fields = {"metadata.namespace": release_ns, "metadata.name": f"{release}-modeldeploy-test"}
-    # (an optional secretKeyRef, the shadow key, names a Secret nobody created: unset, as the kubelet leaves it)
     chart_env = {
         e["name"]: e["value"] if "value" in e else pod_fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
         for e in container["env"]
         if "value" in e or "fieldRef" in e["valueFrom"]
     }
-    assert {e["name"] for e in container["env"]} - set(chart_env) == {"MODELDEPLOY_OPERATOR_SHADOW_KEY"}
+    assert {e["name"] for e in container["env"]} == set(chart_env)
     env = (
         image_env(image_venv)
         | chart_env
@@ -124,6 +124,11 @@ def test_operator_reconciles_with_only_the_charts_rbac(kube: Kube, image_venv: P
     try:
         status = _wait_healthy(kube, name, models_ns, 1, operator, log)
         assert status["stableRevision"] and status["stableVersion"] == "1"
+        # nobody created the shadow-step key: the operator did, with the chart's RBAC, and never logged it
+        stored = kube.get("secret", "modeldeploy-shadow-key", "-n", release_ns)
+        key = base64.b64decode(stored["data"]["key"]).decode()
+        assert len(key) >= 43 and key not in log.read_text()
+        assert kube.get("secret", f"{name}-shadow", "-n", models_ns)["data"]["token"]
         deployments = kube.get("deployments", "-n", models_ns, "-l", f"modeldeploy.io/name={name}")["items"]
         assert len(deployments) == 1
         services = {s["metadata"]["name"] for s in kube.get("services", "-n", models_ns)["items"]}

@@ -1,7 +1,8 @@
 {{/*
 The permissions the operator needs inside every namespace it watches. Used by the ClusterRole
 (cluster mode) and by one Role per watched namespace (rbac.namespaced). No wildcards, and Secrets
-write-only: the operator never reads one (model artifacts are fetched by the server pods).
+write-only: the operator never reads one here (model artifacts are fetched by the server pods; the
+one Secret it reads, its shadow-step key, is granted by name in templates/shadow-key.yaml).
 */}}
 {{- define "modeldeploy.namespacedRules" -}}
 # Read every ModelDeployment it reconciles; patch/update them for kopf's bookkeeping annotation
