@@ -418,7 +418,12 @@ def score_shard(settings: Settings, shard: Shard) -> int:
             outcome="Succeeded" if code == 0 else "Rejected",
         )  # fmt: skip
         if code:
-            report["message"] = f"{rejected} of {table.length} rows rejected and allowRejects is false"
+            first = scored.found[0]
+            where = Violation(None if first.row is None else table.offset + first.row, first.feature, first.reason,
+                              first.detail)  # fmt: skip
+            report["message"] = (
+                f"{rejected} of {table.length} rows rejected and allowRejects is false; first: {where.message()}"
+            )
         storage.write(settings, storage.join(shard.output, part_name), data)
         storage.write(settings, storage.join(shard.output, report["rejects"]), rejects.getvalue().encode())
         report["seconds"] = round(time.monotonic() - started, 3)

@@ -82,8 +82,6 @@ def test_a_shard_with_rejects_fails_and_the_last_complete_run_stays_the_result(
     bad = [[f"w{i}", *(repr(float(v)) for v in r)] for i, r in enumerate(good)]
     bad[31][1] = "-999.25"  # a null sentinel in shard 1's range (rows 20..39)
     write(bad)
-    term = tmp_path / "termination-log"
-    term.write_text("")
     assert _shard(art, tmp_path, str(inp), out, 0, 2, "bad").returncode == 0
     args = ["score", "--input", str(inp), "--output", out.as_uri(), "--shards", "2", "--run-id", "bad"]
     env = art.env(MODELDEPLOY_CACHE_DIR=str(tmp_path / "cache"), JOB_COMPLETION_INDEX="1")
@@ -93,6 +91,11 @@ def test_a_shard_with_rejects_fails_and_the_last_complete_run_stays_the_result(
     assert not (out / "runs/bad/_SUCCESS").exists()
     failed = json.loads((out / "runs/bad/report-failed-00001.json").read_text())
     assert failed["outcome"] == "Rejected" and failed["reasons"] == {"null_sentinel": 1}
+    # the one line the operator puts in status.batch[] and the BatchFailed Event names the row (in the
+    # whole input), the feature and the reason
+    said = failed["message"]
+    assert said.startswith("1 of 20 rows rejected and allowRejects is false; first: row 31, feature 'RHOB': "), said
+    assert said.endswith("(null_sentinel)"), said
     rejects = list(csv.DictReader((out / "runs/bad/rejects-00001.csv").open()))
     assert [(r["row"], r["feature"], r["value"], r["reason"]) for r in rejects] == [
         ("31", "RHOB", "-999.25", "null_sentinel")
