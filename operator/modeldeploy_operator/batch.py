@@ -38,6 +38,7 @@ LABEL_ENTRY = "modeldeploy.io/batch"
 LABEL_REVISION = "modeldeploy.io/batch-revision"
 CONFIG_HASH = "modeldeploy.io/batch-config"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 CONTAINER = "score"
 BACKOFF_LIMIT = 2
 HISTORY = 3
@@ -73,6 +74,14 @@ def _score_container(entry: BatchSpec, server: Mapping[str, Any]) -> dict[str, A
         {
             "name": "MODELDEPLOY_BATCH_RUN",
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_LABEL}']"}},
+        }
+    )
+    # the Job's uid: a Job re-created under an earlier one's name never completes its run with that
+    # one's shard reports
+    env.append(
+        {
+            "name": "MODELDEPLOY_BATCH_ATTEMPT",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}},
         }
     )
     args = [

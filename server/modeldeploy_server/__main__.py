@@ -110,7 +110,8 @@ def _score_shard(settings: Settings, args: argparse.Namespace) -> int:
         raise LoadRefused(f"--shard (or JOB_COMPLETION_INDEX) must be a shard index, got {index!r}")
     if not run:
         raise LoadRefused("--run-id (or MODELDEPLOY_BATCH_RUN) is required with --shards: it names the run's folder")
-    shard = Shard(args.input, args.output, int(index), args.shards, run, args.allow_rejects)
+    attempt = os.environ.get("MODELDEPLOY_BATCH_ATTEMPT", "")  # the Job's uid (the operator's CronJob sets it)
+    shard = Shard(args.input, args.output, int(index), args.shards, run, args.allow_rejects, attempt=attempt)
     return score_shard(settings, shard)
 
 

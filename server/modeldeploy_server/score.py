@@ -11,9 +11,10 @@ the input URI (file://, http(s)://, s3://) is split into N contiguous row ranges
 the row groups that overlap its range) and shard `JOB_COMPLETION_INDEX` (or `--shard`) writes, under
 the output prefix (file:// or s3://), `runs/<run>/part-<i>.{csv,parquet}`, `rejects-<i>.csv` and
 `report-<i>.json`. Every object is written atomically (temporary name and rename; an S3 PUT). The
-shard that finds every shard's report writes `runs/<run>/_SUCCESS` and then `<output>/_SUCCESS`, the
-manifest readers start from: it names the run and its parts, so a run that failed anywhere never
-replaces the last complete result. The shard's summary also goes to the termination log (the
+shard that finds every shard's report (of this attempt: the Job's uid, `MODELDEPLOY_BATCH_ATTEMPT`, so
+an earlier Job re-created under the same name never counts) writes `runs/<run>/_SUCCESS` and then
+`<output>/_SUCCESS`, the manifest readers start from: it names the run and its parts, so a run that
+failed anywhere never replaces the last complete result. The shard's summary also goes to the termination log (the
 operator reads it from the pod's status).
 Exit status: 0 when every row was scored, 1 when rows were rejected (unless --allow-rejects), 2 when
 the artifact, the input or the output is refused, 3 on an unexpected error. Called by `__main__`.
@@ -314,6 +315,7 @@ class Shard:
     run: str
     allow_rejects: bool
     termination_log: str | None = TERMINATION_LOG
+    attempt: str = ""  # the Job's uid: a run re-run under the same name is another attempt
 
 
 def _fetch_input(settings: Settings, uri: str, workdir: Path) -> Path:
@@ -353,9 +355,13 @@ def _complete_run(settings: Settings, shard: Shard, report: dict[str, Any]) -> b
         data = storage.read(settings, uri)
         if data is None:
             return False
-        reports.append(json.loads(data))
+        report_k = json.loads(data)
+        if report_k.get("attempt", "") != shard.attempt:
+            return False  # an earlier Job's report under the same run name: that shard has not succeeded yet
+        reports.append(report_k)
     manifest = {
         "run": shard.run,
+        "attempt": shard.attempt,
         "complete": True,
         "revision": report["revision"],
         "version": report["version"],
@@ -380,7 +386,8 @@ def score_shard(settings: Settings, shard: Shard) -> int:
     logs.configure(settings.log_level)
     started = time.monotonic()
     report: dict[str, Any] = {
-        "run": shard.run, "shard": shard.index, "shards": shard.count, "revision": settings.model_revision,
+        "run": shard.run, "attempt": shard.attempt, "shard": shard.index, "shards": shard.count,
+        "revision": settings.model_revision,
         "version": settings.model_version, "sha256": settings.model_sha256, "rows": 0, "scored": 0,
         "rejected": 0, "outcome": "Failed",
     }  # fmt: skip

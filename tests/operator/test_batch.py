@@ -59,6 +59,9 @@ def test_the_cronjob_runs_the_stable_revisions_exact_settings_as_an_indexed_job(
     assert env["MODELDEPLOY_BATCH_RUN"] == {
         "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}
     }
+    assert env["MODELDEPLOY_BATCH_ATTEMPT"] == {  # a Job re-created under the same name is another attempt
+        "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}
+    }
     assert container["args"] == ["score", "--input", "s3://lake/in.parquet", "--output", "s3://lake/out",
                                  "--shards", "4", "--run-id", "$(MODELDEPLOY_BATCH_RUN)"]  # fmt: skip
     assert container["image"] == "modeldeploy:1" and container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]

@@ -124,3 +124,44 @@ def test_a_refused_shard_exits_2_naming_the_cause_and_writes_nothing_complete(
     result = run_cli(args, art.env(MODELDEPLOY_CACHE_DIR=str(tmp_path / "c"), JOB_COMPLETION_INDEX=str(index)))
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_run_rerun_under_the_same_name_is_not_completed_by_the_earlier_jobs_reports(
+    artifacts: dict[str, Artifact], tmp_path: Path
+) -> None:
+    """`kubectl create job NAME` again after deleting the Job: the run's folder still holds the first
+    Job's reports. A shard of the second Job that fails must leave the run incomplete, not let the
+    other shard's report and the first Job's stale one make a `_SUCCESS` of mixed parts."""
+    art = artifacts["porosity"]
+    names = [i["name"] for i in art.inputs]
+    inp, out = tmp_path / "in.csv", tmp_path / "out"
+
+    def write(rows: list[list[str]]) -> None:
+        with inp.open("w", newline="") as handle:
+            csv.writer(handle).writerows([["well", *names], *rows])
+
+    good = [[f"w{i}", *(repr(float(v)) for v in r)] for i, r in enumerate(art.rows[:40])]
+    write(good)
+    for index in range(2):  # the first Job (uid-1) completes the run
+        first_job = _shard(art, tmp_path, str(inp), out, index, 2, "daily", MODELDEPLOY_BATCH_ATTEMPT="uid-1")
+        assert first_job.returncode == 0, first_job.stderr
+    first = json.loads((out / "_SUCCESS").read_text())
+    assert first["run"] == "daily" and first["attempt"] == "uid-1"
+
+    def written() -> list[tuple[int, int]]:  # a rewrite with equal content is a rewrite too
+        return [((out / p).stat().st_ino, (out / p).stat().st_mtime_ns) for p in ("_SUCCESS", "runs/daily/_SUCCESS")]
+
+    before = written()
+    bad = [list(r) for r in good]
+    bad[31][1] = "-999.25"
+    write(bad)
+    failed = _shard(art, tmp_path, str(inp), out, 1, 2, "daily", MODELDEPLOY_BATCH_ATTEMPT="uid-2")
+    assert failed.returncode == 1, failed.stderr
+    # shard 0 of the second Job succeeds last: report-00001.json is the first Job's, not this one's
+    assert _shard(art, tmp_path, str(inp), out, 0, 2, "daily", MODELDEPLOY_BATCH_ATTEMPT="uid-2").returncode == 0
+    assert written() == before and json.loads((out / "_SUCCESS").read_text()) == first
+    # the second Job's shard 1 retried with a fixed input: now the run completes, all of uid-2
+    write(good)
+    assert _shard(art, tmp_path, str(inp), out, 1, 2, "daily", MODELDEPLOY_BATCH_ATTEMPT="uid-2").returncode == 0
+    final = json.loads((out / "_SUCCESS").read_text())
+    assert final["run"] == "daily" and final["attempt"] == "uid-2" and final["rows"] == 40
