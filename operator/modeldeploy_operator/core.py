@@ -15,7 +15,9 @@ The rollout is a ladder of early returns (after Argo Rollouts' canary.go), run e
 5. canary not ready yet: wait, or roll back at the progress deadline with the pods' reason;
 6. steps: `setWeight` scales the canary and then applies the weight; a timed pause waits and then
    needs a Passed analysis in the step (if the canary carries weight); an indefinite pause waits
-   for `modeldeploy.io/promote`;
+   for `modeldeploy.io/promote`; when the step's Inconclusive checks are expected to decide later
+   than the step allows, `analysis.lowTraffic` says so and extends, raises the weight or holds
+   (`Tick.low_traffic`);
 7. after the last step: scale the canary to full size, switch the stable Service to it, schedule
    the old revision's scale-down `scale_down_delay_seconds` later.
 """
@@ -29,7 +31,7 @@ from modeldeploy_operator import reasons as r
 from modeldeploy_operator.analysis import AnalysisPlan
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus
 from modeldeploy_operator.conditions import set_condition
-from modeldeploy_operator.ladder import Tick, gate_waiting, shadow_step
+from modeldeploy_operator.ladder import GROWING, Tick, gate_waiting, shadow_step
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed, seconds_since
 from modeldeploy_operator.report import analysed_in_step
 
@@ -51,6 +53,10 @@ def plan_analysis(
     enough data); and two scrapes after a Failed check, over only the data since that check:
     `failureLimit` then asks for independent confirmations of a breach without making a bad
     canary serve users for (failureLimit + 1) whole intervals.
+
+    The window is at most intervalSeconds, except with `analysis.lowTraffic` extend or hold after an
+    Inconclusive check: then it spans the whole step so far, so that `minRequests` accumulates at any
+    traffic (the step waits for a decision rather than judging the same short window again).
     """
     st = status
     weight = st.canary_weight or 0
@@ -63,6 +69,7 @@ def plan_analysis(
     since = seconds_since(st.step_started_at, now)
     floor = analysis.window_seconds(0, a.interval_seconds, config.scrape_interval_seconds)
     span = since
+    cap = a.interval_seconds
     if analysed_in_step(st):
         assert st.last_analysis is not None
         since_last = seconds_since(st.last_analysis.time, now)
@@ -72,13 +79,15 @@ def plan_analysis(
         elif st.last_analysis.verdict == "Inconclusive":
             # not enough data yet: look again as soon as there can be more (the window grows)
             due = since_last >= floor
+            if a.low_traffic in GROWING:  # ... beyond intervalSeconds: the step waits for a decision
+                cap = max(cap, int(span))
         else:
             due = since_last >= a.interval_seconds
     else:
         due = since >= a.interval_seconds or (gate_waiting(spec, st, since) and since >= floor)
     if not due:
         return None
-    window = analysis.window_seconds(span, a.interval_seconds, config.scrape_interval_seconds)
+    window = analysis.window_seconds(span, cap, config.scrape_interval_seconds)
     factor = cost.pod_price_factor(config.prices, spec, st.cost) if a.max_cost_increase is not None else 1.0
     since_canary = None if st.canary_started_at is None else int(seconds_since(st.canary_started_at, now))
     return analysis.plan(

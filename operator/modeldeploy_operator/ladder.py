@@ -8,12 +8,17 @@ through; everything it learns goes into status, which is the only memory between
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import datetime
 
+from modeldeploy_operator import analysis, compare
 from modeldeploy_operator import reasons as r
 from modeldeploy_operator.analysis import evaluate
 from modeldeploy_operator.api import (
     HISTORY_LIMIT,
+    AnalysisRecord,
+    AnalysisSpec,
     ControlRequest,
     HistoryEntry,
     ModelDeploymentSpec,
@@ -37,6 +42,7 @@ from modeldeploy_operator.model import (
 from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
 from modeldeploy_operator.report import (
     Report,
+    analysed_in_step,
     before_weight,
     passed_in_step,
     routed,
@@ -64,6 +70,76 @@ def gate_waiting(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, since: fl
 def shadow_step(spec: ModelDeploymentSpec, i: int | None) -> ShadowStep | None:
     steps = spec.rollout.steps
     return steps[i].shadow if i is not None and i < len(steps) else None
+
+
+# The judge's checks that decide with more canary requests (each record carries `more_requests`).
+TRAFFIC_CHECKS = frozenset(
+    {compare.ERROR_INCREASE, compare.REFUSAL_INCREASE, compare.PREDICTION_SHIFT, compare.INPUT_DRIFT,
+     compare.LATENCY_RATIO}
+)  # fmt: skip
+# analysis.lowTraffic policies whose checks' window grows with the step while Inconclusive (`core.plan_analysis`).
+GROWING = ("extend", "hold")
+
+
+@dataclass(frozen=True)
+class Eta:
+    """How long an Inconclusive analysis is expected to stay undecided at the canary's current traffic."""
+
+    check: str  # the check that needs the longest
+    more: int | None  # about this many more canary requests (None: more than the judge looks ahead for)
+    rate: float  # canary requests per second over the last window, at the weight it was measured at
+    seconds: float  # math.inf: no decision in sight at this traffic
+    note: str = ""
+
+    def text(self) -> str:
+        need = f"about {self.more} more canary requests" if self.more is not None else "far more canary requests"
+        at = f"{self.rate:.3g} req/s"
+        if math.isinf(self.seconds):
+            return f"{self.check} needs {need}: no decision in sight at {at}{self.note}"
+        return f"{self.check} needs {need}: at {at} that is about {self.seconds:.0f}s"
+
+
+def decision_eta(rec: AnalysisRecord, a: AnalysisSpec, *, grows: bool) -> Eta | None:
+    """Expected time to a decision of an Inconclusive analysis: for each check that waits for traffic,
+    (canary requests still needed) / (canary request rate over the record's window), the longest.
+
+    The rate is the `requests` check's count over the window (the current weight's traffic). The
+    `minRequests` floor counts within one window, which is at most intervalSeconds unless the window
+    `grows` (lowTraffic extend/hold): below minRequests / intervalSeconds req/s it is never reached.
+    The judge's checks need `more_requests` beyond the cumulative counts since the canary started.
+    Checks Inconclusive for another reason than traffic (no histogram data, a custom metric without
+    data) are not traffic's to fix and are left out. None: nothing waits for traffic.
+    """
+    if rec.verdict != "Inconclusive" or not rec.window_seconds:
+        return None
+    req = next((c for c in rec.checks if c.name == analysis.REQUESTS), None)
+    if req is None:
+        return None
+    n = req.samples or 0.0
+    rate = n / rec.window_seconds
+    worst: Eta | None = None
+    for c in rec.checks:
+        if c.verdict != "Inconclusive":
+            continue
+        note = ""
+        if c is req:
+            least = max(1, a.min_requests)
+            more: int | None = math.ceil(least - n)
+            if not grows and rate * a.interval_seconds < least:
+                note = (
+                    f" (minRequests {least} within one window of at most intervalSeconds {a.interval_seconds}s, "
+                    f"about {rate * a.interval_seconds:.0f} arrive in one)"
+                )
+            name = f"minRequests {least}"
+        elif c.name in TRAFFIC_CHECKS:
+            more, name = c.more_requests, c.name
+        else:
+            continue
+        seconds = math.inf if more is None or rate <= 0 or note else more / rate
+        eta = Eta(name, more, rate, seconds, note)
+        if worst is None or eta.seconds > worst.seconds:
+            worst = eta
+    return worst
 
 
 IGNORED_BECAUSE = {
@@ -333,10 +409,15 @@ class Tick(Report):
         st.current_step = st.step_started_at = st.failed_checks = None
         st.promote_requested = st.prometheus_unavailable_since = st.failed_check_at = None
         st.canary_weight, st.canary_unready_since = 0, None
+        self.drop_low_traffic()
+
+    def drop_low_traffic(self) -> None:
+        self.st.conditions = [c for c in self.st.conditions if c.type != r.LOW_TRAFFIC]
 
     def enter_step(self, i: int) -> None:
         self.st.current_step = i
         self.st.step_started_at = fmt_time(self.now)
+        self.drop_low_traffic()  # said once per step: a new step may say it again
         self.event(
             r.STEP_STARTED, f"canary {self.st.canary_revision}: {self.step_text(i)} at weight {self.st.canary_weight}%"
         )
@@ -426,13 +507,19 @@ class Tick(Report):
         return False
 
     def not_judged(self, i: int, waited: float) -> bool:
-        """Waiting for a passing analysis longer than progressDeadlineSeconds: roll back (True)."""
-        if waited <= self.limit:
+        """Waiting for a passing analysis longer than progressDeadlineSeconds: roll back (True).
+
+        Not with lowTraffic hold: lack of evidence is no verdict, so the canary waits at its weight
+        for one (or for the promote or abort annotation)."""
+        if waited <= self.limit or self.holding():
             return False
         text = (
             f"canary {self.st.canary_revision} (version {self.st.canary_version}) not judged "
             f"{waited:.0f}s after its wait ended (progressDeadlineSeconds {self.limit}): {self.waiting_text(i)}"
         )
+        low = get_condition(self.st.conditions, r.LOW_TRAFFIC)
+        if low is not None and low.status == "True":
+            text += f"; {low.message}"
         self.event(r.PROGRESS_DEADLINE_EXCEEDED, text, warning=True)
         self.rollback(r.PROGRESS_DEADLINE_EXCEEDED, text, r.OUTCOME_ROLLED_BACK)
         return True
@@ -537,15 +624,18 @@ class Tick(Report):
                 )
                 return
             if since < step.pause.seconds:
+                low = self.low_traffic(i, step.pause.seconds - since, "left in its pause", step.pause.seconds)
                 self.hold(
                     r.STEP_PAUSED,
                     f"{self.step_text(i)}: at weight {st.canary_weight}% until "
-                    f"{later(parse_time(st.step_started_at or fmt_time(self.now)), step.pause.seconds)}",
+                    f"{later(parse_time(st.step_started_at or fmt_time(self.now)), step.pause.seconds)}{low}",
                 )
                 return
             if (st.canary_weight or 0) > 0 and not passed_in_step(st):
                 if not self.not_judged(i, since - step.pause.seconds):
-                    self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(i))
+                    left = self.deadline_left(since - step.pause.seconds)
+                    low = self.low_traffic(i, left, "left", step.pause.seconds)
+                    self.hold(r.WAITING_FOR_ANALYSIS, f"{self.waiting_text(i)}{low}")
                 return
             self.enter_step(i + 1)
 
@@ -583,12 +673,108 @@ class Tick(Report):
         )
         return f"{self.step_text(i)}: waiting for a passing analysis at weight {self.st.canary_weight}%{got}"
 
+    # ----------------------------------------------------------------- analysis.lowTraffic
+    def holding(self) -> bool:
+        """lowTraffic hold once the step's checks have run: no progress deadline for their decision.
+        What they decide still counts (Failed past failureLimit, Prometheus down past the deadline)."""
+        return self.spec.rollout.analysis.low_traffic == "hold" and analysed_in_step(self.st)
+
+    def deadline_left(self, waited: float) -> float:
+        """The budget of a step whose own wait is over: progressDeadlineSeconds left before the canary
+        is rolled back undecided; none (0) with lowTraffic hold, where the step is already late."""
+        return 0.0 if self.spec.rollout.analysis.low_traffic == "hold" else max(0.0, self.limit - waited)
+
+    def low_traffic(self, i: int, budget: float, where: str, pause: int) -> str:
+        """The step's checks are Inconclusive and expected to decide later than `budget` seconds from
+        now (the pause's remaining seconds while it runs, then the progress deadline's): say so in
+        the LowTraffic condition (one Event per step) and act by analysis.lowTraffic. Returns the
+        sentence for the Progressing message ('' when traffic is not short)."""
+        st = self.st
+        a = self.spec.rollout.analysis
+        last = st.last_analysis
+        if last is None or not analysed_in_step(st) or (st.canary_weight or 0) <= 0:
+            return ""
+        eta = decision_eta(last, a, grows=a.low_traffic in GROWING)
+        if eta is None or eta.seconds <= budget:
+            return ""
+        started = parse_time(st.step_started_at or fmt_time(self.now))
+        deadline = f"rolled back at {later(started, pause + self.limit)} if still undecided"
+        raised: tuple[int, int, int, int] | None = None
+        if a.low_traffic == "extend":
+            reason = r.LOW_TRAFFIC_EXTENDED
+            then = (
+                f"lowTraffic extend: the step waits for a decision, its checks' window growing with it; {deadline} "
+                f"(progressDeadlineSeconds {self.limit}s after its pause)"
+            )
+        elif a.low_traffic == "hold":
+            reason = r.LOW_TRAFFIC_HELD
+            then = (
+                f"lowTraffic hold: held at weight {st.canary_weight}%, its checks' window growing, until they "
+                f"decide or {r.ANNOTATION_PROMOTE} is set (no progress deadline)"
+            )
+        elif a.low_traffic == "raiseWeight":
+            reason = r.LOW_TRAFFIC_RAISED
+            raised = self.raise_target(i)
+            if raised is None:
+                then = f"lowTraffic raiseWeight: no later step has a higher weight than {st.canary_weight}%; {deadline}"
+            else:
+                cur, eff, pods, cap = raised
+                then = f"lowTraffic raiseWeight: weight {cur}% -> {eff}% (at most the next step's {cap}%)"
+                ready = self.state(st.canary_revision).ready_replicas
+                if ready < pods:
+                    then += f" once {pods} canary pods are ready ({ready} now)"
+                    raised = None
+                else:
+                    then += f", {self.step_text(i)} starts over at it"
+        else:
+            reason = r.LOW_TRAFFIC_REPORTED
+            then = f"{deadline} (set analysis.lowTraffic to extend, raiseWeight or hold to act on it)"
+        message = (
+            f"low traffic at {self.step_text(i)}, weight {st.canary_weight}%: {eta.text()}, "
+            f"more than the {budget:.0f}s {where}; {then}"
+        )
+        old = get_condition(st.conditions, r.LOW_TRAFFIC)
+        if old is None or old.status != "True":
+            self.event(r.LOW_TRAFFIC, message, warning=True)
+        st.conditions = set_condition(
+            st.conditions, r.LOW_TRAFFIC, "True", reason, message, self.meta.generation, self.now
+        )
+        if raised is not None:
+            cur, eff, _, cap = raised
+            st.canary_weight = eff
+            st.step_started_at = fmt_time(self.now)  # the new weight is judged over its own window, for a whole pause
+            self.event(
+                r.WEIGHT_CHANGED,
+                f"canary {st.canary_revision} weight {cur}% -> {eff}% (lowTraffic raiseWeight, at most the next "
+                f"step's {cap}%): {self.step_text(i)} starts over",
+            )
+        return f"; {message}"
+
+    def raise_target(self, i: int) -> tuple[int, int, int, int] | None:
+        """lowTraffic raiseWeight: (weight now, raised weight, canary pods it needs, cap). Doubled, at
+        most the next setWeight step's weight (the exposure the owner planned next, reached sooner,
+        never beyond it); None when no later step has a higher one."""
+        cur = self.st.canary_weight or 0
+        steps = self.spec.rollout.steps
+        cap = next((s.set_weight for s in steps[i + 1 :] if s.set_weight is not None), None)
+        if cur <= 0 or cap is None:
+            return None
+        pods, eff = canary_size(self.spec, min(2 * cur, cap))
+        if eff <= cur:  # replica ratio: doubling may round to the same share; try the cap itself
+            pods, eff = canary_size(self.spec, cap)
+        if eff <= cur:
+            return None
+        self.canary_replicas = max(self.canary_replicas, pods)
+        return cur, eff, pods, cap
+
     def promote(self) -> None:
         st = self.st
         steps = self.spec.rollout.steps
         if gate_waiting(self.spec, st, 0) and (st.canary_weight or 0) > 0 and not passed_in_step(st):
-            if not self.not_judged(len(steps), seconds_since(st.step_started_at, self.now)):
-                self.hold(r.WAITING_FOR_ANALYSIS, self.waiting_text(len(steps)))
+            waited = seconds_since(st.step_started_at, self.now)
+            if not self.not_judged(len(steps), waited):
+                low = self.low_traffic(len(steps), self.deadline_left(waited), "left", 0)
+                self.hold(r.WAITING_FOR_ANALYSIS, f"{self.waiting_text(len(steps))}{low}")
             return
         if not self.wait_ready((self.spec.replicas, 100), since=st.step_started_at):
             return

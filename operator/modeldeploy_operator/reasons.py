@@ -20,6 +20,8 @@ READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 INPUT_DRIFT: Final = "InputDrift"  # the stable revision's inputs against its reference profile (driftwatch)
+# True while the current step's checks are expected to decide later than the step allows (analysis.lowTraffic).
+LOW_TRAFFIC: Final = "LowTraffic"
 
 # Phases (derived, for display: `kubectl get mdep`).
 PHASE_DEPLOYING: Final = "Deploying"
@@ -77,6 +79,12 @@ AS_EXPECTED: Final = "AsExpected"
 INPUT_DRIFTED: Final = "InputDrifted"  # InputDrift=True, and its Event (Warning)
 NO_INPUT_DRIFT: Final = "NoInputDrift"  # InputDrift=False
 INPUT_DRIFT_RECOVERED: Final = "InputDriftRecovered"  # the Event of InputDrift True -> False
+
+# Reasons of the LowTraffic condition: what analysis.lowTraffic does about it (the Event's reason is LowTraffic).
+LOW_TRAFFIC_REPORTED: Final = "Reported"  # lowTraffic unset: said, nothing else changes
+LOW_TRAFFIC_EXTENDED: Final = "StepExtended"  # extend: the step (and its checks' window) grows to the deadline
+LOW_TRAFFIC_RAISED: Final = "WeightRaised"  # raiseWeight: the canary's share grows toward the next step's weight
+LOW_TRAFFIC_HELD: Final = "Held"  # hold: no progress deadline, waits for evidence or the promote annotation
 
 # History outcomes.
 OUTCOME_DEPLOYED: Final = "Deployed"
