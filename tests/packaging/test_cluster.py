@@ -8,12 +8,14 @@ removed at the end; the CRD stays (other tests need it, and Helm never deletes C
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.packaging.kube import Kube
 from tests.packaging.tools import BIN, CHART, ROOT
@@ -102,6 +104,47 @@ def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Ku
     ]
     assert [c for c in can if not kube.can_i(sa, *c)] == []
     assert [c for c in cannot if kube.can_i(sa, *c)] == []
+
+
+def test_helm_upgrade_leaves_the_crd_alone_and_applying_crds_upgrades_it(kube: Kube) -> None:
+    """What the README's "Upgrading CRDs" says, on the real API server: a cluster whose CRD is a
+    previous release's (here: without spec.cost) keeps it through `helm upgrade`, so a manifest using
+    the new field is refused by name; `kubectl apply --server-side -f charts/modeldeploy/crds/`
+    upgrades it, existing objects stay, and the new field is accepted and stored."""
+    crd_file = CHART / "crds" / "modeldeployments.modeldeploy.io.yaml"
+    older = copy.deepcopy(yaml.safe_load(crd_file.read_text()))
+    spec_schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec_schema["properties"]["cost"]
+    release, ns = "pkgup", "pkg-up-system"
+    md: dict[str, Any] = {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "priced"},
+          "spec": {"model": {"uri": "https://models.example.com/m.joblib", "sha256": "a" * 64, "version": "1"},
+                   "inputs": [{"name": "x", "min": 0, "max": 1}]}}  # fmt: skip
+    priced = copy.deepcopy(md)
+    priced["spec"]["cost"] = {"cpuCoreHourUsd": 0.05}
+
+    def has_cost() -> bool:
+        crd = kube.get("crd", "modeldeployments.modeldeploy.io")
+        props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        return "cost" in props
+
+    try:
+        kube.apply([older], "--server-side", "--force-conflicts")
+        assert not has_cost()
+        kube.install(release, ns)
+        kube.apply([md], "-n", CLI_NS)
+        kube.helm("upgrade", release, str(CHART), "-n", ns, "--set", "image.pullPolicy=Never")
+        assert not has_cost(), "helm upgrade changed the CRD (Helm never upgrades crds/)"
+        refused = kube.kubectl("apply", "-n", CLI_NS, "-f", "-", input=yaml.safe_dump(priced), check=False)
+        assert refused.returncode != 0 and 'unknown field "spec.cost"' in refused.stderr, refused.stderr
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+        kube.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io", "--timeout=60s")
+        assert has_cost()
+        kube.apply([priced], "-n", CLI_NS)
+        stored = kube.get("mdep", "priced", "-n", CLI_NS)
+        assert stored["spec"]["cost"] == {"cpuCoreHourUsd": 0.05}, stored["spec"]
+    finally:
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        kube.kubectl("delete", "mdep", "priced", "-n", CLI_NS, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_namespaced_install_grants_only_roles_in_the_watched_namespace(kube: Kube) -> None:
