@@ -116,9 +116,11 @@ def test_helm_upgrade_leaves_the_crd_alone_and_applying_crds_upgrades_it(kube: K
     spec_schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     del spec_schema["properties"]["cost"]
     release, ns = "pkgup", "pkg-up-system"
-    md: dict[str, Any] = {"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "priced"},
-          "spec": {"model": {"uri": "https://models.example.com/m.joblib", "sha256": "a" * 64, "version": "1"},
-                   "inputs": [{"name": "x", "min": 0, "max": 1}]}}  # fmt: skip
+    md: dict[str, Any] = {
+        "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "priced"},
+        "spec": {"model": {"uri": "https://models.example.com/m.joblib", "sha256": "a" * 64, "version": "1"},
+                 "inputs": [{"name": "x", "min": 0, "max": 1}]},
+    }  # fmt: skip
     priced = copy.deepcopy(md)
     priced["spec"]["cost"] = {"cpuCoreHourUsd": 0.05}
 
