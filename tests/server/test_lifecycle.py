@@ -17,7 +17,8 @@ from tests.server.slow_model import SlowModel
 
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     path = tmp_path / "slow.joblib"
-    joblib.dump(SlowModel(1.5), path)
+    inside = tmp_path / "inside"
+    joblib.dump(SlowModel(1.5, marker=str(inside)), path)
     port = free_port()
     env = {"MODELDEPLOY_MODEL_URI": path.as_uri(), "MODELDEPLOY_MODEL_SHA256": sha256_of(path),
            "MODELDEPLOY_MODEL_NAME": "slow", "MODELDEPLOY_PORT": str(port), "MODELDEPLOY_COMPILE": "off",
@@ -33,7 +34,12 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
             f"{url}/v1/models/slow:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=30,
             headers={"x-request-id": "drain-me"})))  # fmt: skip
         request.start()
-        time.sleep(0.5)  # the request is now inside the model
+        # SIGTERM only once the request is inside the model (a fixed sleep lost the race on a loaded machine:
+        # the signal came first, the request was refused and nothing was left to drain)
+        deadline = time.monotonic() + 20
+        while not inside.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert inside.exists(), "the request never reached the model"
         proc.send_signal(signal.SIGTERM)
         request.join(timeout=30)
         assert results and results[0].status_code == 200 and results[0].json() == {"predictions": [0]}
