@@ -226,8 +226,10 @@ class Watch:
         wait_for(lambda: self.weights and self.weights[-1][1] == weight, timeout, f"canary weight {weight}")
 
 
-def prometheus_query(prometheus_url: str, query: str) -> list[Obj]:
-    resp = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": query}, timeout=10)
+def prometheus_query(prometheus_url: str, query: str, at: float | None = None) -> list[Obj]:
+    """An instant query, now or at the Unix time `at`."""
+    params = {"query": query} if at is None else {"query": query, "time": f"{at:.3f}"}
+    resp = httpx.get(f"{prometheus_url}/api/v1/query", params=params, timeout=10)
     data = resp.json()
     if data.get("status") != "success":
         raise RuntimeError(f"prometheus query {query!r}: {data.get('error', resp.text[:200])}")

@@ -57,11 +57,20 @@ def live_line(elapsed: float, status: dict[str, Any], steps: list[dict[str, Any]
     head = f"  +{elapsed:5.1f}s  {status.get('phase', '?'):<11} {where:<24} weight {weight:>3}%"
     if agree:  # a shadow step: the canary's answers against stable's on mirrored requests
         return f"{head}  agreement {shadow_text(agree):<28} {verdict:<12}  (client answers {served})"
+    shift = check(status, "prediction-shift")
+    changed = f"  shift {shift_text(shift)}" if shift else ""
     return (
         f"{head}"
-        f"  canary n={num(n, '.0f'):>4}  5xx {num(err, '.2%'):>6}  p99 {num(p99, '.3f'):>6}s  {verdict:<12}"
+        f"  canary n={num(n, '.0f'):>4}  5xx {num(err, '.2%'):>6}  p99 {num(p99, '.3f'):>6}s{changed}  {verdict:<12}"
         f"  (client answers {served})"
     )
+
+
+def shift_text(c: dict[str, Any]) -> str:
+    """`0.012 [0.000, 0.151]` from a prediction-shift check record (TV distance and its interval)."""
+    if not isinstance(c.get("value"), int | float):
+        return f"{'-':<20}"
+    return f"{c['value']:.3f} [{c['lower']:.3f}, {c['upper']:.3f}]"
 
 
 def decisions(events: list[dict[str, Any]], phases: list[tuple[str, float, float]]) -> dict[str, str]:
