@@ -212,10 +212,10 @@ def draw(record: Obj, path: Path) -> Path:
         note = f"judged: canary - stable <= {limit:g}" if isinstance(limit, int | float) else "not judged"
         ax.set_title(f"{what} since the canary started, {conf:.0%} anytime-valid intervals ({note})",
                      fontsize=8.5, loc="left")  # fmt: skip
-        if not (s[kind]["canary"] or s[kind]["stable"]):
+        if not s[kind]["canary"]:
             ax.text(0.5, 0.5, "no user request reached the canary", transform=ax.transAxes, ha="center",
                     va="center", fontsize=9, color="0.4")  # fmt: skip
-        else:
+        if s[kind]["canary"] or s[kind]["stable"]:
             ax.legend(loc="upper right", fontsize=7.5)
         ax.set_ylim(bottom=0)
 
