@@ -320,9 +320,15 @@ def main(argv: list[str] | None = None) -> int:
                                t2, promoted), ("v3 (fails on malic_acid = 0.0): rolled back", "rollout-v3-rolled-back",
                                str(final.get("failedRevision")), t3, rolled)])  # fmt: skip
     say("\n[7] what a prediction costs (`modeldeploy cost`, status.cost; the stable is v2)")
-    cost_table(c, kube, promoted)
+    try:
+        cost_table(c, kube, promoted)
+    except Exception as err:  # noqa: BLE001  (the rollouts are the demo's verdict; this is an extra)
+        say(f"    no cost table: {type(err).__name__}: {err}")
     if s3:
-        batch_run(c, kube, str(v2["stableRevision"]))
+        try:
+            batch_run(c, kube, str(v2["stableRevision"]))
+        except Exception as err:  # noqa: BLE001
+            say(f"    the batch run failed: {type(err).__name__}: {err}")
     else:
         say("\n[8] batch scoring: skipped, the cluster's env file names no S3 store (S3_ENDPOINT)")
     figures["demo_total_seconds"] = round(time.time() - began, 1)
