@@ -24,6 +24,7 @@ CONTRACT_ENV = {
     "MODELDEPLOY_OPERATOR_SELECTOR",
     "MODELDEPLOY_OPERATOR_WORKERS",
     "MODELDEPLOY_OPERATOR_SHADOW_KEY_SECRET",
+    "MODELDEPLOY_OPERATOR_COST_REFRESH_SECONDS",
 }
 
 
@@ -87,6 +88,7 @@ def test_default_operator_settings() -> None:
     assert env["MODELDEPLOY_OPERATOR_SCRAPE_INTERVAL_SECONDS"] == "30"
     assert env["MODELDEPLOY_OPERATOR_SELECTOR"] == "" and env["MODELDEPLOY_OPERATOR_WORKERS"] == "16"
     assert env["MODELDEPLOY_OPERATOR_SHADOW_KEY_SECRET"] == "modeldeploy-system/modeldeploy-shadow-key"
+    assert env["MODELDEPLOY_OPERATOR_COST_REFRESH_SECONDS"] == "300"
 
 
 def test_the_only_secret_the_operator_reads_is_its_shadow_key_by_name() -> None:
