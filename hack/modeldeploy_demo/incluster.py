@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +42,6 @@ from modeldeploy_demo.workload import Usage, process_usage, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modeldeploy"
-RELEASE = "modeldeploy"
 CONTAINER = "operator"
 METRICS_PORT = 8000  # the chart's default metricsPort
 PROMETHEUS_PORT = 9090  # the port of the `prometheus` Service in the release's namespace
@@ -78,7 +76,9 @@ class ChartOperator:
         self.prometheus = urlsplit(cluster_env["PROMETHEUS_URL"])
         self.log = log
         self.namespaces = [ns for ns in namespace.split(",") if ns]
-        self.system = system_namespace or f"mdop-{uuid.uuid4().hex[:5]}"
+        suffix = uuid.uuid4().hex[:5]
+        self.system = system_namespace or f"mdop-{suffix}"
+        self.release = f"modeldeploy-{suffix}"  # its own ClusterRole name in cluster RBAC mode
         image = image or cluster_env["IMAGE"]
         repository, tag = image.rsplit(":", 1)
         self.values: dict[str, Any] = {
@@ -108,6 +108,7 @@ class ChartOperator:
         self.restarts = 0
         self._pid: int | None = None
         self.started_at = 0.0
+        self.installed = False
 
     # --- the release -------------------------------------------------------------------------
     def _kubectl(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
@@ -140,17 +141,31 @@ class ChartOperator:
                                                              "items": self._prometheus_service()}))  # fmt: skip
         values = self.log.with_suffix(".values.json")
         values.write_text(json.dumps(self.values, indent=2))
-        t0 = time.time()
-        self._helm("upgrade", "--install", RELEASE, str(CHART), "-n", self.system, "-f", str(values),
-                   "--wait", "--timeout", f"{int(timeout)}s", timeout=timeout + 60)  # fmt: skip
-        self._refresh()
-        self.started_at = t0
-        wait_for(self.healthy, 60, "the operator pod's /healthz")
+        self.installed = True
+        try:
+            self._helm("upgrade", "--install", self.release, str(CHART), "-n", self.system, "-f", str(values),
+                       "--wait", "--timeout", f"{int(timeout)}s", timeout=timeout + 60)  # fmt: skip
+            self._refresh()
+            wait_for(self.healthy, 60, f"the operator pod's /healthz on {self.url}")
+        except Exception as err:
+            self._describe()
+            raise RuntimeError(f"{err}; pods, events and logs of {self.system} in {self.log}") from err
         return self
 
+    def _describe(self) -> None:
+        """The release namespace's pods and events and the operator's log, into `log`."""
+        with self.log.open("a") as out:
+            for args in (("get", "pods", "-o", "wide"), ("describe", "pods"), ("get", "events"),
+                         ("logs", "-l", f"app.kubernetes.io/instance={self.release}", "--tail=200")):  # fmt: skip
+                try:
+                    text = self._kubectl(*args, "-n", self.system, timeout=60)
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    text = f"({err})\n"
+                out.write(f"----- kubectl {' '.join(args)}\n{text}")
+
     def _pod(self) -> dict[str, Any]:
-        pods = json.loads(self._kubectl("get", "pods", "-n", self.system, "-l",
-                                        f"app.kubernetes.io/instance={RELEASE}", "-o", "json"))["items"]  # fmt: skip
+        selector = f"app.kubernetes.io/instance={self.release}"
+        pods = json.loads(self._kubectl("get", "pods", "-n", self.system, "-l", selector, "-o", "json"))["items"]
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         assert len(live) == 1, f"expected one operator pod in {self.system}: {[p['metadata']['name'] for p in pods]}"
         return dict(live[0])
@@ -168,6 +183,7 @@ class ChartOperator:
         self.pod, self.pod_ip = pod["metadata"]["name"], pod["status"]["podIP"]
         self.container_id = str(st["containerID"]).split("://", 1)[-1]
         self.restarts = int(st.get("restartCount", 0))
+        self.started_at = k.parse_time(st["state"]["running"]["startedAt"])  # this process's start
         self._pid = wait_for(lambda: find_container_pid(self.container_id), 30,
                              f"the host process of container {self.container_id[:12]}")  # fmt: skip
 
@@ -226,16 +242,19 @@ class ChartOperator:
             out.write(f"----- kubectl {' '.join(args)}\n{text}")
 
     def stop(self) -> None:
-        if not self.pod:
+        if not self.installed:
             return
-        for ns in self.namespaces:  # while the operator runs: it releases their finalizers
-            try:
-                self._kubectl("delete", "mdep", "--all", "-n", ns, "--ignore-not-found", "--timeout=60s", timeout=90)
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass  # the caller strips finalizers left behind
-        self._append_log()
+        self.installed = False
+        if self.pod and self.healthy():
+            for ns in self.namespaces:  # while the operator runs: it releases their finalizers
+                try:
+                    self._kubectl("delete", "mdep", "--all", "-n", ns, "--ignore-not-found", "--timeout=60s",
+                                  timeout=90)  # fmt: skip
+                except (RuntimeError, subprocess.TimeoutExpired):
+                    pass  # the caller strips the finalizers left behind
+            self._append_log()
         try:
-            self._helm("uninstall", RELEASE, "-n", self.system, "--wait", "--timeout", "120s", timeout=180)
+            self._helm("uninstall", self.release, "-n", self.system, "--wait", "--timeout", "120s", timeout=180)
         finally:
             self._kubectl("delete", "namespace", self.system, "--wait=false", "--ignore-not-found")
             self.pod = ""

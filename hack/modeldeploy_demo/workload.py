@@ -14,7 +14,8 @@
 - `Traffic`: bounded concurrent requests through the gateway, every answer kept with its latency
   and the phase it belongs to; `stats()` gives requests, 2xx, 4xx, 5xx, connection errors, p99.
 - `Operator`: `modeldeploy-operator` as a process (tick, scale-down delay, namespaces), killable
-  with SIGKILL, with its RSS and CPU seconds read from /proc.
+  with SIGKILL and restarted with the same settings, with its RSS and CPU seconds read from /proc
+  (`modeldeploy_demo.incluster.ChartOperator`: the same interface for the chart's operator pod).
 
 Called by `modeldeploy_demo.__main__` and `tests/e2e/`.
 """
@@ -459,6 +460,13 @@ class Operator:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def restart(self, timeout: float = 120.0) -> Operator:
+        """After kill(): a new process with the same settings (a fresh metrics port)."""
+        self.stop()
+        self.metrics_port = free_port()
+        self.env["MODELDEPLOY_OPERATOR_METRICS_PORT"] = str(self.metrics_port)
+        return self.start(timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

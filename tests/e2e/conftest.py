@@ -1,9 +1,21 @@
-"""Fixtures of the end-to-end scenarios: the real node, real Prometheus, real operator process, real traffic.
+"""Fixtures of the end-to-end scenarios: the real node, real Prometheus, the real operator, real traffic.
 
 Each test module lists its scenarios in `NAMESPACES`; the module fixture `e2e` creates one
-namespace per scenario (Pod Security `restricted` enforced), starts one `modeldeploy-operator`
-process watching exactly those (tick 1 s, old revision scaled down 5 s after promotion, server
-pods from the cluster's IMAGE) and deletes the namespaces at the end. Models are trained once per
+namespace per scenario (Pod Security `restricted` enforced), starts one operator watching exactly
+those (tick 1 s, old revision scaled down 5 s after promotion, status.cost refreshed every minute,
+server pods from the cluster's IMAGE) and deletes the namespaces at the end.
+
+The operator, by MODELDEPLOY_E2E_OPERATOR:
+- `chart` (default): as a user runs it, `helm install` of charts/modeldeploy with the cluster's
+  IMAGE into a `restricted` namespace of its own (`modeldeploy_demo.incluster.ChartOperator`):
+  a pod under the chart's ServiceAccount with only the chart's Roles in the module's namespaces
+  (`rbac.namespaced=true`; modules listed in CLUSTER_RBAC get the chart's ClusterRole instead,
+  with the reason), reaching the API server and Prometheus by Service names; killed by a real
+  SIGKILL of the container's process and restarted by the kubelet;
+- `process`: `modeldeploy-operator` as a local process with the cluster's kubeconfig
+  (`modeldeploy_demo.workload.Operator`; quicker to iterate on the operator's code, since the
+  chart runs the operator from the image).
+ Models are trained once per
 session into the cluster's MODEL_STORE_DIR; the server pods fetch them from MODEL_STORE_URL (the
 model store Service). HTTPRoutes attach to the cluster's Gateway (Traefik). At the end of each
 module the operator's RSS and CPU seconds go to .cache/figures/e2e.json.
@@ -11,6 +23,7 @@ module the operator's RSS and CPU seconds go to .cache/figures/e2e.json.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,12 +36,19 @@ import pytest
 from devcluster import Cluster
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import report
+from modeldeploy_demo.incluster import ChartOperator
 from modeldeploy_demo.workload import Model, Operator, Traffic, publish_models, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "wine"
 SCALE_DOWN_DELAY = 5
 INTERVAL = 5  # analysis intervalSeconds of every scenario
+OPERATOR = os.environ.get("MODELDEPLOY_E2E_OPERATOR", "chart")
+# modules whose chart operator gets the chart's ClusterRole (watching only their namespaces), and why
+CLUSTER_RBAC = {
+    "resilience": "a namespace deleted under the running operator: its Role goes in the same sweep as "
+    "the ModelDeployment, so a namespaced operator could no longer release the finalizer",
+}
 
 
 @dataclass
@@ -48,7 +68,7 @@ class E2E:
     cluster: Cluster
     kube: k.Kube
     store: Store
-    operator: Operator
+    operator: Operator | ChartOperator
     namespaces: dict[str, str]
     module: str
     cleanups: list[Callable[[], None]] = field(default_factory=list)
@@ -81,14 +101,9 @@ class E2E:
         self.cleanups.append(w.stop)
         return w
 
-    def restart_operator(self) -> Operator:
+    def restart_operator(self) -> Operator | ChartOperator:
         """A new operator process with the same settings (after a kill)."""
-        old = self.operator
-        self.operator = Operator(Path(self.cluster.kubeconfig), self.cluster.prometheus_url, old.log,
-                                 namespace=old.env["MODELDEPLOY_OPERATOR_NAMESPACES"], tick=1.0,
-                                 scale_down_delay=SCALE_DOWN_DELAY, image=old.env["MODELDEPLOY_OPERATOR_SERVER_IMAGE"],
-                                 ).start()  # fmt: skip
-        return self.operator
+        return self.operator.restart()
 
     def replace_operator(self, start: Callable[[], Operator]) -> None:
         """Stop the module's operator and put the one `start()` returns in its place (a test that
@@ -113,8 +128,20 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
     for ns in namespaces.values():
         k.create_namespace(kubeconfig, ns)
     log = Path(cluster.log_dir) / f"operator-e2e-{module}-{suffix}.log"
-    operator = Operator(kubeconfig, cluster.prometheus_url, log, namespace=",".join(namespaces.values()), tick=1.0,
-                        scale_down_delay=SCALE_DOWN_DELAY, image=cluster.env["IMAGE"]).start()  # fmt: skip
+    watched = ",".join(namespaces.values())
+    operator: Operator | ChartOperator
+    if OPERATOR == "process":
+        operator = Operator(kubeconfig, cluster.prometheus_url, log, namespace=watched, tick=1.0,
+                            scale_down_delay=SCALE_DOWN_DELAY, image=cluster.env["IMAGE"])  # fmt: skip
+    else:
+        assert OPERATOR == "chart", f"MODELDEPLOY_E2E_OPERATOR={OPERATOR!r}: chart or process"
+        operator = ChartOperator(cluster.env, log, namespace=watched, tick=1, scale_down_delay=SCALE_DOWN_DELAY,
+                                 image=cluster.env["IMAGE"], rbac_namespaced=module not in CLUSTER_RBAC)  # fmt: skip
+    try:
+        operator.start()
+    except BaseException:
+        operator.stop()
+        raise
     env = E2E(cluster, k.Kube(kubeconfig), store, operator, namespaces, module)
     try:
         yield env
