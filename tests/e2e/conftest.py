@@ -15,6 +15,7 @@ The operator, by MODELDEPLOY_E2E_OPERATOR:
 - `process`: `modeldeploy-operator` as a local process with the cluster's kubeconfig
   (`modeldeploy_demo.workload.Operator`; quicker to iterate on the operator's code, since the
   chart runs the operator from the image).
+A module's `E2E_OPERATOR = "chart"` or `"process"` overrides the variable (with its reason).
  Models are trained once per
 session into the cluster's MODEL_STORE_DIR; the server pods fetch them from MODEL_STORE_URL (the
 model store Service). HTTPRoutes attach to the cluster's Gateway (Traefik). At the end of each
@@ -130,11 +131,12 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
     log = Path(cluster.log_dir) / f"operator-e2e-{module}-{suffix}.log"
     watched = ",".join(namespaces.values())
     operator: Operator | ChartOperator
-    if OPERATOR == "process":
+    kind = getattr(request.module, "E2E_OPERATOR", OPERATOR)
+    if kind == "process":
         operator = Operator(kubeconfig, cluster.prometheus_url, log, namespace=watched, tick=1.0,
                             scale_down_delay=SCALE_DOWN_DELAY, image=cluster.env["IMAGE"])  # fmt: skip
     else:
-        assert OPERATOR == "chart", f"MODELDEPLOY_E2E_OPERATOR={OPERATOR!r}: chart or process"
+        assert kind == "chart", f"operator {kind!r} (MODELDEPLOY_E2E_OPERATOR or E2E_OPERATOR): chart or process"
         operator = ChartOperator(cluster.env, log, namespace=watched, tick=1, scale_down_delay=SCALE_DOWN_DELAY,
                                  image=cluster.env["IMAGE"], rbac_namespaced=module not in CLUSTER_RBAC)  # fmt: skip
     try:
