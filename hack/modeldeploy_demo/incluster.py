@@ -146,7 +146,7 @@ class ChartOperator:
             self._helm("upgrade", "--install", self.release, str(CHART), "-n", self.system, "-f", str(values),
                        "--wait", "--timeout", f"{int(timeout)}s", timeout=timeout + 60)  # fmt: skip
             self._refresh()
-            wait_for(self.healthy, 60, f"the operator pod's /healthz on {self.url}")
+            wait_for(self.healthy, 120, f"the operator pod's /healthz on {self.url}")
         except Exception as err:
             self._describe()
             raise RuntimeError(f"{err}; pods, events and logs of {self.system} in {self.log}") from err
