@@ -9,9 +9,8 @@ The operator, by MODELDEPLOY_E2E_OPERATOR:
 - `chart` (default): as a user runs it, `helm install` of charts/modeldeploy with the cluster's
   IMAGE into a `restricted` namespace of its own (`modeldeploy_demo.incluster.ChartOperator`):
   a pod under the chart's ServiceAccount with only the chart's Roles in the module's namespaces
-  (`rbac.namespaced=true`; modules listed in CLUSTER_RBAC get the chart's ClusterRole instead,
-  with the reason), reaching the API server and Prometheus by Service names; killed by a real
-  SIGKILL of the container's process and restarted by the kubelet;
+  (`rbac.namespaced=true`), reaching the API server and Prometheus by Service names; killed by a
+  real SIGKILL of the container's process and restarted by the kubelet;
 - `process`: `modeldeploy-operator` as a local process with the cluster's kubeconfig
   (`modeldeploy_demo.workload.Operator`; quicker to iterate on the operator's code, since the
   chart runs the operator from the image).
@@ -45,11 +44,6 @@ NAME = "wine"
 SCALE_DOWN_DELAY = 5
 INTERVAL = 5  # analysis intervalSeconds of every scenario
 OPERATOR = os.environ.get("MODELDEPLOY_E2E_OPERATOR", "chart")
-# modules whose chart operator gets the chart's ClusterRole (watching only their namespaces), and why
-CLUSTER_RBAC = {
-    "resilience": "a namespace deleted under the running operator: its Role goes in the same sweep as "
-    "the ModelDeployment, so a namespaced operator could no longer release the finalizer",
-}
 
 
 @dataclass
@@ -138,7 +132,7 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
     else:
         assert kind == "chart", f"operator {kind!r} (MODELDEPLOY_E2E_OPERATOR or E2E_OPERATOR): chart or process"
         operator = ChartOperator(cluster.env, log, namespace=watched, tick=1, scale_down_delay=SCALE_DOWN_DELAY,
-                                 image=cluster.env["IMAGE"], rbac_namespaced=module not in CLUSTER_RBAC)  # fmt: skip
+                                 image=cluster.env["IMAGE"])  # fmt: skip
     try:
         operator.start()
     except BaseException:
