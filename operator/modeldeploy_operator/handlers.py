@@ -387,6 +387,11 @@ def kopf_labels(terms: list[tuple[str, str | None, bool]]) -> dict[str, Any] | N
     return out
 
 
+def exact_names(namespaces: list[str]) -> bool:
+    """True when every namespace to watch is a plain name (no kopf glob or negation pattern)."""
+    return bool(namespaces) and not any(set(ns) & set("*?[]!") for ns in namespaces)
+
+
 def register(
     registry: kopf.OperatorRegistry,
     settings: OperatorSettings,
@@ -415,6 +420,13 @@ def register(
         # watch-backed reads (ModelDeployments, Deployments, pods, Services, HTTPRoutes): a tick
         # sends requests only to write; until the caches sync, reads go to the API server
         watched = operator_settings.namespace_list if namespaces is None else namespaces
+        if exact_names(watched):
+            # kopf lists namespaces to match patterns; the chart grants no namespace list, and kopf
+            # retried the forbidden list for ~54 s at every start before watching anything (so a
+            # restarted operator pod sat idle that long with /healthz green). With exact names there
+            # is nothing to match: no namespace list, and no CRD watch either (a Role cannot grant it;
+            # the CRD is installed before the operator, as Helm does, and discovered at start)
+            settings.scanning.disabled = True
         if not kube.watch(watched, operator_settings.selector).wait_synced(60.0):
             log.warning("caches not synced within 60s: reading from the API server until they are")
         prom = Prometheus(

@@ -24,11 +24,6 @@ from tests.e2e.conftest import E2E, NAME, SCALE_DOWN_DELAY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 NAMESPACES = ("prometheus", "restart", "delete")
-# The operator as a local process, not from the chart (2026-12-02 run under the chart: the outage and
-# namespace scenarios passed, the SIGKILL one failed): each start of the chart's operator pod spends
-# ~54 s in kopf's retries of listing namespaces, which the chart's RBAC does not grant, before it
-# watches ModelDeployments, while /healthz is already green; the restarted operator must act within 30 s.
-E2E_OPERATOR = "process"
 Say = Callable[[str], None]
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from modeldeploy_operator import metrics
+from modeldeploy_operator.handlers import exact_names
 from modeldeploy_operator.kube import pod_state
 from modeldeploy_operator.settings import OperatorSettings
 
@@ -159,3 +160,10 @@ def test_the_tick_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MODELDEPLOY_OPERATOR_WORKERS", "0")
     with pytest.raises(ValueError, match="workers"):
         OperatorSettings()
+
+
+def test_exact_namespaces_switch_kopf_scanning_off_and_patterns_keep_it() -> None:
+    # exact names: kopf need not list namespaces (forbidden under the chart's RBAC; it retried ~54 s)
+    assert exact_names(["team-a", "team-b"])
+    assert not exact_names([])  # all namespaces: cluster-wide, kopf scans
+    assert not exact_names(["team-*"]) and not exact_names(["!kube-system"]) and not exact_names(["t[ab]"])
