@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,9 +108,9 @@ def test_helm_install_creates_the_operator_objects_with_least_privilege(kube: Ku
     assert [c for c in cannot if kube.can_i(sa, *c)] == []
 
 
-def test_helm_upgrade_leaves_the_crd_alone_and_applying_crds_upgrades_it(kube: Kube) -> None:
-    """What the README's "Upgrading CRDs" says, on the real API server: a cluster whose CRD is a
-    previous release's (here: without spec.cost) keeps it through `helm upgrade`, so a manifest using
+def test_helm_upgrade_leaves_the_crd_alone_and_applying_crds_upgrades_it(kube: Kube, tmp_path: Path) -> None:
+    """What the README's "Upgrading CRDs" says, on the real API server: a release installed from a
+    previous chart, whose CRD lacked spec.cost, keeps that CRD through `helm upgrade`, so a manifest using
     the new field is refused by name; `kubectl apply --server-side -f charts/modeldeploy/crds/`
     upgrades it, existing objects stay, and the new field is accepted and stored."""
     crd_file = CHART / "crds" / "modeldeployments.modeldeploy.io.yaml"
@@ -132,7 +134,12 @@ def test_helm_upgrade_leaves_the_crd_alone_and_applying_crds_upgrades_it(kube: K
     try:
         kube.apply([older], "--server-side", "--force-conflicts")
         assert not has_cost()
-        kube.install(release, ns)
+        previous = tmp_path / "modeldeploy"  # the previous release's chart: its crds/ without spec.cost
+        shutil.copytree(CHART, previous)
+        (previous / "crds" / crd_file.name).write_text(yaml.safe_dump(older))
+        kube.releases.append((release, ns))
+        kube.namespaces.add(ns)
+        kube.helm("install", release, str(previous), "-n", ns, "--create-namespace", "--set", "image.pullPolicy=Never")
         kube.apply([md], "-n", CLI_NS)
         kube.helm("upgrade", release, str(CHART), "-n", ns, "--set", "image.pullPolicy=Never")
         assert not has_cost(), "helm upgrade changed the CRD (Helm never upgrades crds/)"
