@@ -14,7 +14,8 @@ The operator, by MODELDEPLOY_E2E_OPERATOR:
 - `process`: `modeldeploy-operator` as a local process with the cluster's kubeconfig
   (`modeldeploy_demo.workload.Operator`; quicker to iterate on the operator's code, since the
   chart runs the operator from the image).
-A module's `E2E_OPERATOR = "chart"` or `"process"` overrides the variable (with its reason).
+A module's `E2E_OPERATOR = "chart"` or `"process"` overrides the variable (with its reason), and
+its `E2E_RBAC_NAMESPACED = False` installs the chart's ClusterRole instead of Roles.
  Models are trained once per
 session into the cluster's MODEL_STORE_DIR; the server pods fetch them from MODEL_STORE_URL (the
 model store Service). HTTPRoutes attach to the cluster's Gateway (Traefik). At the end of each
@@ -132,7 +133,8 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
     else:
         assert kind == "chart", f"operator {kind!r} (MODELDEPLOY_E2E_OPERATOR or E2E_OPERATOR): chart or process"
         operator = ChartOperator(cluster.env, log, namespace=watched, tick=1, scale_down_delay=SCALE_DOWN_DELAY,
-                                 image=cluster.env["IMAGE"])  # fmt: skip
+                                 image=cluster.env["IMAGE"],
+                                 rbac_namespaced=getattr(request.module, "E2E_RBAC_NAMESPACED", True))  # fmt: skip
     try:
         operator.start()
     except BaseException:

@@ -24,6 +24,11 @@ from tests.e2e.conftest import E2E, NAME, SCALE_DOWN_DELAY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 NAMESPACES = ("prometheus", "restart", "delete")
+# The chart's ClusterRole, not its per-namespace Roles: with rbac.namespaced=true, deleting a watched
+# namespace also deletes the Role in it, and the operator may lose the right to release its
+# finalizer before it does, so the namespace stays Terminating (seen 2026-12-02; a known defect of
+# the namespaced install, in the README, not fixed yet).
+E2E_RBAC_NAMESPACED = False
 Say = Callable[[str], None]
 
 
