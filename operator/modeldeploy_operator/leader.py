@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -125,6 +126,11 @@ class Elector:
         except ApiException as err:
             if err.status != 409:
                 log.warning("leader election: %s %s", err.status, err.reason)
+            return self.is_leader()
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            # the API server unreachable (restarted, network): the thread must live on and retry;
+            # leadership lapses by itself after renew_deadline_seconds without a renewal
+            log.warning("leader election: API server unreachable: %s", type(err).__name__)
             return self.is_leader()
 
     def _won(self, now: float, why: str | None) -> bool:

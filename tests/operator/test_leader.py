@@ -7,6 +7,7 @@ import copy
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy_operator.leader import Elector
@@ -99,3 +100,32 @@ def test_a_standby_replica_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None
 
     shell = handlers.Shell(Untouchable(), Untouchable(), Config(), leader=lambda: False)  # type: ignore[arg-type]
     assert handlers.reconcile_once(shell, "ml", "iris") == handlers.STANDBY
+
+
+class UnreachableLeases(FakeLeases):
+    """The API server restarting: every call fails to connect while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.down:
+            raise urllib3.exceptions.MaxRetryError(None, "/leases", reason=ConnectionRefusedError())  # type: ignore[arg-type]
+        return super().get(namespace, name)
+
+
+def test_the_api_server_unreachable_does_not_end_leader_election() -> None:
+    # the chart's operator pod: its election thread died on the first refused connection during an
+    # API server restart, so the Lease lapsed and no replica acted again (tests/e2e/test_faults.py)
+    leases, clock = UnreachableLeases(), Clock()
+    a = Elector(leases, "ops", "a", clock=clock)
+    assert a.step()
+    leases.down = True
+    clock.t += 2
+    assert a.step()  # no exception; still the leader within the renew deadline
+    clock.t += 10
+    assert not a.step()  # no renewal for 12 s: it stops acting
+    leases.down = False
+    clock.t += 2
+    assert a.step() and leases.holder == "a"  # back: renews its own Lease
