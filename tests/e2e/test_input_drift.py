@@ -119,6 +119,8 @@ def test_a_stable_model_whose_inputs_shift_gets_input_drift_naming_the_shifted_f
     traffic = Shifted(e2e.cluster.gateway_url, host).start()
     e2e.cleanups.append(traffic.stop)
     wait_for(lambda: traffic.codes.get(200, 0) >= 3, 30, f"answers through the gateway for {host}")
+    # from here on: before it, Traefik may answer 503 for a second while it first learns the new route
+    warmup = dict(traffic.codes)
 
     def drifted() -> dict[str, Any] | None:
         c = input_drift(e2e.kube.status(ns, NAME))
@@ -143,5 +145,6 @@ def test_a_stable_model_whose_inputs_shift_gets_input_drift_naming_the_shifted_f
     # a signal, not a rollback: the stable revision keeps serving
     now = e2e.kube.status(ns, NAME)
     assert now["phase"] == "Healthy" and now["stableRevision"] == st["stableRevision"], now
-    assert set(traffic.codes) == {200}, traffic.codes
+    after = {code: n - warmup.get(code, 0) for code, n in traffic.codes.items() if n > warmup.get(code, 0)}
+    assert set(after) == {200}, (after, warmup)
     say(f"InputDrift=True after shifting {SHIFTED}: {cond['message']}")
