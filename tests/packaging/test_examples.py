@@ -175,14 +175,22 @@ def test_argocd_health_check(status: dict[str, Any] | None, generation: int, hea
         assert status["message"] in message
 
 
-def test_the_input_drift_alert_names_the_drifted_feature_in_prometheus_own_engine(tmp_path: Path) -> None:
-    """promtool's rule unit test evaluates the example's expression on series shaped like the
-    server's: GR's inputs all moved to its top bin (distance 0.75), RHOB's match training (0)."""
+def promtool_rule_test(tmp_path: Path, unit_tests: dict[str, Any]) -> None:
+    """`promtool test rules` of the example PrometheusRule with `unit_tests` (its "tests" list)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) is not installed")
     (rule,) = [d for _, d in example_docs() if d["kind"] == "PrometheusRule"]
     (rules_file := tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    tests = {"rule_files": [str(rules_file)], "evaluation_interval": "1m", **unit_tests}
+    (test_file := tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_input_drift_alert_names_the_drifted_feature_in_prometheus_own_engine(tmp_path: Path) -> None:
+    """promtool's rule unit test evaluates the example's expression on series shaped like the
+    server's: GR's inputs all moved to its top bin (distance 0.75), RHOB's match training (0)."""
     sel = 'namespace="ml",model="logs",revision="r1"'
     series = []
     for feature in ("GR", "RHOB"):
@@ -201,26 +209,17 @@ def test_the_input_drift_alert_names_the_drifted_feature_in_prometheus_own_engin
             "modeldeploy_input_reference_proportion by bin.",
         },
     }
-    tests = {
-        "rule_files": [str(rules_file)], "evaluation_interval": "1m",
+    promtool_rule_test(tmp_path, {
         "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
             {"eval_time": "35m", "alertname": "ModelInputDrift", "exp_alerts": []},  # 350 rows < 2,000 (no `for` left)
             {"eval_time": "400m", "alertname": "ModelInputDrift", "exp_alerts": [alert]},
         ]}],
-    }  # fmt: skip
-    (test_file := tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
-    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    })  # fmt: skip
 
 
 def test_the_operator_input_drift_alert_fires_for_the_features_the_condition_names(tmp_path: Path) -> None:
     """promtool's rule unit test of `ModelDeploymentInputDrift` on the operator's series: GR is named by
     InputDrift=True from minute 5 (distance 0.65), RHOB never (distance 0.02)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian package prometheus) is not installed")
-    (rule,) = [d for _, d in example_docs() if d["kind"] == "PrometheusRule"]
-    (rules_file := tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     sel = 'namespace="ml",name="logs",job="modeldeploy-operator",instance="10.0.0.7:8000"'
     series = [
         {"series": f'modeldeploy_operator_input_drift{{{sel},feature="GR"}}', "values": "0.65x30"},
@@ -236,13 +235,9 @@ def test_the_operator_input_drift_alert_fires_for_the_features_the_condition_nam
             "distance and interval, the window and n. Look at the inputs and retrain; the operator does not roll back.",
         },
     }
-    tests = {
-        "rule_files": [str(rules_file)], "evaluation_interval": "1m",
+    promtool_rule_test(tmp_path, {
         "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
             {"eval_time": "3m", "alertname": "ModelDeploymentInputDrift", "exp_alerts": []},
             {"eval_time": "10m", "alertname": "ModelDeploymentInputDrift", "exp_alerts": [alert]},
         ]}],
-    }  # fmt: skip
-    (test_file := tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
-    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    })  # fmt: skip
