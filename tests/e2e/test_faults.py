@@ -7,7 +7,8 @@ pods, traffic through the gateway).
 - kube-apiserver restarted, then etcd restarted, in the middle of a rollout (the harness restarts
   each with the same flags and data): no decision lost;
 - an abort annotation hammered with one value while every core is busy: applied once, and no
-  request reaches the canary a second after its weight went to 0;
+  request reaches the canary 3 s after its weight went to 0 (Traefik's 2 s configuration throttle
+  and one second);
 - the API server refuses, by the CRD's rules, what the operator could not reconcile.
 """
 
@@ -29,6 +30,7 @@ from tests.e2e.conftest import E2E, NAME
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 NAMESPACES = ("storm", "restarts", "abort")
 Say = Callable[[str], None]
+GATEWAY_LAG = 3.0  # seconds the gateway may take to follow a route change (see the abort scenario)
 
 
 class Writer:
@@ -194,11 +196,15 @@ def test_abort_hammered_under_cpu_stress_is_applied_once(e2e: E2E, say: Say) -> 
     assert watch.distinct_weights() == [0, 20, 0], watch.weights
     reasons = e2e.reasons(ns)
     assert reasons.count("Aborted") == 1, reasons  # applied once, whatever the number of writes
-    # Traefik follows a route change within a fraction of a second; allow one second for it
-    late = [(a.t, a.pod) for a in traffic.select(since=zero + 1.0) if canary in a.pod]
+    # Traefik applies a new configuration at most once per `providersThrottleDuration` (2 s, its
+    # default, kept by the harness as a user would have it): a route change can wait up to 2 s behind
+    # another change anywhere in the cluster, and longer with every core busy. Allow 3 s.
+    canary_sent = [a.t for a in traffic.select(since=asked) if canary in a.pod]
+    lag = max(canary_sent, default=zero) - zero
+    late = [(round(a.t - zero, 2), a.pod) for a in traffic.select(since=zero + GATEWAY_LAG) if canary in a.pod]
     assert not late, late[:5]
     counts = traffic.counts(since=started)
     assert set(counts) == {200}, counts
     say(f"abort annotated 8 times under CPU stress (2 busy processes): weight 0 {zero - asked:.1f}s after the first "
-        f"annotation, aborted once, 0 requests served by the canary after; requests {sum(counts.values())}, "
+        f"annotation, aborted once, last request to the canary sent {lag:.1f}s after; requests {sum(counts.values())}, "
         "failed 0")  # fmt: skip
