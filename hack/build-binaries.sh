@@ -13,6 +13,9 @@ source "$here/versions.env"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_gw-${GATEWAY_API_VERSION}"
 cache_root="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
+# shellcheck source=hack/build-lock.sh
+source "$here/build-lock.sh"
+build_lock
 out="$cache_root/bin/$key"
 work="$cache_root/build"
 mkdir -p "$out" "$work"

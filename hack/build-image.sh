@@ -21,6 +21,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 cache_root="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
+# shellcheck source=hack/build-lock.sh
+source "$here/build-lock.sh"
+build_lock build-image
 out="$cache_root/image"
 mkdir -p "$out"
 log() { printf '[build-image] %s\n' "$*" >&2; }

@@ -8,6 +8,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 cache_root="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
+# shellcheck source=hack/build-lock.sh
+source "$here/build-lock.sh"
+build_lock
 out="$cache_root/bin/kwok-$KWOK_VERSION"
 mkdir -p "$out" "$cache_root/build"
 if [[ ! -x "$out/kwok" ]]; then

@@ -15,6 +15,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 cache_root="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
+# shellcheck source=hack/build-lock.sh
+source "$here/build-lock.sh"
+build_lock
 work="$cache_root/build"
 mkdir -p "$work"
 log() { printf '[build-node-binaries] %s\n' "$*" >&2; }
