@@ -4,7 +4,9 @@ out of the way; real operator, Prometheus, pods, traffic through the gateway).
 - a canary whose input contract refuses 20% more rows than stable's is rolled back on
   `maxRefusalRateIncrease`;
 - a canary answering 500 on 30% of the rows is rolled back on `maxErrorRateIncrease`;
-- a healthy canary under the same judge is promoted.
+- a healthy canary under the same judge is promoted;
+- a rare failure (0.5% 5xx against stable's 0%) at modest traffic is rolled back, while a healthy
+  canary under the same traffic and judge, side by side, is promoted.
 
 Each decision record carries both arms' n and the interval.
 """
@@ -12,17 +14,18 @@ Each decision record carries both arms' n and the interval.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from modeldeploy_demo import kube as k
-from modeldeploy_demo.workload import ZERO_FEATURE
+from modeldeploy_demo.workload import ZERO_FEATURE, Traffic
 from tests.e2e.conftest import E2E, NAME
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-NAMESPACES = ("refusals", "errors", "healthy")
+NAMESPACES = ("refusals", "errors", "healthy", "rare", "rare-healthy")
 Say = Callable[[str], None]
 # the absolute gates out of the way: only the comparison with stable decides
 JUDGED = {"maxErrorRate": 1.0, "maxLatencyP99Seconds": None, "maxErrorRateIncrease": 0.05,
@@ -73,3 +76,56 @@ def test_a_healthy_canary_under_the_judge_is_promoted(e2e: E2E, say: Say) -> Non
         record = check(st, name)
         assert record["verdict"] == "Passed" and record["upper"] <= 0.05 and record["samplesStable"] > 0, record
     say(f"healthy canary promoted under the judge; last analysis: {st['lastAnalysis']['message']}")
+
+
+# The rare failure: the "bad" model answers 500 on rows reading 0.0 at ZERO_FEATURE (log of 0), which
+# stable answers; the traffic sends about 0.5% of those. At 80 requests/s and weight 50 (40 a second
+# per arm) a margin of 0.0015 is decided in about two minutes either way: the judge's simulation
+# (same functions, looks every 5 s) gives a healthy canary Passed at 115 s, and the 0.5% canary Failed
+# at a median of 110 s, p99 230 s. The deadline is far beyond both: neither may be decided by it.
+RARE = {**JUDGED, "maxErrorRateIncrease": 0.0015}
+RARE_STEPS = [{"setWeight": 50}, {"pause": {"seconds": 5}}]
+
+
+def test_a_rare_failure_is_rolled_back_and_a_healthy_canary_beside_it_is_promoted(e2e: E2E, say: Say) -> None:
+    started = time.time()
+    runs: dict[str, tuple[str, Traffic]] = {}
+    for scenario in ("rare", "rare-healthy"):
+        ns, host = e2e.deploy_v1(scenario, steps=RARE_STEPS)
+        runs[scenario] = (ns, e2e.traffic(host, rate=80, bad_share=0.005))
+    (rare_ns, rare_traffic), (ok_ns, ok_traffic) = runs["rare"], runs["rare-healthy"]
+    rolled_at = time.time()
+    k.apply(e2e.kubeconfig, rare_ns, e2e.mdep("bad", "3", steps=RARE_STEPS, analysis=RARE, deadline=900))
+    k.apply(e2e.kubeconfig, ok_ns, e2e.mdep("v2", "2", steps=RARE_STEPS, analysis=RARE, deadline=900))
+    rare = e2e.kube.wait_for_phase(rare_ns, NAME, "RolledBack", 480)
+    rare_s = time.time() - rolled_at
+    ok = e2e.kube.wait_for_phase(ok_ns, NAME, "Healthy", 480, also=lambda s: s.get("stableVersion") == "2")
+    ok_s = time.time() - rolled_at
+    for t in (rare_traffic, ok_traffic):
+        t.stop()
+
+    # the rare failure, as the clients saw it: a few 500s, all from canary pods, none from stable
+    canary = rare["failedRevision"]
+    answers = rare_traffic.select(since=rolled_at)
+    from_canary = [a for a in answers if canary in a.pod]
+    errors = [a for a in from_canary if a.code >= 500]
+    share = len(errors) / max(1, len(from_canary))
+    assert 0 < share < 0.02, (len(errors), len(from_canary))
+    assert not [a for a in answers if a.code >= 500 and canary not in a.pod]
+    record = check(rare, "error-rate-increase")
+    assert record["verdict"] == "Failed" and record["lower"] > RARE["maxErrorRateIncrease"], record
+    assert record["samples"] > 0 and record["samplesStable"] > 0, record
+    assert rare["stableVersion"] == "1" and rare["history"][-1]["outcome"] == "RolledBack", rare
+    assert "error-rate-increase" in rare["message"], rare["message"]
+
+    # the healthy canary under the same traffic and judge: promoted, never rolled back
+    outcomes = [x["outcome"] for x in ok["history"]]
+    assert outcomes[-1] == "Promoted" and "RolledBack" not in outcomes, outcomes
+    passed = check(ok, "error-rate-increase")
+    assert passed["verdict"] == "Passed" and passed["upper"] <= RARE["maxErrorRateIncrease"], passed
+    assert set(ok_traffic.counts(since=started)) == {200}, ok_traffic.counts(since=started)
+    e2e.figures(rare_failure_rolled_back_s=round(rare_s, 1), rare_failure_healthy_promoted_s=round(ok_s, 1))
+    say(f"rare failure ({len(errors)} of {len(from_canary)} canary answers were 500, {share:.2%}) rolled back "
+        f"{rare_s:.0f}s after the change: {record['value']:+.4f} in [{record['lower']:.4f}, {record['upper']:.4f}] "
+        f"n canary {record['samples']:.0f} stable {record['samplesStable']:.0f}; healthy canary beside it promoted "
+        f"{ok_s:.0f}s after the change, upper {passed['upper']:.4f} <= {RARE['maxErrorRateIncrease']}")  # fmt: skip
