@@ -1,17 +1,18 @@
-"""`make demo` (`python -m modeldeploy_demo`): a good model promoted and a bad one rolled back, for real.
+"""`make demo` (`python -m modeldeploy_demo`): a good model promoted and bad ones rolled back, for real.
 
 The story: a local cluster with its real node (reused when `make cluster-up` already runs one), the
-CRD, the operator as a background process (log in .cache/cluster/logs/operator.log; server pods
-from the cluster's IMAGE), real wine classifiers in the cluster's model store (MODEL_STORE_DIR,
-served to the pods at MODEL_STORE_URL); a `restricted` namespace; v1 deployed and Healthy; steady
-traffic through the gateway (Traefik; the HTTPRoute on GATEWAY_NAMESPACE/GATEWAY_NAME; 10% of rows read
-0.0 for malic_acid, 5% break the input contract and get 422); v2 walks its canary steps to
-promotion with a live line per change; v3 (fails on the zero readings) is rolled back by the
-operator by itself. Ends with a per-phase table, the figures (also in .cache/figures/demo.json),
-a picture of each rollout (.cache/figures/rollout-v2-promoted.png, rollout-v3-rolled-back.png:
-`plot.py`), the cost table of the promoted model (`modeldeploy cost`) and one batch scoring run of
-the wine data with the new stable revision (when the cluster has its S3 store), and leaves
-everything running for kubectl and the CLI.
+CRD, the operator installed by the Helm chart as a pod in modeldeploy-system (release modeldeploy;
+its RBAC limited to the demo's namespace; operator and server pods from the cluster's IMAGE), real
+wine classifiers in the cluster's model store (MODEL_STORE_DIR, served to the pods at
+MODEL_STORE_URL); a `restricted` namespace; v1 deployed and Healthy; steady traffic through the
+gateway (Traefik; the HTTPRoute on GATEWAY_NAMESPACE/GATEWAY_NAME; 10% of rows read 0.0 for
+malic_acid, 5% break the input contract and get 422); v2 walks its canary steps to promotion with a
+live line per change; v3 (fails on the zero readings) and v4 (fast, 200, and wrong: one class for
+every wine) are rolled back by the operator by itself. Ends with a per-phase table, the figures
+(also in .cache/figures/demo.json), a picture of each rollout (.cache/figures/rollout-v2-promoted.png,
+rollout-v3-rolled-back.png, rollout-v4-rolled-back.png: `plot.py`), the cost table of the promoted
+model (`modeldeploy cost`) and one batch scoring run of the wine data with the new stable revision
+(when the cluster has its S3 store), and leaves everything running for kubectl and the CLI.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import httpx
 from devcluster.client import DEFAULT_STATE, Cluster, ClusterError
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import plot, report
+from modeldeploy_demo.incluster import ChartOperator
 from modeldeploy_demo.workload import (
     BIN,
     FEATURES,
     NULL,
-    Operator,
     Traffic,
     publish_models,
     rows,
@@ -45,6 +46,7 @@ from modeldeploy_operator import compare
 
 REPO = Path(__file__).resolve().parents[2]
 NAME, NAMESPACE = "wine", "modeldeploy-demo"
+RELEASE, OPERATOR_NAMESPACE = "modeldeploy", "modeldeploy-system"  # the operator: `helm install` of the chart
 HOST = f"{NAME}.demo.local"
 STEPS: list[dict[str, Any]] = [
     {"shadow": {"seconds": 10, "percent": 50}},
@@ -57,6 +59,8 @@ STEPS: list[dict[str, Any]] = [
 ANALYSIS = {"intervalSeconds": 5, "minRequests": 20, "failureLimit": 0, "maxErrorRate": 0.02,
             "maxLatencyP99Seconds": 0.5, "minAgreement": 0.97, "maxErrorRateIncrease": 0.05,
             "maxRefusalRateIncrease": 0.1, "maxPredictionShift": 0.2}  # fmt: skip
+# what each server pod asks of the node: what status.cost prices (the default prices of the chart)
+RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 BATCH_ROWS, BATCH_REJECTS = 2000, (7, 1234)  # rows with a null sentinel: rejected and reported
 SCALE_DOWN_DELAY = 10
 
@@ -77,9 +81,17 @@ def cluster() -> Cluster:
         return c
 
 
-def fresh_namespace(kubeconfig: Path, state: Path) -> None:
-    """Stop the previous demo's operator, release its kopf finalizers, delete and recreate the namespace."""
+def fresh_namespace(c: Cluster, state: Path) -> None:
+    """Remove the previous demo's operator (its Helm release, or the process of a demo from before the
+    operator ran as a pod), release its kopf finalizers, delete and recreate the namespace."""
+    kubeconfig = c.kubeconfig
     stop_pid_file(state / "operator.pid", "modeldeploy-operator")
+    if k.kubectl(kubeconfig, "get", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "-o", "name").strip():
+        say(f"==> removing the previous demo's operator (release {RELEASE} in {OPERATOR_NAMESPACE})")
+        helm = [c.env["HELM"], "--kubeconfig", str(kubeconfig)]
+        subprocess.run([*helm, "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--ignore-not-found", "--wait"],
+                       capture_output=True, timeout=180)  # fmt: skip
+        k.kubectl(kubeconfig, "delete", "namespace", OPERATOR_NAMESPACE, "--wait=true", "--timeout=120s", timeout=150)
     if k.kubectl(kubeconfig, "get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name").strip():
         say(f"==> deleting the previous demo's namespace {NAMESPACE}")
         for obj in k.kubectl(kubeconfig, "get", "mdep", "-n", NAMESPACE, "-o", "name").split():
@@ -101,7 +113,8 @@ def follow(kube: k.Kube, watch: k.Watch, traffic: Traffic, started: float, until
         printed = len(watch.statuses)
         if printed:
             st = watch.statuses[-1][1]
-            if st.get("phase") == until and (until != "Healthy" or st.get("stableVersion") == version):
+            key = "stableVersion" if until == "Healthy" else "failedVersion"
+            if st.get("phase") == until and st.get(key) == version:
                 return st
         time.sleep(0.2)
     raise TimeoutError(f"no {until} within {timeout:.0f}s; status: {kube.status(NAMESPACE, NAME)}")
@@ -119,8 +132,12 @@ def shadow_agreement(watch: k.Watch, since: float) -> str:
 
 def s3_secret(env: dict[str, str]) -> dict[str, Any]:
     """The S3 store's credentials for the server pods and the batch shards (envFrom)."""
-    data = {"AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-            "AWS_REGION": env.get("AWS_REGION", "us-east-1"), "AWS_ENDPOINT_URL": env["S3_ENDPOINT_IN_CLUSTER"]}
+    data = {
+        "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+        "AWS_REGION": env.get("AWS_REGION", "us-east-1"),
+        "AWS_ENDPOINT_URL": env["S3_ENDPOINT_IN_CLUSTER"],
+    }
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"}, "type": "Opaque",
             "stringData": data}  # fmt: skip
 
@@ -156,8 +173,8 @@ def arm_counts(prometheus_url: str) -> plot.Counts:
 
 
 def pictures(c: Cluster, kube: k.Kube, watch: k.Watch, rollouts: list[tuple[str, str, str, float, float]]) -> None:
-    """[6] One PNG per rollout in .cache/figures/ (and its record as JSON beside it)."""
-    say("\n[6] pictures of the rollouts (weight, both arms' rates, answers that changed, decisions)")
+    """[7] One PNG per rollout in .cache/figures/ (and its record as JSON beside it)."""
+    say("\n[7] pictures of the rollouts (weight, both arms' rates, answers that changed, decisions)")
     events = kube.events(NAMESPACE)
     for title, name, revision, start, end in rollouts:
         try:
@@ -185,10 +202,10 @@ def cost_table(c: Cluster, kube: k.Kube, promoted: float, timeout: float = 90) -
 
 
 def batch_run(c: Cluster, kube: k.Kube, stable: str, timeout: float = 240) -> None:
-    """[8] One run of spec.batch `nightly` (2,000 wine rows from S3, 2 shards) with the stable revision."""
+    """[9] One run of spec.batch `nightly` (2,000 wine rows from S3, 2 shards) with the stable revision."""
     import boto3
 
-    say(f"\n[8] batch scoring: {BATCH_ROWS} wine rows (CSV in S3, {len(BATCH_REJECTS)} with a null sentinel), "
+    say(f"\n[9] batch scoring: {BATCH_ROWS} wine rows (CSV in S3, {len(BATCH_REJECTS)} with a null sentinel), "
         "2 shards, the stable revision's artifact and contract")  # fmt: skip
     env = c.env
     s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT"], region_name=env.get("AWS_REGION", "us-east-1"),
@@ -245,16 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     k.install_crds(kubeconfig, REPO / "crds")
     state = REPO / ".cache" / "demo"
     state.mkdir(parents=True, exist_ok=True)
-    fresh_namespace(kubeconfig, state)
+    fresh_namespace(c, state)
     say("==> training wine classifiers (scikit-learn's load_wine) and publishing them with their sha256")
     store, models = publish_models(c.env)
-    for key in ("v1", "v2", "bad"):
+    for key in ("v1", "v2", "bad", "constant"):
         say(f"    {models[key].uri(store)}  sha256 {models[key].sha256[:16]}...")
-    log = c.log_dir / "operator.log"
-    op = Operator(kubeconfig, c.prometheus_url, log, namespace=NAMESPACE, tick=1.0,
-                  scale_down_delay=SCALE_DOWN_DELAY, detach=True, pid_file=state / "operator.pid",
-                  image=c.env["IMAGE"]).start()  # fmt: skip
-    say(f"==> operator running (pid {op.pid}, log {log}, metrics http://127.0.0.1:{op.metrics_port}/metrics)")
+    say(f"==> helm install {RELEASE} charts/modeldeploy -n {OPERATOR_NAMESPACE} (the operator as a pod, the chart's "
+        f"RBAC for {NAMESPACE} only, the image {c.env['IMAGE']})")  # fmt: skip
+    t_op = time.time()
+    op = ChartOperator(c.env, c.log_dir / "operator.log", NAMESPACE, tick=1, scale_down_delay=SCALE_DOWN_DELAY,
+                       image=c.env["IMAGE"], system_namespace=OPERATOR_NAMESPACE, release=RELEASE).start()  # fmt: skip
+    say(f"    pod {op.pod} ready in {time.time() - t_op:.1f}s (metrics {op.url}/metrics; "
+        f"kubectl logs -n {OPERATOR_NAMESPACE} {op.pod})")  # fmt: skip
 
     kube = k.Kube(kubeconfig)
     s3 = bool(c.env.get("S3_ENDPOINT"))
@@ -265,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     def mdep(key: str, version: str) -> dict[str, Any]:
         md = k.model_deployment(NAME, models[key], store, version, route=NAME, steps=STEPS, analysis=ANALYSIS,
                                 deadline=120)  # fmt: skip
+        md["spec"]["serving"] = {"resources": RESOURCES}
         if s3:
-            md["spec"]["serving"] = {"artifactCredentials": {"secretName": "s3-creds"}}
+            md["spec"]["serving"]["artifactCredentials"] = {"secretName": "s3-creds"}
             md["spec"]["batch"] = [batch_entry(c.env)]
         return md
 
@@ -311,15 +331,31 @@ def main(argv: list[str] | None = None) -> int:
         traffic.phase = "after rollback"
         time.sleep(5)
         phases += [("v3 canary", t3, rolled), ("after rollback", rolled, time.time())]
+
+        say("\n[5] v4 (fast, answers 200, and wrong: predicts the first class for every wine)")
+        t4 = time.time()
+        traffic.phase = "v4 canary"
+        k.apply(kubeconfig, NAMESPACE, mdep("constant", "4"))
+        wrong = follow(kube, watch, traffic, t4, "RolledBack", "4", 180)
+        rolled4 = time.time()
+        say(f"    decision record: {wrong.get('message')}")
+        traffic.phase = "after v4 rollback"
+        time.sleep(5)
+        phases += [("v4 canary", t4, rolled4), ("after v4 rollback", rolled4, time.time())]
     finally:
         traffic.stop()
         watch.stop()
     figures = summary(c, kube, op, traffic, watch, phases, final, t2, promoted)
+    wrong_rev = str(wrong.get("failedRevision"))
+    figures["demo_wrong_canary_seconds_to_rollback"] = round(rolled4 - t4, 1)
+    figures["demo_wrong_canary_user_answers"] = sum(1 for a in traffic.select("v4 canary") if wrong_rev in a.pod)
     figures["demo_seconds_before_pictures_cost_batch"] = round(time.time() - began, 1)
     pictures(c, kube, watch, [("v2 (a good model): promoted", "rollout-v2-promoted", str(v2["stableRevision"]),
                                t2, promoted), ("v3 (fails on malic_acid = 0.0): rolled back", "rollout-v3-rolled-back",
-                               str(final.get("failedRevision")), t3, rolled)])  # fmt: skip
-    say("\n[7] what a prediction costs (`modeldeploy cost`, status.cost; the stable is v2)")
+                               str(final.get("failedRevision")), t3, rolled),
+                              ("v4 (fast, 200, predicts one class): rolled back", "rollout-v4-rolled-back",
+                               str(wrong.get("failedRevision")), t4, rolled4)])  # fmt: skip
+    say("\n[8] what a prediction costs (`modeldeploy cost`, status.cost; the stable is v2)")
     try:
         cost_table(c, kube, promoted)
     except Exception as err:  # noqa: BLE001  (the rollouts are the demo's verdict; this is an extra)
@@ -330,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001
             say(f"    the batch run failed: {type(err).__name__}: {err}")
     else:
-        say("\n[8] batch scoring: skipped, the cluster's env file names no S3 store (S3_ENDPOINT)")
+        say("\n[9] batch scoring: skipped, the cluster's env file names no S3 store (S3_ENDPOINT)")
     figures["demo_total_seconds"] = round(time.time() - began, 1)
     path = report.write_figures("demo", figures)
     say(f"\n    figures ({path}):")
@@ -348,11 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Stop: make demo-down (the operator, then the cluster)."
     )
     healthy_failed = figures["demo_failed_requests_healthy_rollout"]
-    ok = final.get("phase") == "RolledBack" and healthy_failed == 0
+    ok = final.get("phase") == "RolledBack" and wrong.get("phase") == "RolledBack" and healthy_failed == 0
     return 0 if ok else 1
 
 
-def summary(c: Cluster, kube: k.Kube, op: Operator, traffic: Traffic, watch: k.Watch,
+def summary(c: Cluster, kube: k.Kube, op: ChartOperator, traffic: Traffic, watch: k.Watch,
             phases: list[tuple[str, float, float]], final: dict[str, Any], t2: float,
             promoted: float) -> dict[str, Any]:  # fmt: skip
     bad_rev = str(final.get("failedRevision"))
@@ -367,7 +403,7 @@ def summary(c: Cluster, kube: k.Kube, op: Operator, traffic: Traffic, watch: k.W
     say(f"    the bad canary answered {served:.0f} requests before rollback ({v3.errors} of them 500)")
     why = report.decisions(kube.events(NAMESPACE), phases)
     per_phase = [(name, end - start, traffic.stats(name), why[name]) for name, start, end in phases]
-    say("\n[5] summary (client side, through the gateway)\n" + report.table(per_phase))
+    say("\n[6] summary (client side, through the gateway)\n" + report.table(per_phase))
     steps = [(t - t2, w) for t, w in watch.weights if t2 <= t <= promoted]
     usage = op.usage()
     healthy = traffic.stats(since=t2, until=promoted + SCALE_DOWN_DELAY + 3)

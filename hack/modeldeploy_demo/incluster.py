@@ -70,7 +70,8 @@ class ChartOperator:
 
     def __init__(self, cluster_env: Mapping[str, str], log: Path, namespace: str, tick: int = 1,
                  scale_down_delay: int = 5, image: str | None = None, cost_refresh: int = 60,
-                 rbac_namespaced: bool = True, system_namespace: str | None = None) -> None:  # fmt: skip
+                 rbac_namespaced: bool = True, system_namespace: str | None = None,
+                 release: str | None = None) -> None:  # fmt: skip
         self.kubeconfig = Path(cluster_env["KUBECONFIG"])
         self.helm = cluster_env["HELM"]
         self.prometheus = urlsplit(cluster_env["PROMETHEUS_URL"])
@@ -78,7 +79,7 @@ class ChartOperator:
         self.namespaces = [ns for ns in namespace.split(",") if ns]
         suffix = uuid.uuid4().hex[:5]
         self.system = system_namespace or f"mdop-{suffix}"
-        self.release = f"modeldeploy-{suffix}"  # its own ClusterRole name in cluster RBAC mode
+        self.release = release or f"modeldeploy-{suffix}"  # its own ClusterRole name in cluster RBAC mode
         image = image or cluster_env["IMAGE"]
         repository, tag = image.rsplit(":", 1)
         self.values: dict[str, Any] = {
