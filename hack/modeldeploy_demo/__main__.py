@@ -322,26 +322,23 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(SCALE_DOWN_DELAY + 3)
         phases += [("v2 canary", t2, promoted), ("v2 promoted", promoted, time.time())]
 
-        say("\n[4] v3 (a bad model: fails on rows whose malic_acid reads 0.0)")
-        t3 = time.time()
-        traffic.phase = "v3 canary"
-        k.apply(kubeconfig, NAMESPACE, mdep("bad", "3"))
-        final = follow(kube, watch, traffic, t3, "RolledBack", "3", 180)
-        rolled = time.time()
-        traffic.phase = "after rollback"
-        time.sleep(5)
-        phases += [("v3 canary", t3, rolled), ("after rollback", rolled, time.time())]
+        def rolled_back(key: str, version: str, after: str) -> tuple[dict[str, Any], float, float]:
+            """Apply a bad version, follow it to RolledBack, keep the traffic going 5 s after."""
+            start = time.time()
+            traffic.phase = f"v{version} canary"
+            k.apply(kubeconfig, NAMESPACE, mdep(key, version))
+            st = follow(kube, watch, traffic, start, "RolledBack", version, 180)
+            end = time.time()
+            traffic.phase = after
+            time.sleep(5)
+            phases.extend([(f"v{version} canary", start, end), (after, end, time.time())])
+            return st, start, end
 
+        say("\n[4] v3 (a bad model: fails on rows whose malic_acid reads 0.0)")
+        final, t3, rolled = rolled_back("bad", "3", "after rollback")
         say("\n[5] v4 (fast, answers 200, and wrong: predicts the first class for every wine)")
-        t4 = time.time()
-        traffic.phase = "v4 canary"
-        k.apply(kubeconfig, NAMESPACE, mdep("constant", "4"))
-        wrong = follow(kube, watch, traffic, t4, "RolledBack", "4", 180)
-        rolled4 = time.time()
+        wrong, t4, rolled4 = rolled_back("constant", "4", "after v4 rollback")
         say(f"    decision record: {wrong.get('message')}")
-        traffic.phase = "after v4 rollback"
-        time.sleep(5)
-        phases += [("v4 canary", t4, rolled4), ("after v4 rollback", rolled4, time.time())]
     finally:
         traffic.stop()
         watch.stop()
