@@ -111,11 +111,11 @@ clean: ## Remove the virtual environment and local caches of this clone.
 ##@ Demo
 
 .PHONY: demo
-demo: $(INSTALLED) binaries node-binaries image ## The main job: local cluster, operator, a model promoted and a bad one rolled back (a few minutes).
+demo: $(INSTALLED) binaries node-binaries image ## The main job: local cluster, the operator by helm, a model promoted and two bad ones rolled back (a few minutes).
 	PYTHONPATH=hack $(BIN)/python -m modeldeploy_demo
 
 .PHONY: demo-down
-demo-down: ## Stop what the demo left running: the operator, then the local cluster.
+demo-down: ## Stop what the demo left running: the local cluster with the operator pod (and an operator process of an older demo).
 	PYTHONPATH=hack $(BIN)/python -c 'from pathlib import Path; from modeldeploy_demo.workload import stop_pid_file as s; \
 	  s(Path(".cache/demo/operator.pid"), "modeldeploy-operator")'
 	PYTHONPATH=hack $(BIN)/python -m devcluster down
