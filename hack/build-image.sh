@@ -112,10 +112,14 @@ rm -f "$archive.tmp"
 buildah push --quiet "$IMAGE" "oci-archive:$archive.tmp:$IMAGE" >&2
 mv "$archive.tmp" "$archive"
 log "image $IMAGE: built in $(( $(date +%s) - s )) s, archive $(du -m "$archive" | cut -f1) MB"
-# earlier builds: their archives and tags (the build cache keeps the layers still in use)
-for old in "$out"/modeldeploy-*.oci.tar; do [[ $old == "$archive" ]] || rm -f "$old"; done
-for w in "$out"/wheels-*; do [[ $w == "$wheels" ]] || rm -rf "$w"; done
-for ref in $(buildah images --noheading --format '{{.Name}}:{{.Tag}}' | grep '^localhost/modeldeploy/modeldeploy:'); do
-  [[ $ref == "$IMAGE" ]] || buildah rmi "$ref" >/dev/null 2>&1 || true
+# earlier builds: all but the 4 newest archives and wheelhouses, and tags without an archive (the
+# build cache keeps the layers still in use). Not every older one: another clone's cluster, with
+# other sources, may be about to import its archive (deleting it at once broke a second clone's
+# cluster start).
+keep_newest() { local n=$1; shift; { ls -1dt "$@" 2>/dev/null || true; } | tail -n +"$((n + 1))"; }
+keep_newest 4 "$out"/modeldeploy-*.oci.tar | while IFS= read -r old; do [[ $old == "$archive" ]] || rm -f "$old"; done
+keep_newest 4 "$out"/wheels-* | while IFS= read -r old; do [[ $old == "$wheels" ]] || rm -rf "$old"; done
+for ref in $(buildah images --noheading --format '{{.Name}}:{{.Tag}}' | grep '^localhost/modeldeploy/modeldeploy:dev-'); do
+  [[ $ref == "$IMAGE" || -f "$out/modeldeploy-${ref##*:dev-}.oci.tar" ]] || buildah rmi "$ref" >/dev/null 2>&1 || true
 done
 echo "IMAGE=$IMAGE"; echo "ARCHIVE=$archive"
