@@ -851,6 +851,7 @@ class BatchRun(_Model):
     job: str
     revision: str | None = Field(default=None, description="The revision the shards scored with (their reports).")
     version: str | None = None
+    sha256: str | None = Field(default=None, description="The artifact digest the shards scored with (their reports).")
     start_time: str | None = None
     completion_time: str | None = None
     duration_seconds: float | None = None

@@ -217,6 +217,10 @@ def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     return None
 
 
+def _index_key(index: str) -> tuple[int, str]:
+    return (int(index), "") if index.isdigit() else (1 << 30, index)
+
+
 def run_of(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pod_hour_usd: float) -> BatchRun:
     """One Job as a BatchRun: the latest pod of each shard index says rows, rejected, revision."""
     meta, spec, st = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
@@ -226,26 +230,29 @@ def run_of(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pod_hour_u
         index = str(((pod.get("metadata") or {}).get("labels") or {}).get("batch.kubernetes.io/job-completion-index"))
         latest[index] = pod
         pod_seconds += _report(pod)[2]
-    reports = [(r, msg) for r, msg, _ in (_report(p) for p in latest.values())]
-    done = [r for r, _ in reports if r is not None]
+    # (shard index, report, raw message) by index: a failing shard is named by its index
+    reports = sorted(((i, *_report(p)[:2]) for i, p in latest.items()), key=lambda t: _index_key(t[0]))
+    done = [r for _, r, _ in reports if r is not None]
     complete, failed = _condition(job, "Complete"), _condition(job, "Failed")
     outcome: BatchOutcome = "Succeeded" if complete else "Failed" if failed else "Running"
     end = st.get("completionTime") or (failed or {}).get("lastTransitionTime")
     reason = None
     if failed:
         bad = next(
-            (r.get("message") or r.get("outcome") for r, _ in reports if r and r.get("outcome") != "Succeeded"), None
+            ((i, r.get("message") or r.get("outcome")) for i, r, _ in reports if r and r.get("outcome") != "Succeeded"),
+            None,
         )
-        raw = next((msg for r, msg in reports if r is None and msg), None)
-        shard = bad or raw
+        raw = next(((i, msg) for i, r, msg in reports if r is None and msg), None)
+        said = bad or raw
         reason = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip()
-        if shard:
-            reason += f"; a shard said: {shard[:300]}"
+        if said:
+            reason += f"; shard {said[0]} of {spec.get('completions') or '?'} said: {str(said[1])[:300]}"
     revision = next((str(r["revision"]) for r in done if r.get("revision")), None)
     return BatchRun(
         job=str(meta.get("name") or ""),
         revision=revision or ((meta.get("labels") or {}).get(LABEL_REVISION)),
         version=next((str(r["version"]) for r in done if r.get("version")), None),
+        sha256=next((str(r["sha256"]) for r in done if r.get("sha256")), None),
         start_time=st.get("startTime"),
         completion_time=end,
         duration_seconds=_seconds(st.get("startTime"), end),

@@ -148,14 +148,39 @@ def test_a_failed_run_names_the_jobs_reason_and_the_shards_message() -> None:
     run = out.status.last_run
     assert run is not None and run.outcome == "Failed" and run.rows == 1000 and run.rejected == 3
     assert run.reason is not None and run.reason.startswith("PodFailurePolicy: Container score")
-    assert "a shard said: 3 of 250 rows rejected and allowRejects is false" in run.reason
+    assert "shard 3 of 4 said: 3 of 250 rows rejected and allowRejects is false" in run.reason
     assert [e.reason for e in out.events] == [batch.BATCH_FAILED] and out.events[0].type == "Warning"
     crashed = [_pod(job["metadata"]["name"], 0, "Traceback ...\nMemoryError")]
     out = batch.summarize(entry, None, [job], crashed, previous, PRICES)
-    assert out.status.last_run is not None and "a shard said: Traceback ...\nMemoryError" in (
+    assert out.status.last_run is not None and "shard 0 of 4 said: Traceback ...\nMemoryError" in (
         out.status.last_run.reason or ""
     )
 
+
+
+def test_a_failed_runs_reason_names_the_failing_shards_index() -> None:
+    """Shards 0-1 scored, shard 2 refused its input, shard 3 was killed when the Job failed (its
+    log's tail is its message): the reason names shard 2 and what it said, whichever pod is listed
+    first."""
+    entry = _spec().batch[0]
+    job = _job("iris-nightly-29400240", "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    name = job["metadata"]["name"]
+    refused = "cannot read input Parquet s3://lake/in.parquet: Parquet magic bytes not found in footer"
+    pods = [_pod(name, 3, "Terminated"), *(_pod(name, i, _report(250, 0)) for i in range(2))]
+    pods.append(_pod(name, 2, _report(0, 0, "Failed", message=refused)))
+    run = batch.summarize(entry, None, [job], pods, BatchStatus(name="nightly"), PRICES).status.last_run
+    assert run is not None and run.reason is not None
+    assert run.reason.endswith(f"; shard 2 of 4 said: {refused}"), run.reason
+
+
+def test_a_run_names_the_artifact_digest_its_shards_scored_with() -> None:
+    entry = _spec().batch[0]
+    job = _job("iris-nightly-29400300", "Complete")
+    digest = "ab" * 32
+    pods = [_pod(job["metadata"]["name"], i, _report(250, 0, sha256=digest)) for i in range(4)]
+    run = batch.summarize(entry, None, [job], pods, None, PRICES).status.last_run
+    assert run is not None and (run.revision, run.version, run.sha256) == ("rev1", "1", digest)
+    assert run.model_dump(by_alias=True, exclude_none=True)["sha256"] == digest
 
 def test_the_cronjob_follows_the_stable_revision_through_a_canary_and_its_promotion(
     monkeypatch: pytest.MonkeyPatch,
