@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modeldeploy_demo import kube as k
-from modeldeploy_demo.workload import FEATURES, NULL, rows, wait_for
+from modeldeploy_demo.workload import NULL, rows
+from tests.e2e.batch_helpers import (
+    apply_credentials,
+    batch_entry,
+    deploy,
+    read_json,
+    run_batch,
+    s3_client,
+    s3_env,
+    serve_with,
+    wait_for_cronjob,
+    wine_parquet,
+)
 from tests.e2e.conftest import E2E, NAME
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -33,62 +42,32 @@ N = 2000
 BAD = (7, 1234)  # rows with a null sentinel: rejected, reported, not predicted
 
 
-def _s3(env: dict[str, str]) -> Any:
-    return boto3.client("s3", endpoint_url=env["S3_ENDPOINT"], region_name=env.get("AWS_REGION", "us-east-1"),
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
-
-
 def test_a_parquet_file_from_s3_is_scored_in_4_shards_like_the_online_server(e2e: E2E, say: Any) -> None:
-    env = e2e.cluster.env
-    if not env.get("S3_ENDPOINT"):
-        pytest.fail("the cluster's env file names no S3 store (S3_ENDPOINT): devcluster.s3 did not start")
+    env = s3_env(e2e)
     ns, bucket = e2e.namespaces["batch"], env["S3_BUCKET"]
-    s3 = _s3(env)
+    s3 = s3_client(env)
     prefix = f"e2e/{ns}"
     s3.put_object(Bucket=bucket, Key=f"{prefix}/models/wine-v1.joblib", Body=e2e.store.models["v1"].path.read_bytes())
     data = np.array(rows(N, 0.0, seed=3))
     for i in BAD:
         data[i, 0] = NULL
-    table = pa.table({"id": [f"bottle-{i}" for i in range(N)]} | {f: data[:, j] for j, f in enumerate(FEATURES)})
-    sink = io.BytesIO()
-    pq.write_table(table, sink, row_group_size=300)  # 7 row groups: shards cut across them
-    s3.put_object(Bucket=bucket, Key=f"{prefix}/in/wine.parquet", Body=sink.getvalue())
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"}, "type": "Opaque",
-              "stringData": {"AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-                             "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-                             "AWS_REGION": env.get("AWS_REGION", "us-east-1"),
-                             "AWS_ENDPOINT_URL": env["S3_ENDPOINT_IN_CLUSTER"]}}  # fmt: skip
-    k.apply(e2e.kubeconfig, ns, secret)
+    # 7 row groups: shards cut across them
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/in/wine.parquet", Body=wine_parquet(data, row_group_size=300))
+    apply_credentials(e2e, ns, env)
     md = e2e.mdep("v1", "1")
     md["spec"]["model"]["uri"] = f"s3://{bucket}/{prefix}/models/wine-v1.joblib"
-    md["spec"]["serving"] = {"artifactCredentials": {"secretName": "s3-creds"}, "image": env["IMAGE"]}
-    md["spec"]["batch"] = [{
-        "name": "nightly", "schedule": "0 2 * * *", "suspend": True, "parallelism": 4, "allowRejects": True,
-        "input": {"uri": f"s3://{bucket}/{prefix}/in/wine.parquet"},
-        "output": {"uri": f"s3://{bucket}/{prefix}/out"}, "activeDeadlineSeconds": 600,
-    }]  # fmt: skip
-    host = f"{NAME}.{ns}.test"
-    k.apply(e2e.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(env)))
-    k.apply(e2e.kubeconfig, ns, md)
-    st = e2e.kube.wait_for_phase(ns, NAME, "Healthy", 180)
+    entry = batch_entry(f"s3://{bucket}/{prefix}/in/wine.parquet", f"s3://{bucket}/{prefix}/out", 4, True)
+    host, st = deploy(e2e, ns, serve_with(md, e2e, entry))
     stable = st["stableRevision"]
-    wait_for(lambda: (e2e.kube.status(ns, NAME).get("batch") or [{}])[0].get("cronJob") == "wine-nightly", 60,
-             "the CronJob wine-nightly in status.batch")  # fmt: skip
-    k.kubectl(e2e.kubeconfig, "create", "job", "-n", ns, "wine-nightly-e2e", "--from=cronjob/wine-nightly")
-
-    def last_run() -> dict[str, Any]:
-        entry = (e2e.kube.status(ns, NAME).get("batch") or [{}])[0]
-        return dict(entry.get("lastRun") or {})
-
-    wait_for(lambda: last_run().get("outcome") in ("Succeeded", "Failed"), 300, "the batch run to finish")
-    run = last_run()
+    wait_for_cronjob(e2e, ns)
+    run = run_batch(e2e, ns, "wine-nightly-e2e")
     assert run["outcome"] == "Succeeded", run
     assert (run["job"], run["revision"], run["rows"], run["rejected"], run["shards"]) == (
         "wine-nightly-e2e", stable, N, len(BAD), 4
     ), run  # fmt: skip
     assert "BatchSucceeded" in e2e.reasons(ns)
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/out/_SUCCESS")["Body"].read())
+    manifest = read_json(s3, bucket, f"{prefix}/out/_SUCCESS")
+    assert manifest is not None, f"no s3://{bucket}/{prefix}/out/_SUCCESS after a Succeeded run"
     assert manifest["run"] == "wine-nightly-e2e" and manifest["revision"] == stable and len(manifest["parts"]) == 4
     parts = pa.concat_tables([
         pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=f"{prefix}/out/{p}")["Body"].read()))
