@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from modeldeploy_demo import kube as k
-from modeldeploy_demo.workload import NULL, rows
+from modeldeploy_demo.workload import NULL, rows, wait_for
 from tests.e2e.batch_helpers import (
     CRONJOB,
     apply_credentials,
@@ -75,7 +75,14 @@ def _exit_codes(e2e: E2E, ns: str, job: str) -> dict[int, list[int]]:
 
 
 def _failed_events(e2e: E2E, ns: str, job: str) -> list[str]:
-    return [e["message"] for e in e2e.kube.events(ns) if e["reason"] == "BatchFailed" and job in e["message"]]
+    """The BatchFailed Events about run `job` (posted by the tick that wrote its status, or the next)."""
+
+    def posted() -> list[str]:
+        return [e["message"] for e in e2e.kube.events(ns) if e["reason"] == "BatchFailed" and job in e["message"]]
+
+    wait_for(posted, 15, f"a BatchFailed Event about {job}")
+    time.sleep(2)  # a second one would be a duplicate: give it the time to show
+    return posted()
 
 
 def test_an_unreadable_input_or_a_failing_shard_fails_the_run_and_nothing_is_complete(e2e: E2E, say: Say) -> None:
