@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  curl -H 'Host: {HOST}' -H 'Content-Type: application/json' {c.gateway_url}/v1/models/{NAME}:predict \\\n"
         f'    -d \'{{"instances": [[13.2, 2.3, 2.4, 19, '
         f"100, 2.3, 2.0, 0.36, 1.6, 5.1, 0.96, 2.6, 750]]}}'\n"
-        f"Stop: make demo-down (the operator, then the cluster)."
+        f"Stop: make demo-down (the cluster, with the operator pod in it)."
     )
     healthy_failed = figures["demo_failed_requests_healthy_rollout"]
     ok = final.get("phase") == "RolledBack" and wrong.get("phase") == "RolledBack" and healthy_failed == 0
@@ -394,10 +394,10 @@ def summary(c: Cluster, kube: k.Kube, op: ChartOperator, traffic: Traffic, watch
     zero = watch.first_weight(0, after=breach) if breach is not None else None
     served = k.served(c.prometheus_url, NAMESPACE, NAME, bad_rev)
     v3 = traffic.stats("v3 canary")
-    say(f"    decisive measurement: {final.get('message')}")
+    say(f"    v3's decisive measurement: {final.get('message')}")
     if breach is not None and zero is not None:
         say(f"    first scrape with a 5xx of the canary -> canary weight 0: {zero - breach:.1f}s")
-    say(f"    the bad canary answered {served:.0f} requests before rollback ({v3.errors} of them 500)")
+    say(f"    v3 answered {served:.0f} requests before rollback ({v3.errors} of them 500)")
     why = report.decisions(kube.events(NAMESPACE), phases)
     per_phase = [(name, end - start, traffic.stats(name), why[name]) for name, start, end in phases]
     say("\n[6] summary (client side, through the gateway)\n" + report.table(per_phase))
