@@ -218,7 +218,8 @@ def services(
     owner: Owner, stable_revision: str, canary_revision: str | None, users_stable_only: bool = False
 ) -> list[dict[str, Any]]:
     """`<name>-stable`, `<name>-canary` (the stable revision when no canary runs), `<name>` (all; only
-    the stable revision while a canary is compared in a shadow step before it carries weight)."""
+    the stable revision while a canary is compared in a shadow step before it carries weight, and
+    while a rolled-back canary still has pods)."""
     return [
         service(owner, f"{owner.name}-stable", stable_revision),
         service(owner, f"{owner.name}-canary", canary_revision or stable_revision),

@@ -153,6 +153,19 @@ class Report:
         self.children()
         return self.d
 
+    def rolled_back_pods_remain(self) -> bool:
+        """No canary runs and the rolled-back revision still has pods (scaled to 0 this tick, or
+        terminating): `<name>` selects the stable revision only until they are gone. Selecting every
+        revision at once let the EndpointSlice controller add the canary's still-ready pods to
+        `<name>` for the moment before their deletion, so users of a canary rolled back in its
+        shadow step (replica-ratio mode) could reach the pods that never had their weight."""
+        st = self.st
+        failed = st.failed_revision
+        if st.canary_revision is not None or failed is None or failed == st.stable_revision:
+            return False
+        pods = self.state(failed)
+        return pods.ready_replicas > 0 or bool(pods.pods)
+
     def is_indefinite(self) -> bool:
         i = self.st.current_step
         steps = self.spec.rollout.steps
@@ -183,7 +196,7 @@ class Report:
         ready_canary = st.canary_revision if st.current_step is not None else None
         self.d.services = services(
             owner, st.stable_revision, ready_canary or draining or st.canary_revision,
-            users_stable_only=before_weight(spec, st) and draining is None,
+            users_stable_only=(before_weight(spec, st) and draining is None) or self.rolled_back_pods_remain(),
         )  # fmt: skip
         routing = spec.rollout.traffic_routing
         if routing is not None and routing.gateway_api is not None:

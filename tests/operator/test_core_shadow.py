@@ -100,6 +100,27 @@ def test_replica_ratio_mode_keeps_users_on_stable_during_the_shadow_step() -> No
     assert {"modeldeploy.io/name": "iris", "modeldeploy.io/revision": v1} in selectors
 
 
+def test_replica_ratio_users_never_reach_a_canary_rolled_back_in_its_shadow_step() -> None:
+    """The rollback tick scales the canary to 0 while its pods are still ready: `<name>` must keep
+    selecting stable only until they are gone, or the EndpointSlice controller adds them for the
+    moment before their deletion."""
+    sim, v1, v2 = shadow_sim(trafficRouting=None)
+    sim.prom[v2] = paired(2000, 1800)
+    seen: list[tuple[int, dict[str, str]]] = []  # (canary pods ready as the tick observed them, selector)
+    for _ in range(60):
+        d = sim.tick()
+        users = next(s for s in d.services if s["metadata"]["name"] == "iris")
+        seen.append((sim.ready.get(v2, 0), users["spec"]["selector"]))
+        if sim.status.failed_revision == v2 and seen[-1][0] == 0:
+            break
+    assert sim.status.failed_revision == v2 and sim.status.canary_revision is None
+    rollback = next(i for i, d in enumerate(sim.decisions) if d.status.failed_revision == v2)
+    assert seen[rollback - len(sim.decisions)][0] > 0  # the canary's pods were ready at the rollback tick
+    only_stable = {"modeldeploy.io/name": "iris", "modeldeploy.io/revision": v1}
+    assert all(sel == only_stable for pods, sel in seen if pods > 0)  # never "every revision" beside canary pods
+    assert seen[-1] == (0, {"modeldeploy.io/name": "iris"})  # once they are gone, every revision again
+
+
 def test_a_restarted_operator_continues_the_shadow_step() -> None:
     sim, v1, v2 = shadow_sim()
     sim.roundtrip = True
