@@ -1,7 +1,7 @@
 """Manifests and cluster verbs of the demo and the end-to-end tests.
 
-- `model_deployment(...)`, `http_route(...)`: the objects a user writes (plain dicts); the route
-  attaches to the cluster's Gateway (`gateway_ref(env)`: GATEWAY_NAMESPACE/GATEWAY_NAME).
+- `model_deployment(...)`, `http_route(...)`, `service_route(...)`: the objects a user writes
+  (plain dicts); the route attaches to the cluster's Gateway (`gateway_ref(env)`: GATEWAY_NAMESPACE/GATEWAY_NAME).
 - `kubectl(...)`, `apply(...)`, `create_namespace(...)` (Pod Security `restricted`): the real
   kubectl against the cluster's kubeconfig.
 - `Kube`: cheap reads through one API client (polled several times a second): the
@@ -87,6 +87,15 @@ def http_route(name: str, host: str, gateway: Obj) -> Obj:
         "metadata": {"name": name},
         "spec": {"parentRefs": [gateway], "hostnames": [host], "rules": [{"backendRefs": refs}]},
     }
+
+
+def service_route(name: str, host: str, gateway: Obj) -> Obj:
+    """The user's HTTPRoute of a replica-ratio ModelDeployment (no spec.rollout.trafficRouting): all
+    traffic to the Service `<name>`, whose selector the operator sets (every revision, or the
+    stable one only); the operator never touches this route."""
+    route = http_route(name, host, gateway)
+    route["spec"]["rules"] = [{"backendRefs": [{"name": name, "port": 80}]}]
+    return route
 
 
 def kubectl(kubeconfig: Path, *args: str, input: str | None = None, timeout: float = 120) -> str:

@@ -73,15 +73,18 @@ class E2E:
     def kubeconfig(self) -> Path:
         return Path(self.cluster.kubeconfig)
 
-    def mdep(self, model: str, version: str, **kw: Any) -> dict[str, Any]:
-        return k.model_deployment(NAME, self.store.models[model], self.store.url, version, route=NAME, **kw)
+    def mdep(self, model: str, version: str, route: str | None = NAME, **kw: Any) -> dict[str, Any]:
+        """The ModelDeployment; `route=None`: replica-ratio mode (no spec.rollout.trafficRouting)."""
+        return k.model_deployment(NAME, self.store.models[model], self.store.url, version, route=route, **kw)
 
-    def deploy_v1(self, scenario: str, **kw: Any) -> tuple[str, str]:
-        """HTTPRoute and v1 applied in the scenario's namespace; returns (namespace, host) once Healthy."""
+    def deploy_v1(self, scenario: str, ratio: bool = False, **kw: Any) -> tuple[str, str]:
+        """HTTPRoute and v1 applied in the scenario's namespace; returns (namespace, host) once Healthy.
+        `ratio`: replica-ratio mode, the route sends everything to the Service `<name>`."""
         ns = self.namespaces[scenario]
         host = f"{NAME}.{ns}.test"
-        k.apply(self.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(self.cluster.env)))
-        k.apply(self.kubeconfig, ns, self.mdep("v1", "1", **kw))
+        route = k.service_route if ratio else k.http_route
+        k.apply(self.kubeconfig, ns, route(NAME, host, k.gateway_ref(self.cluster.env)))
+        k.apply(self.kubeconfig, ns, self.mdep("v1", "1", route=None if ratio else NAME, **kw))
         st = self.kube.wait_for_phase(ns, NAME, "Healthy", 180)  # two pods from the image: 8-20 s each
         assert st["stableVersion"] == "1", st
         return ns, host

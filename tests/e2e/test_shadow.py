@@ -11,44 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-import numpy as np
 import pytest
-from sklearn.datasets import load_wine
-from sklearn.neighbors import KNeighborsClassifier
 
 from modeldeploy_demo import kube as k
-from modeldeploy_demo.workload import rows, save_model
 from tests.e2e.conftest import E2E, NAME
+from tests.e2e.shadowing import WORKERS, agreement_check, flipping_model, stable_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 NAMESPACES = ("flip", "equal")
 Say = Callable[[str], None]
-WORKERS = 4
 STEPS = [{"shadow": {"seconds": 20, "percent": 50}}, {"setWeight": 50}, {"pause": {"seconds": 5}}]
 ANALYSIS = {"minAgreement": 0.97, "minRequests": 50}
-
-
-def flipping_model(e2e: E2E) -> str:
-    """A real sklearn classifier (1-nearest-neighbour on the rows the traffic sends) answering v1's class
-    on 90% of them and the next class on every tenth: what a subtly different model looks like."""
-    if "flip" not in e2e.store.models:
-        import joblib
-
-        v1 = joblib.load(e2e.store.models["v1"].path)
-        x = np.array([r for w in range(WORKERS) for r in rows(1000, 0.0, seed=w)])
-        y = v1.predict(x)
-        classes = np.unique(load_wine().target)
-        flip = np.arange(len(x)) % 10 == 0
-        y = np.where(flip, classes[(np.searchsorted(classes, y) + 1) % len(classes)], y)
-        model = KNeighborsClassifier(n_neighbors=1).fit(x, y)
-        e2e.store.models["flip"] = save_model(model, e2e.store.models["v1"].path.parent, "wine-flip")
-    return "flip"
-
-
-def stable_pods(st: dict[str, Any]) -> str:
-    return f"{NAME}-{st['stableRevision']}-"
 
 
 def test_a_candidate_flipping_ten_percent_is_rolled_back_in_its_shadow_step(e2e: E2E, say: Say) -> None:
@@ -65,7 +39,7 @@ def test_a_candidate_flipping_ten_percent_is_rolled_back_in_its_shadow_step(e2e:
     strangers = {a.pod for a in answers if not a.pod.startswith(stable_pods(v1))}
     assert strangers == set(), f"answers from pods other than stable's: {strangers}"
     last = st["lastAnalysis"]
-    check = next(c for c in last["checks"] if c["name"] == "shadow-agreement")
+    check = agreement_check(st)
     assert check["verdict"] == "Failed" and last["weight"] == 0, last
     assert check["samples"] >= 50 and check["upper"] < 0.97 and check["lower"] <= 0.9 <= check["upper"], check
     assert 0.85 <= check["value"] <= 0.95, check
