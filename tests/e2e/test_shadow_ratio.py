@@ -149,8 +149,9 @@ def test_replica_ratio_a_flipping_candidate_is_rolled_back_in_its_shadow_step(e2
     last = st["lastAnalysis"]
     check = agreement_check(st)
     assert check["verdict"] == "Failed" and last["weight"] == 0, last
+    # the interval (anytime-valid) holds the canary's true 0.90; the estimate itself is not bounded
+    # tighter: a sequential test stops soonest when the estimate happens to be low (a run met 0.837)
     assert check["samples"] >= 50 and check["upper"] < 0.97 and check["lower"] <= 0.9 <= check["upper"], check
-    assert 0.85 <= check["value"] <= 0.95, check
     assert st["history"][-1]["outcome"] == "RolledBack" and "shadow-agreement" in st["message"], st
     say(f"replica ratio: flipping canary rolled back {rolled - started:.0f}s after the change, its pods gone "
         f"{gone - rolled:.0f}s later; 0 of {len(answers)} user answers from it; `{NAME}` endpoints: "
