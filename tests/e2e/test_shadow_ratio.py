@@ -13,7 +13,8 @@ the Service's EndpointSlices hold.
 - a candidate equal to stable, shadowed at 100%: the same fixed requests (v1 and v2 protocol, 1 to
   32 rows) sent before the shadow step and during it get byte-identical bodies from stable, only
   stable answered users during the step, no user request failed; then it gets its weight and
-  answers users (which shows the route follows `<name>`'s selector) and is promoted.
+  answers users, its pods joining `<name>`'s EndpointSlices (which shows the route and the watch
+  follow `<name>`'s selector) and is promoted.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def test_replica_ratio_stable_answers_bit_identical_during_the_shadow_step(e2e: 
     stable = stable_pods(v1)
     traffic = e2e.traffic(host, rate=40, bad_share=0.0, workers=WORKERS)
     watch_ = e2e.watch(ns)
+    endpoints = Endpoints(e2e.kube, ns)
+    e2e.cleanups.append(endpoints.stop)
     with httpx.Client(base_url=e2e.cluster.gateway_url, headers={"Host": host}, timeout=10, trust_env=False) as http:
         since = time.time()  # after the traffic's warm-up through the gateway
         before = send_fixed(http)
@@ -183,6 +186,7 @@ def test_replica_ratio_stable_answers_bit_identical_during_the_shadow_step(e2e: 
     time.sleep(2)
     traffic.stop()
     watch_.stop()
+    endpoints.stop()
 
     assert [code for code, _, _ in before + during] == [200] * (2 * len(FIXED)), [c for c, _, _ in before + during]
     differ = [(i, b[1][:200], d[1][:200]) for i, (b, d) in enumerate(zip(before, during, strict=True)) if b[1] != d[1]]
@@ -198,6 +202,9 @@ def test_replica_ratio_stable_answers_bit_identical_during_the_shadow_step(e2e: 
     assert shadowed and all(a.pod.startswith(stable) for a in shadowed), {a.pod for a in shadowed}
     canary_answers = [a for a in answers if a.t >= weighted and not a.pod.startswith(stable)]
     assert canary_answers, "the canary never answered a user after its weight: the route does not follow `<name>`"
+    # the same watch as the rollback scenario's: it sees the canary's pods join `<name>` once weighted
+    serving = [(t, pod) for t, pod, ready, on, _ in endpoints.seen if not pod.startswith(stable) and (ready or on)]
+    assert serving and min(t for t, _ in serving) >= weighted - 0.5, (weighted, serving[:3])
     record = [s["lastAnalysis"] for _, s in watch_.statuses
               if (s.get("lastAnalysis") or {}).get("step") == 0 and s.get("canaryRevision")]  # fmt: skip
     assert record, watch_.statuses[-1]
@@ -206,5 +213,6 @@ def test_replica_ratio_stable_answers_bit_identical_during_the_shadow_step(e2e: 
     assert [h["outcome"] for h in st["history"] if h["version"] == "2"][-1:] == ["Promoted"], st["history"]
     say(f"replica ratio, equal canary shadowed at 100%: {len(FIXED)} fixed requests byte-identical before and "
         f"during the step; {len(shadowed)} user answers during it, all stable's; weight {weighted - started:.0f}s "
-        f"after the change, then {len(canary_answers)} canary answers; {len(answers)} user requests, none failed; "
+        f"after the change, then {len(canary_answers)} canary answers (its pods serving in `{NAME}` "
+        f"{min(t for t, _ in serving) - weighted:+.1f}s after it); {len(answers)} user requests, none failed; "
         f"shadow: {check['message']}")  # fmt: skip
