@@ -2,6 +2,10 @@
 acts; SIGKILLing it mid-canary hands the rollout to the standby, which finishes it without
 repeating or losing a step (real operator processes, pods, traffic through the gateway).
 
+And two shards (issue 11, scale): operators with disjoint label selectors, each with its own
+Lease in one shared namespace, each rolling out only its own objects; an object relabelled into
+the other shard is rolled out by its new owner from the status the old one left.
+
 The module's own operator is stopped for this: two replicas of our own take its place, started as
 local processes (a development install) so that one of them can be SIGKILLed at a chosen moment.
 """
@@ -12,15 +16,17 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modeldeploy_demo import kube as k
-from modeldeploy_demo.workload import Operator, wait_for
+from modeldeploy_demo.workload import Operator, Traffic, wait_for
 from tests.e2e.conftest import E2E, NAME, SCALE_DOWN_DELAY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-NAMESPACES = ("leader",)
+NAMESPACES = ("leader", "shard-a", "shard-b")
+SHARD = "modeldeploy.io/shard"
 Say = Callable[[str], None]
 STEPS = [{"setWeight": 20}, {"pause": {"seconds": 8}}, {"setWeight": 50}, {"pause": {"seconds": 8}}]
 
@@ -68,3 +74,80 @@ def test_only_the_leader_acts_and_a_killed_leader_is_replaced_by_the_standby(e2e
     assert set(counts) == {200}, counts
     say(f"leader SIGKILLed at weight 20: standby took the Lease {took_over:.1f}s later and promoted; "
         f"requests {sum(counts.values())}, failed 0")  # fmt: skip
+
+
+def shard_operator(e2e: E2E, namespaces: str, selector: str, identity: str, lease_namespace: str) -> Operator:
+    log = Path(e2e.cluster.log_dir) / f"operator-e2e-{identity}.log"
+    op = Operator(e2e.kubeconfig, e2e.cluster.prometheus_url, log, namespace=namespaces, tick=1.0,
+                  scale_down_delay=SCALE_DOWN_DELAY, image=e2e.cluster.env["IMAGE"])  # fmt: skip
+    op.env["MODELDEPLOY_OPERATOR_SELECTOR"] = selector
+    op.env["MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE"] = lease_namespace
+    op.env["MODELDEPLOY_OPERATOR_POD_NAME"] = identity
+    return op.start()
+
+
+def promotions(op: Operator, ns: str) -> float:
+    """The operator's own count of promotions of the ModelDeployment in `ns`."""
+    total = 0.0
+    for line in op.metrics().splitlines():
+        if line.startswith("modeldeploy_operator_rollouts_total{") and f'namespace="{ns}"' in line and \
+                'outcome="Promoted"' in line:  # fmt: skip
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_shards_roll_out_only_their_own_objects_and_a_relabelled_one_moves(e2e: E2E, say: Say) -> None:
+    ns_a, ns_b = e2e.namespaces["shard-a"], e2e.namespaces["shard-b"]
+    both = f"{ns_a},{ns_b}"
+    # both shards watch both namespaces; only their selectors split the objects
+    e2e.replace_operator(lambda: shard_operator(e2e, both, f"{SHARD}=a", "shard-a", ns_a))
+    a = e2e.operator
+    assert isinstance(a, Operator)
+    b = shard_operator(e2e, both, f"!{SHARD}", "shard-b", ns_a)
+    e2e.cleanups.append(b.stop)
+
+    def manifest(model: str, version: str, shard: str | None) -> dict[str, Any]:
+        md = e2e.mdep(model, version, steps=STEPS)
+        if shard:
+            md["metadata"]["labels"] = {SHARD: shard}
+        return md
+
+    started = time.time()
+    traffic: dict[str, Traffic] = {}
+    for ns, shard in ((ns_a, "a"), (ns_b, None)):
+        host = f"{NAME}.{ns}.test"
+        k.apply(e2e.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(e2e.cluster.env)))
+        k.apply(e2e.kubeconfig, ns, manifest("v1", "1", shard))
+    for ns in (ns_a, ns_b):
+        e2e.kube.wait_for_phase(ns, NAME, "Healthy", 180)
+        traffic[ns] = e2e.traffic(f"{NAME}.{ns}.test", rate=20, bad_share=0.0)
+    leases = json.loads(k.kubectl(e2e.kubeconfig, "get", "lease", "-n", ns_a, "-o", "json"))["items"]
+    holders = {x["metadata"]["name"]: x["spec"].get("holderIdentity") for x in leases}
+    assert sorted(holders.values()) == ["shard-a", "shard-b"], holders  # a Lease per shard, one namespace
+    assert all(name.startswith("modeldeploy-operator-") for name in holders), holders
+
+    k.apply(e2e.kubeconfig, ns_a, manifest("v2", "2", "a"))
+    k.apply(e2e.kubeconfig, ns_b, manifest("v2", "2", None))
+    for ns in (ns_a, ns_b):
+        e2e.kube.wait_for_phase(ns, NAME, "Healthy", 180, also=lambda s: s.get("stableVersion") == "2")
+    counts = {(op, ns): promotions(x, ns) for op, x in (("a", a), ("b", b)) for ns in (ns_a, ns_b)}
+    assert counts == {("a", ns_a): 1, ("a", ns_b): 0, ("b", ns_a): 0, ("b", ns_b): 1}, counts
+    both_promoted = time.time() - started
+
+    # ns_b's object moves to shard a by a label change; its next rollout is shard a's
+    moved = time.time()
+    k.apply(e2e.kubeconfig, ns_b, manifest("v1", "3", "a"))
+    final = e2e.kube.wait_for_phase(ns_b, NAME, "Healthy", 180, also=lambda s: s.get("stableVersion") == "3")
+    for t in traffic.values():
+        t.stop()
+    outcomes = [x["outcome"] for x in final["history"]]
+    assert outcomes.count("Promoted") == 2 and outcomes[-1] == "Promoted", outcomes
+    wait_for(lambda: promotions(a, ns_b) == 1, 10, "shard a counting the moved object's promotion")
+    assert promotions(b, ns_b) == 1  # the old owner did not act on it again
+    for ns, t in traffic.items():
+        answers = t.counts(since=started)
+        assert set(answers) == {200}, (ns, answers)
+    total = sum(sum(t.counts(since=started).values()) for t in traffic.values())
+    say(f"two shards (selectors {SHARD}=a and !{SHARD}, Leases {sorted(holders)} in one namespace): each promoted "
+        f"only its own object ({both_promoted:.0f}s for both); the relabelled object was promoted by shard a "
+        f"{time.time() - moved:.0f}s after its change; requests {total}, failed 0")  # fmt: skip
