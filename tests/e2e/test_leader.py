@@ -36,12 +36,16 @@ def holder(e2e: E2E, ns: str) -> str:
     return str(json.loads(out)["spec"]["holderIdentity"])
 
 
-def replica(e2e: E2E, ns: str, identity: str) -> Operator:
-    log = Path(e2e.cluster.log_dir) / f"operator-e2e-leader-{identity}-{ns}.log"
+def replica(e2e: E2E, ns: str, identity: str, lease_namespace: str | None = None, selector: str = "") -> Operator:
+    """An operator process watching `ns` (comma-separated) with leader election in `lease_namespace`
+    (default: `ns`) as `identity`; with a `selector`, a shard acting only on the objects it matches."""
+    log = Path(e2e.cluster.log_dir) / f"operator-e2e-leader-{identity}-{ns.split(',')[0]}.log"
     op = Operator(e2e.kubeconfig, e2e.cluster.prometheus_url, log, namespace=ns, tick=1.0,
                   scale_down_delay=SCALE_DOWN_DELAY, image=e2e.cluster.env["IMAGE"])  # fmt: skip
-    op.env["MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE"] = ns
+    op.env["MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE"] = lease_namespace or ns
     op.env["MODELDEPLOY_OPERATOR_POD_NAME"] = identity
+    if selector:
+        op.env["MODELDEPLOY_OPERATOR_SELECTOR"] = selector
     return op.start()
 
 
@@ -76,16 +80,6 @@ def test_only_the_leader_acts_and_a_killed_leader_is_replaced_by_the_standby(e2e
         f"requests {sum(counts.values())}, failed 0")  # fmt: skip
 
 
-def shard_operator(e2e: E2E, namespaces: str, selector: str, identity: str, lease_namespace: str) -> Operator:
-    log = Path(e2e.cluster.log_dir) / f"operator-e2e-{identity}.log"
-    op = Operator(e2e.kubeconfig, e2e.cluster.prometheus_url, log, namespace=namespaces, tick=1.0,
-                  scale_down_delay=SCALE_DOWN_DELAY, image=e2e.cluster.env["IMAGE"])  # fmt: skip
-    op.env["MODELDEPLOY_OPERATOR_SELECTOR"] = selector
-    op.env["MODELDEPLOY_OPERATOR_LEADER_ELECTION_NAMESPACE"] = lease_namespace
-    op.env["MODELDEPLOY_OPERATOR_POD_NAME"] = identity
-    return op.start()
-
-
 def promotions(op: Operator, ns: str) -> float:
     """The operator's own count of promotions of the ModelDeployment in `ns`."""
     total = 0.0
@@ -100,10 +94,10 @@ def test_two_shards_roll_out_only_their_own_objects_and_a_relabelled_one_moves(e
     ns_a, ns_b = e2e.namespaces["shard-a"], e2e.namespaces["shard-b"]
     both = f"{ns_a},{ns_b}"
     # both shards watch both namespaces; only their selectors split the objects
-    e2e.replace_operator(lambda: shard_operator(e2e, both, f"{SHARD}=a", "shard-a", ns_a))
+    e2e.replace_operator(lambda: replica(e2e, both, "shard-a", ns_a, f"{SHARD}=a"))
     a = e2e.operator
     assert isinstance(a, Operator)
-    b = shard_operator(e2e, both, f"!{SHARD}", "shard-b", ns_a)
+    b = replica(e2e, both, "shard-b", ns_a, f"!{SHARD}")
     e2e.cleanups.append(b.stop)
 
     def manifest(model: str, version: str, shard: str | None) -> dict[str, Any]:
@@ -130,7 +124,7 @@ def test_two_shards_roll_out_only_their_own_objects_and_a_relabelled_one_moves(e
     k.apply(e2e.kubeconfig, ns_b, manifest("v2", "2", None))
     for ns in (ns_a, ns_b):
         # two rollouts at once on a 2-core node: allow twice the usual time
-        e2e.kube.wait_for_phase(ns, NAME, "Healthy", 480, also=lambda s: s.get("stableVersion") == "2")
+        e2e.kube.wait_for_phase(ns, NAME, "Healthy", 720, also=lambda s: s.get("stableVersion") == "2")
     counts = {(op, ns): promotions(x, ns) for op, x in (("a", a), ("b", b)) for ns in (ns_a, ns_b)}
     assert counts == {("a", ns_a): 1, ("a", ns_b): 0, ("b", ns_a): 0, ("b", ns_b): 1}, counts
     both_promoted = time.time() - started
