@@ -41,8 +41,9 @@ def test_a_candidate_flipping_ten_percent_is_rolled_back_in_its_shadow_step(e2e:
     last = st["lastAnalysis"]
     check = agreement_check(st)
     assert check["verdict"] == "Failed" and last["weight"] == 0, last
+    # the interval (anytime-valid) holds the canary's true 0.90; the estimate itself is not bounded
+    # tighter: a sequential test stops soonest when the estimate happens to be low (CI met 0.825 at n=57)
     assert check["samples"] >= 50 and check["upper"] < 0.97 and check["lower"] <= 0.9 <= check["upper"], check
-    assert 0.85 <= check["value"] <= 0.95, check
     assert st["history"][-1]["outcome"] == "RolledBack" and "shadow-agreement" in st["message"], st
     say(f"flipping canary rolled back {rolled - started:.0f}s after the change, 0 of {len(answers)} user answers "
         f"from it; decisive: {check['message']}")  # fmt: skip

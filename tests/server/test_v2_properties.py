@@ -70,14 +70,24 @@ def served(artifacts: dict[str, Artifact], serve: Any, cache_dir: Path) -> Serve
 @given(request=requests())
 def test_no_v2_structure_yields_a_5xx_or_takes_more_than_linear_time(served: Served, request: Any) -> None:
     body, headers = request
-    started = time.perf_counter()
-    response = served.client.post("/v2/models/porosity/infer", content=body, headers=headers)
-    elapsed = time.perf_counter() - started
+    bound = 0.5 + len(body) / 20_000  # linear: about 1 ms per 10 kB here
+    elapsed, response = post_timed(served, body, headers)
     assert response.status_code in ALLOWED, (response.status_code, response.text[:300], body[:300])
-    # linear: about 1 ms per 10 kB here; a quadratic check took seconds for a 3,000-entry shape
-    assert elapsed < 0.5 + len(body) / 20_000, (elapsed, len(body))
+    # a quadratic check took seconds for a 3,000-entry shape, every time; a loaded CI machine once
+    # took 0.76 s for a 2 kB body that passed when Hypothesis re-ran it: the best of three is timed
+    for _ in range(2):
+        if elapsed < bound:
+            break
+        elapsed = min(elapsed, post_timed(served, body, headers)[0])
+    assert elapsed < bound, (elapsed, len(body))
     if response.status_code != 200:
         assert len(response.content) < 1000  # messages never echo a whole shape or body
+
+
+def post_timed(served: Served, body: bytes, headers: dict[str, str]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    response = served.client.post("/v2/models/porosity/infer", content=body, headers=headers)
+    return time.perf_counter() - started, response
 
 
 def test_after_the_properties_no_5xx_was_counted(served: Served) -> None:
