@@ -8,10 +8,12 @@ the namespace of the leader-election Lease (`leader`; several replicas, one acts
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import socket
 import sys
+from collections.abc import Mapping
 
 import kopf
 from pydantic import ValidationError
@@ -19,6 +21,25 @@ from pydantic import ValidationError
 from modeldeploy_operator import handlers, metrics
 from modeldeploy_operator.leader import Elector, LeaseApi
 from modeldeploy_operator.settings import OperatorSettings
+
+M_ARENA_MAX = -8  # glibc's mallopt() parameter for the number of malloc arenas
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(env: Mapping[str, str] = os.environ, arenas: int = MALLOC_ARENAS) -> int | None:
+    """Cap glibc's malloc arenas before any thread starts; the number set, or None when left alone.
+
+    glibc gives each new thread its own arena up to 8 per core, and every arena keeps the memory its
+    thread once used: with the pool of 16 API threads, 100 objects cost 245 MiB against 211 MiB with 2
+    arenas (bench/README.md). A MALLOC_ARENA_MAX in the environment wins (glibc read it at start);
+    another C library has no mallopt and is left as it is."""
+    if "MALLOC_ARENA_MAX" in env:
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    return arenas if mallopt(M_ARENA_MAX, arenas) == 1 else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    arenas = limit_malloc_arenas()
     try:
         settings = OperatorSettings()
     except ValidationError as err:
@@ -45,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = args.namespace or settings.namespace_list
     server = metrics.serve(settings.metrics_bind_address, settings.metrics_port)
     logging.getLogger("modeldeploy.operator").info(
-        "metrics and health on %s:%d; watching %s; tick %.1fs; Prometheus %s",
+        "metrics and health on %s:%d; watching %s; tick %.1fs; Prometheus %s; malloc arenas %s",
         settings.metrics_bind_address,
         server.server_address[1],
         ",".join(namespaces) or "all namespaces",
         settings.tick_seconds,
         settings.prometheus_url,
+        arenas or os.environ.get("MALLOC_ARENA_MAX", "glibc's default"),
     )
     registry = kopf.OperatorRegistry()
     leader = None
