@@ -90,6 +90,9 @@ def promotions(op: Operator, ns: str) -> float:
     return total
 
 
+# two rollouts at once, then a third: its own waits (720 s + 360 s) govern, not the 600 s default;
+# a CI run on a machine also building Go hit the default while waiting for the first two
+@pytest.mark.timeout(1500)
 def test_two_shards_roll_out_only_their_own_objects_and_a_relabelled_one_moves(e2e: E2E, say: Say) -> None:
     ns_a, ns_b = e2e.namespaces["shard-a"], e2e.namespaces["shard-b"]
     both = f"{ns_a},{ns_b}"
