@@ -82,9 +82,13 @@ binaries: ## Build (once, cached outside the repo) kube-apiserver, etcd, helm, G
 	bash hack/build-binaries.sh
 
 .PHONY: node-binaries
-node-binaries: ## Real node: build (once, cached) containerd, kubelet, kube-proxy, Prometheus 3, Traefik; apt runc, CNI, buildah.
+node-binaries: ## Real node: build (once, cached) containerd, kubelet, kube-proxy, Prometheus 3, Traefik, CoreDNS, metrics-server; apt runc, CNI, buildah.
 	bash hack/install-system-deps.sh node
 	bash hack/build-node-binaries.sh
+
+.PHONY: metrics-server
+metrics-server: ## Build (once, cached) only metrics-server (metrics.k8s.io for the HPA; part of node-binaries, which `make test` builds).
+	bash hack/build-node-binaries.sh metrics-server >/dev/null
 
 .PHONY: image
 image: $(INSTALLED) ## Build the image with buildah (no Docker daemon, no network inside); OCI archive in ~/.cache/modeldeploy/image.

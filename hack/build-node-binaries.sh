@@ -2,12 +2,12 @@
 # Build (once) and cache the real node's binaries: containerd + its v2 shim + ctr, kubelet and
 # kube-proxy (from the same generated k8s.io/kubernetes wrapper module hack/build-binaries.sh
 # uses), Prometheus 3 with promtool, Traefik v3 (the Gateway API implementation) and CoreDNS
-# (cluster DNS). runc and the
+# (cluster DNS) and metrics-server (the resource metrics API the HPA controller reads). runc and the
 # CNI plugins come from Debian (hack/install-system-deps.sh).
 #
 # Each part lives in its own cache folder keyed by its pin in hack/versions.env, so changing one pin
 # rebuilds only that part. Prints the folders, one per line, "<part> <folder>".
-# usage: build-node-binaries.sh [containerd|kube|prometheus|traefik|coredns]...   (default: all)
+# usage: build-node-binaries.sh [containerd|kube|prometheus|traefik|coredns|metrics-server]...   (default: all)
 # NODE_BINARIES_CHECK_ONLY=1: build nothing, fail when a part is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -133,8 +133,21 @@ build_coredns() {
   echo "coredns $out"
 }
 
+build_metrics_server() {
+  local out="$cache_root/bin/metrics-server-$METRICS_SERVER_VERSION"
+  [[ -x "$out/metrics-server" ]] && { log "metrics-server: cached"; echo "metrics-server $out"; return; }
+  check_only metrics-server
+  mkdir -p "$out"
+  log "metrics-server $METRICS_SERVER_VERSION: building"
+  (GOBIN="$work/metrics-server-gobin" GOFLAGS= nice_go install -v -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION" 2>&1) | progress metrics-server
+  mv -f "$work/metrics-server-gobin/metrics-server" "$out/metrics-server.tmp.$$"
+  mv -f "$out/metrics-server.tmp.$$" "$out/metrics-server"  # a private name first: two clones may build at once
+  echo "metrics-server $out"
+}
+
 parts=("$@")
-(( ${#parts[@]} )) || parts=(containerd kube prometheus traefik coredns)
+(( ${#parts[@]} )) || parts=(containerd kube prometheus traefik coredns metrics-server)
 for p in "${parts[@]}"; do
   case $p in
     containerd) timed containerd build_containerd ;;
@@ -142,6 +155,7 @@ for p in "${parts[@]}"; do
     prometheus) timed prometheus build_prometheus ;;
     traefik) timed traefik build_traefik ;;
     coredns) timed coredns build_coredns ;;
+    metrics-server) timed metrics-server build_metrics_server ;;
     *) log "unknown part: $p"; exit 2 ;;
   esac
 done
