@@ -12,7 +12,8 @@ Python API (devcluster.Cluster): attributes `kubeconfig` (Path), `env` (dict of 
 KUBECONFIG, PROMETHEUS_URL, GATEWAY_URL, ...), `prometheus_url`, `gateway_url`, `api_server`,
 `log_dir`, `state_dir`, `node_name`, `kubectl_path`, `helm_path`, `timings`; methods
 `kubectl(*args, input=None, check=True)`, `apply(path_or_yaml, namespace=None)`, `api_client()`,
-`prometheus_query(q)`, `stop_prometheus()`, `start_prometheus()`, `status()`,
+`prometheus_query(q)`, `stop_prometheus()`, `start_prometheus()`, `start_metrics_server()`,
+`stop_metrics_server()` (metrics.k8s.io, on demand), `status()`,
 `pod_log(namespace, pod)`, `wait_for(predicate, timeout, what=...)`.
 """
 

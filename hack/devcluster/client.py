@@ -160,6 +160,17 @@ class Cluster:
         """Start Prometheus again on the same port with the same TSDB; returns once it is ready."""
         self._control("/prometheus/start")
 
+    def start_metrics_server(self) -> None:
+        """Start metrics-server and register it as `v1beta1.metrics.k8s.io` (devcluster.metrics);
+        returns once the API server serves the resource metrics API (the HPA controller reads it)."""
+        code, body = procs.http_post(self.control_url + "/metrics-server/start", 150.0)
+        if code != 200:
+            raise ClusterError(f"start metrics-server: HTTP {code}: {body[:500]!r}")
+
+    def stop_metrics_server(self) -> None:
+        """Unregister the APIService, then stop metrics-server."""
+        self._control("/metrics-server/stop")
+
     def restart_component(self, name: str) -> float:
         """Restart kube-apiserver or etcd (same flags and data); returns once the API server is
         ready again, with the seconds the restart took."""

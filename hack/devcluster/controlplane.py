@@ -6,7 +6,8 @@ Called by realnode (start/stop).
 
 With the real node (`node` set: devcluster.realnode) the API server listens on the node address
 in 198.18.0.0/15, Services get 198.19.0.0/16 addresses, every controller runs, and the API server
-reaches the kubelet with a client certificate. Without `node` (a control plane alone on loopback,
+reaches the kubelet with a client certificate; the aggregation layer is configured (front-proxy
+CA and client certificate) for metrics-server (devcluster.metrics). Without `node` (a control plane alone on loopback,
 which no harness starts any more) the EndpointSlice controllers are off: the API server refuses
 loopback addresses in EndpointSlices.
 """
@@ -127,6 +128,16 @@ class ControlPlane:
                 "--enable-admission-plugins", "NodeRestriction",
                 "--kubelet-client-certificate", str(kubelet_client[0]), "--kubelet-client-key", str(kubelet_client[1]),
                 "--kubelet-certificate-authority", str(p.ca_cert), "--kubelet-preferred-address-types", "InternalIP",
+                # the aggregation layer (metrics.k8s.io from metrics-server, started on demand by
+                # devcluster.metrics): no APIService points at a Service until then
+                "--requestheader-client-ca-file", str(p.certs["front-proxy-ca"][0]),
+                "--requestheader-allowed-names", pki.FRONT_PROXY_CLIENT,
+                "--requestheader-username-headers", "X-Remote-User",
+                "--requestheader-group-headers", "X-Remote-Group",
+                "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+                "--proxy-client-cert-file", str(p.certs["front-proxy-client"][0]),
+                "--proxy-client-key-file", str(p.certs["front-proxy-client"][1]),
+                "--enable-aggregator-routing=true",  # to the Endpoints' address, not through a ClusterIP
             ]  # fmt: skip
         else:
             mode = ["--service-cluster-ip-range", SERVICE_CIDR, "--authorization-mode", "RBAC",

@@ -4,7 +4,9 @@ Owns: a CA, the API server's serving certificate (SANs for 127.0.0.1/localhost, 
 `kubernetes` Service addresses on the real node), the service-account signing key, the token
 file (admin in system:masters; on the real node also the kubelet as system:node:<name> and
 kube-proxy), and for the real node the kubelet's serving certificate and the API server's client
-certificate towards the kubelet. Called by controlplane.
+certificate towards the kubelet; for the aggregation layer (metrics-server, devcluster.metrics) a
+front-proxy CA with the API server's proxy client certificate, metrics-server's serving
+certificate and its client certificate towards the kubelet. Called by controlplane.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+FRONT_PROXY_CLIENT = "front-proxy-client"
+# the Service the APIService v1beta1.metrics.k8s.io names: the API server checks this name
+METRICS_SERVER_DNS = "metrics-server.kube-system.svc"
 
 
 @dataclass(frozen=True)
@@ -54,18 +60,24 @@ def _sign(d: Path, ca: tuple[Path, Path], name: str, subject: str, usage: str, s
     return cert, key
 
 
+def _ca(d: Path, name: str, subject: str) -> tuple[Path, Path]:
+    """A self-signed CA: (cert, key)."""
+    key, cert = d / f"{name}.key", d / f"{name}.crt"
+    _openssl("genrsa", "-out", str(key), "2048")
+    _openssl(
+        "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", "30", "-subj", subject,
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-out", str(cert),
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
+
+
 def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
     """node = (node name, node IP, `kubernetes` Service IP) for the real node, None otherwise."""
     d = directory
     d.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_cert = d / "ca.key", d / "ca.crt"
-    _openssl("genrsa", "-out", str(ca_key), "2048")
-    _openssl(
-        "req", "-x509", "-new", "-key", str(ca_key), "-sha256", "-days", "30", "-subj", "/CN=devcluster-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", str(ca_cert),
-    )  # fmt: skip
-    ca = (ca_cert, ca_key)
+    ca_cert, ca_key = ca = _ca(d, "ca", "/CN=devcluster-ca")
     ips = "IP:127.0.0.1" + (f",IP:{node[1]},IP:{node[2]}" if node else "")
     srv_cert, srv_key = _sign(
         d, ca, "apiserver", "/CN=kube-apiserver", "serverAuth",
@@ -90,6 +102,19 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
         )
         certs["apiserver-kubelet-client"] = _sign(
             d, ca, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth"
+        )
+        # the aggregation layer: the API server proxies to metrics-server with this client certificate
+        # (its own CA, as a cluster's front proxy has: only FRONT_PROXY_CLIENT may assert X-Remote-User)
+        front_ca = _ca(d, "front-proxy-ca", "/CN=devcluster-front-proxy-ca")
+        certs["front-proxy-ca"] = front_ca
+        certs["front-proxy-client"] = _sign(
+            d, front_ca, "front-proxy-client", f"/CN={FRONT_PROXY_CLIENT}", "clientAuth"
+        )
+        certs["metrics-server"] = _sign(
+            d, ca, "metrics-server", f"/CN={METRICS_SERVER_DNS}", "serverAuth", f"IP:{ip},DNS:{METRICS_SERVER_DNS}"
+        )
+        certs["metrics-server-kubelet-client"] = _sign(
+            d, ca, "metrics-server-kubelet-client", "/O=system:masters/CN=metrics-server", "clientAuth"
         )
     token_file = d / "tokens.csv"
     token_file.write_text("\n".join(lines) + "\n")

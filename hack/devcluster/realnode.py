@@ -4,7 +4,8 @@ Owns: start-up order (guard route and bridge -> control plane on the node addres
 with the pause image and the project's image imported -> cluster DNS (CoreDNS on 198.18.0.1:53)
 -> kubelet -> node Ready -> kube-proxy ->
 Traefik and its Gateway -> Prometheus 3 (kubernetes_sd_configs) -> the model store Service), the
-env file and status.json, the control endpoint (/status, Prometheus stop/start), one real node
+env file and status.json, the control endpoint (/status, Prometheus stop/start, metrics-server
+start/stop: devcluster.metrics, on demand), one real node
 per machine (a lock: kube-proxy's nftables tables and the kubelet's cgroups are machine-wide),
 and the teardown of every part. Called by `python -m devcluster run`
 (through `up` or devcluster.client.Cluster).
@@ -35,7 +36,7 @@ from typing import IO, Any
 
 import yaml
 
-from devcluster import controlplane, dns, network, node, procs, prometheus, s3, traefik
+from devcluster import controlplane, dns, metrics, network, node, procs, prometheus, s3, traefik
 
 LOCK_FILE = Path("/run/lock/modeldeploy-node.lock")
 MODEL_STORE_NAMESPACE = "modeldeploy-store"
@@ -116,6 +117,7 @@ class RealNode:
         self.prom: prometheus.Prometheus | None = None
         self.dns: dns.CoreDns | None = None
         self.s3: s3.S3Store | None = None
+        self.metrics: metrics.MetricsServer | None = None
         self.ip_forward: str | None = None
         self.image = ""
         self.store_dir = self.state / "model-store"
@@ -254,6 +256,8 @@ class RealNode:
         )  # fmt: skip
         self.prom.start()
         self._mark("prometheus_ready")
+        self.metrics = metrics.MetricsServer(self.state, bins["metrics-server"] / "metrics-server", self.cp.kubeconfig,
+                                             p, node.child_env(bins["metrics-server"]), self.cp.kubectl)  # fmt: skip
         self.s3 = s3.S3Store(self.state, network.NODE_IP)  # pods and this machine both reach the node address
         try:
             self.s3.start()
@@ -334,6 +338,7 @@ class RealNode:
                 assert harness.prom
                 self._reply(200, {"env": harness.env(), "timings_seconds": harness.timings,
                                   "prometheus_running": harness.prom.running,
+                                  "metrics_server_running": bool(harness.metrics and harness.metrics.running),
                                   "pids": harness.pids()})  # fmt: skip
 
             def do_POST(self) -> None:  # noqa: N802
@@ -346,6 +351,13 @@ class RealNode:
                 if self.path == "/prometheus/start":
                     harness.worker.submit(harness.prom.start).result()
                     return self._reply(200, {"prometheus_running": True})
+                if self.path in ("/metrics-server/start", "/metrics-server/stop") and harness.metrics:
+                    ms = harness.metrics
+                    try:
+                        harness.worker.submit(ms.start if self.path.endswith("start") else ms.stop).result()
+                    except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+                        return self._reply(500, {"error": f"{self.path}: {exc}"})
+                    return self._reply(200, {"metrics_server_running": ms.running})
                 name = self.path.removeprefix("/controlplane/restart/")
                 if self.path.startswith("/controlplane/restart/") and harness.cp and name in harness.cp.argv:
                     seconds = harness.worker.submit(harness.cp.restart, name).result()
@@ -363,14 +375,15 @@ class RealNode:
         out: dict[str, int] = {}
         for group in (self.cp.procs if self.cp else {}, self.node.procs if self.node else {}):
             out.update({name: p.pid for name, p in group.items() if p.poll() is None})
-        for name, part in (("traefik", self.traefik), ("prometheus", self.prom), ("coredns", self.dns)):
+        for name, part in (("traefik", self.traefik), ("prometheus", self.prom), ("coredns", self.dns),
+                           ("metrics-server", self.metrics)):  # fmt: skip
             if part is not None and part.proc is not None and part.proc.poll() is None:
                 out[name] = part.proc.pid
         return out
 
     def _teardown(self) -> None:
         t0 = time.monotonic()
-        for part in (self.s3, self.prom, self.traefik, self.dns):
+        for part in (self.metrics, self.s3, self.prom, self.traefik, self.dns):
             if part is not None:
                 part.stop()
         done: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import controlplane, dns, network, node, prometheus, realnode, traefik
+from devcluster import controlplane, dns, metrics, network, node, prometheus, realnode, traefik
 from devcluster.procs import is_local_address
 
 IPV4 = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?:/(\d{1,2}))?(?![\d.])")
@@ -66,6 +66,8 @@ def _rendered(tmp_path: Path) -> dict[str, Any]:
                   pki.certs["kubelet-serving"])  # fmt: skip
     network.write_cni_config(tmp_path / "cni", tmp_path / "ipam")
     gw = traefik.Traefik(tmp_path, tmp_path / "traefik", server, pki.ca_cert, "token", {})
+    ms = metrics.MetricsServer(tmp_path, tmp_path / "ms", tmp_path / "kubeconfig", pki, {}, lambda *a, **k: "")
+    ms.port = 4443
     return {
         "apiserver (real node)": " ".join(cp_real.apiserver_argv("http://127.0.0.1:2379")),
         "apiserver (process kubelet)": " ".join(cp_process.apiserver_argv("http://127.0.0.1:2379")),
@@ -80,6 +82,8 @@ def _rendered(tmp_path: Path) -> dict[str, Any]:
         "prometheus (real node)": yaml.safe_dump(prometheus.kubernetes_config(server, pki.ca_cert, tmp_path / "t")),
         "model store": realnode.model_store_manifests("localhost/modeldeploy/modeldeploy:dev", tmp_path),
         "coredns": dns.corefile(tmp_path / "kubeconfig", "devcluster", 1053),
+        "metrics-server": " ".join(ms.argv()),
+        "metrics-server objects": metrics.manifests(pki.ca_cert, ms.port),
     }
 
 
@@ -88,7 +92,8 @@ def test_every_component_is_configured_with_local_addresses_only(tmp_path: Path)
     bad = {name: offending(text) for name, text in rendered.items() if offending(text)}
     assert bad == {}, f"addresses outside loopback and 198.18.0.0/15: {bad}"
     # and the configs do carry addresses: the check above is not vacuous
-    for name in ("apiserver (real node)", "kubelet", "kube-proxy", "cni", "traefik", "coredns"):
+    for name in ("apiserver (real node)", "kubelet", "kube-proxy", "cni", "traefik", "coredns", "metrics-server",
+                 "metrics-server objects"):  # fmt: skip
         assert addresses(rendered[name]), name
     assert network.NODE_IP in rendered["kubelet"] and network.SERVICE_CIDR in rendered["apiserver (real node)"]
 
