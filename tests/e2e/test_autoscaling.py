@@ -1,0 +1,160 @@
+"""End to end: spec.autoscaling under a real load step (real operator, HPA controller, metrics-server,
+kubelet, pods, gateway traffic).
+
+A ModelDeployment with a small CPU request and `autoscaling: {minReplicas: 1, maxReplicas: 3,
+targetCPUUtilizationPercentage: 50}` idles on one stable pod below its target; a bounded load step
+through the gateway raises the pod's CPU use (measured by the kubelet, aggregated by metrics-server
+into `metrics.k8s.io`) above it, and kube-controller-manager's HPA controller scales the stable
+Deployment out; the operator keeps that count (it never undoes a scale-out) and a canary started
+afterwards is sized from the stable's current replicas (`routed_canary_replicas`), not from
+`spec.replicas`. No request fails meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from modeldeploy_demo import kube as k
+from modeldeploy_demo.workload import wait_for
+from modeldeploy_operator.ratio import routed_canary_replicas
+from tests.e2e.conftest import E2E, NAME
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+NAMESPACES = ("hpa",)
+Say = Callable[[str], None]
+CPU_REQUEST_MILLICORES = 50  # small: a few requests/s of ~1-2 ms of CPU each exceed half of it on a 2-core node
+TARGET = 50
+AUTOSCALING = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": TARGET}
+RATE = 30.0  # bounded: 4 workers, at most MAX_LOAD_SECONDS
+
+
+@pytest.fixture(scope="module")
+def resource_metrics(e2e: E2E) -> Iterator[None]:
+    """metrics-server on the real node for this module only (torn down before the namespaces go)."""
+    e2e.cluster.start_metrics_server()
+    try:
+        yield
+    finally:
+        e2e.cluster.stop_metrics_server()
+
+
+def autoscaled(e2e: E2E, model: str, version: str, **kw: Any) -> dict[str, Any]:
+    obj = e2e.mdep(model, version, **kw)
+    obj["spec"]["serving"] = {"resources": {"requests": {"cpu": f"{CPU_REQUEST_MILLICORES}m", "memory": "256Mi"}}}
+    obj["spec"]["autoscaling"] = AUTOSCALING
+    return obj
+
+
+def millicores(quantity: str) -> float:
+    """A CPU quantity as metrics.k8s.io writes it ("12345678n", "250u", "3m", "1") in millicores."""
+    for suffix, scale in (("n", 1e-6), ("u", 1e-3), ("m", 1.0)):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * scale
+    return float(quantity) * 1000
+
+
+def pod_usage(e2e: E2E, ns: str, revision: str) -> dict[str, float]:
+    """CPU millicores of each pod of `revision` from the resource metrics API (as the HPA controller reads it)."""
+    path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector=modeldeploy.io/revision%3D{revision}"
+    raw = e2e.cluster.kubectl("get", "--raw", path)
+    return {
+        item["metadata"]["name"]: sum(millicores(c["usage"]["cpu"]) for c in item["containers"])
+        for item in json.loads(raw)["items"]
+    }
+
+
+def hpa(e2e: E2E, ns: str) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(e2e.cluster.kubectl("get", "hpa", NAME, "-n", ns, "-o", "json"))
+    return obj
+
+
+def utilization(obj: dict[str, Any]) -> int | None:
+    for m in (obj.get("status") or {}).get("currentMetrics") or []:
+        if m.get("type") == "Resource" and m["resource"]["name"] == "cpu":
+            value = m["resource"]["current"].get("averageUtilization")
+            return int(value) if value is not None else None
+    return None
+
+
+def stable_deployment(e2e: E2E, ns: str, revision: str) -> Any:
+    deps = e2e.kube.apps.list_namespaced_deployment(ns, label_selector=f"modeldeploy.io/revision={revision}").items
+    assert len(deps) == 1, [d.metadata.name for d in deps]
+    return deps[0]
+
+
+def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized_from_it(
+    e2e: E2E, resource_metrics: None, say: Say
+) -> None:
+    ns = e2e.namespaces["hpa"]
+    host = f"{NAME}.{ns}.test"
+    k.apply(e2e.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(e2e.cluster.env)))
+    k.apply(e2e.kubeconfig, ns, autoscaled(e2e, "v1", "1"))
+    st = e2e.kube.wait_for_phase(ns, NAME, "Healthy", 180)
+    stable = st["stableRevision"]
+    assert stable_deployment(e2e, ns, stable).spec.replicas == 1, "minReplicas 1: one stable pod at rest"
+
+    # at rest: real usage for the stable pod, and the HPA computes a utilization below its target
+    idle = wait_for(lambda: pod_usage(e2e, ns, stable) or None, 90, f"metrics.k8s.io usage of the pods of {stable}")
+    at_rest = wait_for(lambda: utilization(hpa(e2e, ns)), 90, "the HPA's current CPU utilization (at rest)")
+    assert at_rest < TARGET, f"utilization {at_rest}% at rest already above the {TARGET}% target: {idle} millicores"
+    assert hpa(e2e, ns)["status"].get("desiredReplicas", 1) == 1
+
+    # the load step
+    traffic = e2e.traffic(host, rate=RATE, bad_share=0.0, workers=4, max_seconds=300)
+    started = time.time()
+    seen: list[int] = []
+
+    def scaled_out() -> dict[str, Any] | None:
+        obj = hpa(e2e, ns)
+        if (u := utilization(obj)) is not None:
+            seen.append(u)
+        return obj if (obj.get("status") or {}).get("desiredReplicas", 1) > 1 else None
+
+    decided = wait_for(scaled_out, 180, f"the HPA to scale {stable} out (utilizations seen: {seen})", interval=1)
+    t_desired = time.time() - started
+    usage = pod_usage(e2e, ns, stable)
+    ready = wait_for(lambda: (stable_deployment(e2e, ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
+                     "two ready stable pods")  # fmt: skip
+    assert ready
+    t_ready = time.time() - started
+    desired = int(decided["status"]["desiredReplicas"])
+    assert 2 <= desired <= AUTOSCALING["maxReplicas"], decided["status"]
+    assert utilization(decided) is not None and utilization(decided) > TARGET, decided["status"]
+    assert max(usage.values()) > CPU_REQUEST_MILLICORES * TARGET / 100, usage
+    # the operator keeps the HPA's count: the stable Deployment is not scaled back to spec.replicas
+    time.sleep(5)
+    assert (stable_deployment(e2e, ns, stable).spec.replicas or 0) >= 2
+
+    # a canary during the scale-out: sized from the stable's current replicas at 50%
+    k.apply(e2e.kubeconfig, ns, autoscaled(e2e, "v2", "2", steps=[{"setWeight": 50}, {"pause": {}}]))
+    st = wait_for(lambda: (s := e2e.kube.status(ns, NAME)).get("canaryWeight") == 50 and s, 150, "canary at 50%")
+    canary = st["canaryRevision"]
+
+    def proportional() -> tuple[int, int] | None:
+        n = e2e.kube.replicas(ns, NAME)
+        pair = (n.get(stable, 0), n.get(canary, 0))
+        return pair if pair[1] == routed_canary_replicas(pair[0], 50) else None
+
+    stable_n, canary_n = wait_for(proportional, 30, f"canary replicas = routed_canary_replicas(stable, 50): "
+                                  f"{e2e.kube.replicas(ns, NAME)}")  # fmt: skip
+    assert stable_n >= 2 and canary_n >= 1
+    time.sleep(5)
+    traffic.stop()
+    s = traffic.stats(since=started)
+    assert s.failed == 0, f"failed requests during the scale-out: {traffic.counts(since=started)}"
+    assert s.ok > 100, s
+    e2e.figures(hpa_scale_out_desired_seconds=round(t_desired, 1), hpa_scale_out_ready_seconds=round(t_ready, 1),
+                hpa_utilization_at_rest_pct=at_rest, hpa_utilization_max_pct=max(seen, default=0),
+                hpa_desired_replicas=desired)  # fmt: skip
+    say(
+        f"autoscaling: {CPU_REQUEST_MILLICORES}m request, target {TARGET}%: at rest {at_rest}% "
+        f"({', '.join(f'{v:.1f}m' for v in idle.values())}); load step {RATE:g} req/s -> utilizations {seen}, "
+        f"desiredReplicas {desired} after {t_desired:.1f}s, 2 stable pods ready after {t_ready:.1f}s "
+        f"(usage then {', '.join(f'{v:.1f}m' for v in usage.values())}); canary at 50% beside {stable_n} stable pods: "
+        f"{canary_n} (routed_canary_replicas); {s.requests} requests, {s.ok} ok, failed {s.failed}"
+    )
