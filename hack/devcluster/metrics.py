@@ -32,7 +32,9 @@ from devcluster import network, pki, procs
 APISERVICE = "v1beta1.metrics.k8s.io"
 NAMESPACE = "kube-system"
 SERVICE = "metrics-server"
-METRIC_RESOLUTION = "10s"  # metrics-server's smallest (default 60 s): the HPA controller syncs every 15 s
+# metrics-server's smallest (default 60 s; the HPA controller syncs every 15 s); it must exceed the
+# kubelet request timeout (10 s by default: metrics-server refuses to start otherwise), hence 5 s there
+METRIC_RESOLUTION = "10s"
 
 
 def manifests(ca_cert: Path, port: int) -> str:
@@ -82,7 +84,7 @@ class MetricsServer(procs.HttpReadyProcess):
             "--kubelet-client-certificate", str(client[0]), "--kubelet-client-key", str(client[1]),
             "--kubelet-certificate-authority", str(self.pki.ca_cert),
             "--kubelet-preferred-address-types", "InternalIP", "--kubelet-use-node-status-port",
-            "--metric-resolution", METRIC_RESOLUTION, "--v", "1",
+            "--metric-resolution", METRIC_RESOLUTION, "--kubelet-request-timeout", "5s", "--v", "1",
         ]  # fmt: skip
 
     def _ready(self) -> bool:  # HTTPS with the cluster CA (the base class speaks plain HTTP)
