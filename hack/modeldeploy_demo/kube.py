@@ -193,6 +193,7 @@ class Watch:
     def __init__(self, kube: Kube, namespace: str, name: str, route: str | None = None) -> None:
         self.kube, self.namespace, self.name, self.route = kube, namespace, name, route or name
         self.weights: list[tuple[float, int]] = []
+        self.polls: list[tuple[float, int]] = []  # every read: the route had this weight after this time
         self.statuses: list[tuple[float, Obj]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{namespace}")
@@ -203,6 +204,7 @@ class Watch:
             now = time.time()
             try:
                 w = self.kube.route_weights(self.namespace, self.route).get(f"{self.route}-canary", 0)
+                self.polls.append((now, w))
                 if not self.weights or self.weights[-1][1] != w:
                     self.weights.append((now, w))
                 st = self.kube.status(self.namespace, self.name)
@@ -218,6 +220,11 @@ class Watch:
 
     def first_weight(self, weight: int, after: float = 0.0) -> float | None:
         return next((t for t, w in list(self.weights) if t >= after and w == weight), None)
+
+    def last_read(self, weight: int, before: float) -> float | None:
+        """The start of the last read before `before` that found `weight`: the route still had it then,
+        so a request sent earlier was routed by it (the gateway applies a change later still)."""
+        return max((t for t, w in list(self.polls) if t < before and w == weight), default=None)
 
     def weights_since(self, since: float) -> list[int]:
         return [w for t, w in list(self.weights) if t >= since]
