@@ -163,9 +163,7 @@ class Cluster:
     def start_metrics_server(self) -> None:
         """Start metrics-server and register it as `v1beta1.metrics.k8s.io` (devcluster.metrics);
         returns once the API server serves the resource metrics API (the HPA controller reads it)."""
-        code, body = procs.http_post(self.control_url + "/metrics-server/start", 150.0)
-        if code != 200:
-            raise ClusterError(f"start metrics-server: HTTP {code}: {body[:500]!r}")
+        self._control("/metrics-server/start", timeout=150.0)
 
     def stop_metrics_server(self) -> None:
         """Unregister the APIService, then stop metrics-server."""
@@ -179,8 +177,8 @@ class Cluster:
             raise ClusterError(f"restart {name}: HTTP {code}: {body[:300]!r}")
         return float(json.loads(body)["seconds"])
 
-    def _control(self, path: str) -> None:
-        code, body = procs.http_post(self.control_url + path, 90.0)
+    def _control(self, path: str, timeout: float = 90.0) -> None:
+        code, body = procs.http_post(self.control_url + path, timeout)
         if code != 200:
             raise ClusterError(f"{path}: HTTP {code}: {body[:300]!r}")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,21 @@ from devcluster import Cluster
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import report
 from modeldeploy_demo.incluster import ChartOperator
-from modeldeploy_demo.workload import Model, Operator, Traffic, publish_models, wait_for
+from modeldeploy_demo.workload import Answer, Model, Operator, Traffic, publish_models, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "wine"
 SCALE_DOWN_DELAY = 5
 INTERVAL = 5  # analysis intervalSeconds of every scenario
 OPERATOR = os.environ.get("MODELDEPLOY_E2E_OPERATOR", "chart")
+
+
+def gateway_answers(answers: Sequence[Answer]) -> list[int]:
+    """The codes of answers no pod gave (the gateway's own, e.g. a 502), checked to be at most one in
+    a thousand: where a scenario judges what pods answered, not the zero-downtime claim (test_promotion)."""
+    gateway = [a.code for a in answers if not a.pod]
+    assert len(gateway) * 1000 <= len(answers), gateway
+    return gateway
 
 
 @dataclass
