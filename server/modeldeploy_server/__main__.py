@@ -70,7 +70,7 @@ def serve(settings: Settings) -> int:
     common: dict[str, object] = {
         "host": settings.host, "port": settings.port, "loop": "uvloop", "http": HalfCloseProtocol, "lifespan": "on",
         "access_log": False, "log_config": None, "timeout_graceful_shutdown": settings.graceful_timeout_seconds,
-        "server_header": False, "date_header": False,
+        "timeout_keep_alive": settings.keep_alive_seconds, "server_header": False, "date_header": False,
     }  # fmt: skip
     if settings.workers > 1:
         directory = _fresh_multiprocess_dir()  # before prometheus_client is imported anywhere

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = Field(default=60.0, gt=0, description="Deadline of the whole artifact download.")
     max_artifact_bytes: int = Field(default=4 << 30, ge=1, description="Larger artifacts are refused (4 GiB).")
     graceful_timeout_seconds: float = Field(default=30.0, ge=0)
+    keep_alive_seconds: float = Field(
+        default=3700.0,
+        gt=0,
+        le=86_400,
+        description="An idle keep-alive connection is closed after this long. Longer than the idle timeouts of the "
+        "proxies in front (Traefik 90 s, nginx 60 s, Envoy 1 h): a proxy that sends a request on a connection the "
+        "server is closing answers 502.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(default=False, description="Also log successful requests (refusals always are).")
     shadow_token: SecretStr | None = Field(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 import joblib
 
-from tests.server.conftest import REPO_ROOT, free_port, sha256_of, start_cli, wait_ready
+from tests.server.conftest import REPO_ROOT, Artifact, free_port, sha256_of, start_cli, wait_ready
 from tests.server.slow_model import SlowModel
 
 
@@ -53,3 +55,48 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     access = [line for line in lines if line.get("request_id") == "drain-me"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/models/slow:predict"
     assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+
+
+def _post_on(sock: socket.socket, body: bytes) -> bytes:
+    """One HTTP/1.1 request on an open connection; the status line of its answer."""
+    sock.sendall(b"POST /v1/models/pipe:predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection instead of answering (got {answer!r})"
+        answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head.split(b"\r\n")[0]
+
+
+def test_an_idle_keep_alive_connection_outlives_a_gateway_pause_and_not_a_stop(
+    artifacts: dict[str, Artifact], tmp_path: Path
+) -> None:
+    """A gateway keeps idle connections to the pod (Traefik: 90 s) and reuses them. A server that closes
+    one first (uvicorn's 5 s) races the gateway's next request on it, which the gateway answers 502.
+    The server keeps an idle connection open past 5 s; a SIGTERM still closes it at once."""
+    port = free_port()
+    env = artifacts["pipe"].env(MODELDEPLOY_PORT=str(port), MODELDEPLOY_CACHE_DIR=str(tmp_path / "cache"))
+    proc = start_cli(env, tmp_path / "server.log")
+    body = json.dumps({"instances": [artifacts["pipe"].rows[0].tolist()]}).encode()
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert _post_on(sock, body) == b"HTTP/1.1 200 OK"
+            time.sleep(7)  # idle past uvicorn's default keep-alive of 5 s
+            ready, _, _ = select.select([sock], [], [], 0)
+            assert not ready or sock.recv(1, socket.MSG_PEEK), "the server closed an idle connection after 7 s"
+            assert _post_on(sock, body) == b"HTTP/1.1 200 OK"
+            stopped = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert time.monotonic() - stopped < 5, "an idle connection held the stop"
+            assert sock.recv(1) == b"", "the idle connection was not closed at the stop"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
