@@ -50,6 +50,7 @@ def deployment_name(name: str, revision: str) -> str:
 
 
 DRAIN_SECONDS = 5  # preStop: the pod keeps serving this long after it leaves the endpoints
+PROBE_TIMEOUT_SECONDS = 5  # a probe waits behind the model call in progress (kubelet default 1 s: one slow batch)
 
 
 # Pod Security Admission `restricted`: the image's non-root user, no privilege escalation, no
@@ -120,10 +121,13 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
         "env": server_env(name, spec, revision),
         # the server's one refusal line (exit code 2) reaches the pod's status, and so the operator
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # the server answers a probe between two model calls: a slow model (0.6 s a row) kept it waiting
+        # past the kubelet's default 1 s, the pod turned unready and the gateway answered 503 for it
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
             "periodSeconds": 2,
             "failureThreshold": 2,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
         },
         # keep answering while gateways and kube-proxy still route here after the pod is told to stop
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
@@ -131,6 +135,7 @@ def pod_template(name: str, spec: ModelDeploymentSpec, revision: str, image: str
             "httpGet": {"path": "/v2/health/live", "port": "http"},
             "periodSeconds": 10,
             "failureThreshold": 3,
+            "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
         },
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         # the server's artifact download cache (the image sets XDG_CACHE_HOME=/tmp/.cache)
