@@ -550,6 +550,13 @@ class AutoscalingSpec(_Model):
         description="Mean requests per second per pod, as the Pods metric modeldeploy_requests_per_second "
         "(needs a custom metrics API adapter serving it from Prometheus).",
     )
+    scale_down_stabilization_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=3600,
+        description="How long the autoscaler keeps the highest recommendation before scaling in "
+        "(behavior.scaleDown.stabilizationWindowSeconds; unset: Kubernetes' 300).",
+    )
 
     @model_validator(mode="after")
     def _bounds_and_target(self) -> AutoscalingSpec:

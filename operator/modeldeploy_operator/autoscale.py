@@ -46,6 +46,15 @@ def hpa(owner: Owner, a: AutoscalingSpec, stable_revision: str) -> dict[str, Any
         value = f"{round(a.target_requests_per_second_per_pod * 1000)}m"
         target = {"type": "AverageValue", "averageValue": value}
         metrics.append({"type": "Pods", "pods": {"metric": {"name": RPS_METRIC}, "target": target}})
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                           "name": deployment_name(owner.name, stable_revision)},  # fmt: skip
+        "minReplicas": a.min_replicas,
+        "maxReplicas": a.max_replicas,
+        "metrics": metrics,
+    }
+    if a.scale_down_stabilization_seconds is not None:
+        spec["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": a.scale_down_stabilization_seconds}}
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -55,16 +64,7 @@ def hpa(owner: Owner, a: AutoscalingSpec, stable_revision: str) -> dict[str, Any
             "labels": _labels(owner),
             "ownerReferences": [owner.reference()],
         },  # fmt: skip
-        "spec": {
-            "scaleTargetRef": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": deployment_name(owner.name, stable_revision),
-            },  # fmt: skip
-            "minReplicas": a.min_replicas,
-            "maxReplicas": a.max_replicas,
-            "metrics": metrics,
-        },
+        "spec": spec,
     }
 
 

@@ -7,7 +7,9 @@ through the gateway raises the pod's CPU use (measured by the kubelet, aggregate
 into `metrics.k8s.io`) above it, and kube-controller-manager's HPA controller scales the stable
 Deployment out; the operator keeps that count (it never undoes a scale-out) and a canary started
 afterwards is sized from the stable's current replicas (`routed_canary_replicas`), not from
-`spec.replicas`. No request fails meanwhile.
+`spec.replicas`. When the load step ends, the HPA scales the stable back in after its
+`scaleDownStabilizationSeconds` window, under light traffic, and the canary follows. No request fails
+meanwhile.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ Say = Callable[[str], None]
 T = TypeVar("T")
 CPU_REQUEST_MILLICORES = 50  # small: a few requests/s of ~1-2 ms of CPU each exceed half of it on a 2-core node
 TARGET = 50
-AUTOSCALING = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": TARGET}
+SCALE_IN_WINDOW = 20  # behavior.scaleDown.stabilizationWindowSeconds (Kubernetes' default 300 s)
+AUTOSCALING = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": TARGET,
+               "scaleDownStabilizationSeconds": SCALE_IN_WINDOW}  # fmt: skip
 RATE = 40.0  # bounded: 4 workers, at most MAX_LOAD_SECONDS
 
 
@@ -174,13 +178,39 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
     s = traffic.stats(since=started)
     assert s.failed == 0, f"failed requests during the scale-out: {traffic.counts(since=started)}"
     assert s.ok > 100, s
+
+    # the load step ends: under light traffic the HPA scales the stable back in after its scale-down window,
+    # the pod it removes drains while the gateway still sends it requests, and the canary follows the stable
+    light = e2e.traffic(host, rate=4.0, bad_share=0.0, workers=2, max_seconds=300)
+    ended = time.time()
+    low: list[int] = []
+
+    def scaled_in() -> bool | None:
+        if (u := utilization(hpa(e2e, ns))) is not None:
+            low.append(u)
+        return stable_deployment(e2e, ns, stable).spec.replicas == 1 or None
+
+    waited(scaled_in, 240, f"the HPA to scale {stable} back in to 1 after the load", low)
+    t_in = time.time() - ended
+    selector = f"modeldeploy.io/revision={stable}"
+    wait_for(lambda: len(e2e.kube.core.list_namespaced_pod(ns, label_selector=selector).items) == 1 or None, 90,
+             "the removed stable pod gone (drained)")  # fmt: skip
+    wait_for(lambda: e2e.kube.replicas(ns, NAME).get(canary) == routed_canary_replicas(1, 50) or None, 30,
+             f"the canary sized from one stable pod: {e2e.kube.replicas(ns, NAME)}")  # fmt: skip
+    time.sleep(3)
+    light.stop()
+    sl = light.stats(since=ended)
+    assert sl.failed == 0, f"failed requests during the scale-in: {light.counts(since=ended)}"
+    assert sl.ok > 50, sl
     e2e.figures(hpa_scale_out_desired_seconds=round(t_desired, 1), hpa_scale_out_ready_seconds=round(t_ready, 1),
                 hpa_utilization_at_rest_pct=at_rest, hpa_utilization_max_pct=max(seen, default=0),
-                hpa_desired_replicas=desired)  # fmt: skip
+                hpa_desired_replicas=desired, hpa_scale_in_seconds=round(t_in, 1))  # fmt: skip
     say(
         f"autoscaling: {CPU_REQUEST_MILLICORES}m request, target {TARGET}%: at rest {at_rest}% "
         f"({', '.join(f'{v:.1f}m' for v in idle.values())}); load step {RATE:g} req/s -> utilizations {seen}, "
         f"desiredReplicas {desired} after {t_desired:.1f}s, 2 stable pods ready after {t_ready:.1f}s "
         f"(usage then {', '.join(f'{v:.1f}m' for v in usage.values())}); canary at 50% beside {stable_n} stable pods: "
-        f"{canary_n} (routed_canary_replicas); {s.requests} requests, {s.ok} ok, failed {s.failed}"
+        f"{canary_n} (routed_canary_replicas); {s.requests} requests, {s.ok} ok, failed {s.failed}; load ended -> "
+        f"utilizations {low}, stable back to 1 pod after {t_in:.1f}s (window {SCALE_IN_WINDOW}s); "
+        f"{sl.requests} requests meanwhile, failed {sl.failed}"
     )

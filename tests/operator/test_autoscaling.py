@@ -1,8 +1,7 @@
 """spec.autoscaling: the API's rules, the HPA and PDB on the stable revision, and the rollout sized from
 the autoscaler's replica count (the real kopf handler against the fake API server).
 
-Not tested here: an HPA actually scaling (needs the resource metrics API; the local clusters run no
-metrics-server, see the README).
+An HPA actually scaling out and in, through metrics-server on the real node: tests/e2e/test_autoscaling.py.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ def _raw(**scaling: Any) -> dict[str, Any]:
         (_raw() | {"serving": {}}, "targetCPUUtilizationPercentage (70) needs serving.resources.requests.cpu"),
         (_raw(maxReplicas=101), "spec.autoscaling.maxReplicas: Input should be less than or equal to 100"),
         (_raw(targetRequestsPerSecondPerPod=0), "spec.autoscaling.targetRequestsPerSecondPerPod: Input should be"),
+        (_raw(scaleDownStabilizationSeconds=-1), "spec.autoscaling.scaleDownStabilizationSeconds: Input should be"),
     ],
 )  # fmt: skip
 def test_bad_autoscaling_is_refused_naming_the_field(raw: dict[str, Any], expected: str) -> None:
@@ -59,6 +59,14 @@ def test_the_hpa_scales_the_stable_deployment_and_the_pdb_guards_it() -> None:
     selector = {"matchLabels": {"modeldeploy.io/name": "iris", "modeldeploy.io/revision": "rev1"}}
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": selector}
     assert [autoscale.base_replicas(spec, n) for n in (None, 1, 6, 40)] == [2, 2, 6, 10]
+    assert "behavior" not in hpa["spec"], "unset: the HPA's own scale-in behaviour (300 s window)"
+
+
+def test_the_scale_in_window_is_the_hpas_scale_down_stabilization() -> None:
+    spec = parse_spec(_raw(scaleDownStabilizationSeconds=15))
+    assert spec.autoscaling is not None
+    hpa = autoscale.hpa(Owner("iris", "ml", "uid-1"), spec.autoscaling, "rev1")
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 15}}
 
 
 def test_the_canary_is_sized_from_the_autoscaled_stable_and_promotion_keeps_its_capacity(
