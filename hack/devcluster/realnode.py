@@ -107,7 +107,7 @@ class RealNode:
         self.parent_pid = parent_pid
         self.timings: dict[str, float] = {}
         self._t0 = time.monotonic()
-        self.control_port = procs.free_port()
+        self.control_port = 0  # bound when the cluster is up (_serve_control)
         self._stop = threading.Event()
         self._starting = True
         self.worker = ThreadPoolExecutor(max_workers=1)
@@ -299,11 +299,13 @@ class RealNode:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     def _write_env(self) -> None:
+        # the control port is bound before it is written down: a port picked at start and bound after the
+        # bring-up was taken meanwhile by one of the components' loopback connections (EADDRINUSE, seen once)
+        self._serve_control()
         env = self.env()
         (self.state / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         status = {"env": env, "timings_seconds": self.timings, "pid": os.getpid()}
         (self.state / "status.json").write_text(json.dumps(status, indent=2))
-        self._serve_control()
         (self.state / "ready").write_text("ok\n")
 
     def _watch(self) -> None:
@@ -367,7 +369,8 @@ class RealNode:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.control_port), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.control_port = int(server.server_address[1])
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def pids(self) -> dict[str, int]:
