@@ -60,6 +60,10 @@ class Traefik(procs.HttpReadyProcess):
                 "endpoint": server, "token": token, "certAuthFilePath": str(ca_cert), "throttleDuration": "0s",
             }},
             "log": {"level": "INFO"},
+            # the gateway's own 5xx, one JSON line each: which pod (ServiceAddr), whether it answered (OriginStatus 0:
+            # no answer, a 502 of Traefik's), when; for tracing a failed request to what happened to that pod
+            "accessLog": {"filePath": str(state / "logs" / "traefik-5xx.log"), "format": "json",
+                          "filters": {"statusCodes": ["500-599"]}},
             "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         }  # fmt: skip
         self.config_file = self.dir / "traefik.yml"
