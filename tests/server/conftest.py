@@ -127,6 +127,12 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Artifact]:
     return out
 
 
+def raw_request(path: str, body: bytes, headers: str = "Content-Type: application/json\r\n") -> bytes:
+    """The bytes of one HTTP/1.1 POST, for tests that must own the connection (a raw socket)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

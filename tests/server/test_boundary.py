@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from tests.server.conftest import Artifact, Served, sha256_of
+from tests.server.conftest import Artifact, Served, raw_request, sha256_of
 
 V1 = "/v1/models/porosity:predict"
 V2 = "/v2/models/porosity/infer"
@@ -46,11 +46,6 @@ def requests_by_code(served: Served) -> dict[tuple[str, str], float]:
 
 def server_errors(served: Served) -> float:
     return sum(v for (code, _), v in requests_by_code(served).items() if code.startswith("5"))
-
-
-def raw_request(path: str, body: bytes, headers: str = "Content-Type: application/json\r\n") -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
 
 
 def _port(served: Served) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import joblib
 
-from tests.server.conftest import REPO_ROOT, Artifact, free_port, sha256_of, start_cli, wait_ready
+from tests.server.conftest import REPO_ROOT, Artifact, free_port, raw_request, sha256_of, start_cli, wait_ready
 from tests.server.slow_model import SlowModel
 
 
@@ -59,8 +59,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
 
 def _post_on(sock: socket.socket, body: bytes) -> bytes:
     """One HTTP/1.1 request on an open connection; the status line of its answer."""
-    sock.sendall(b"POST /v1/models/pipe:predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    sock.sendall(raw_request("/v1/models/pipe:predict", body))
     answer = b""
     while b"\r\n\r\n" not in answer:
         chunk = sock.recv(65536)
