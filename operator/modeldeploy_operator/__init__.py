@@ -11,3 +11,4 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["mdep"]
+FINALIZER = f"{GROUP}/finalizer"  # kopf's, on the objects an unsharded operator acts on (settings.finalizer)

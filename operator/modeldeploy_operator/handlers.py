@@ -39,14 +39,14 @@ from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from modeldeploy_operator import GROUP, PLURAL, VERSION, autoscale, batch
+from modeldeploy_operator import FINALIZER, GROUP, PLURAL, VERSION, autoscale, batch
 from modeldeploy_operator import metrics as m
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus, SpecError, name_problem, parse_spec
 from modeldeploy_operator.children import Owner
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.costwatch import CostWatch
 from modeldeploy_operator.driftwatch import DriftWatch
-from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER, BatchObservation, Kube, Observation, namespace_going
+from modeldeploy_operator.kube import LEGACY_FINALIZER, BatchObservation, Kube, Observation, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import APPLY_FAILED, STATUS_UNREADABLE
@@ -198,10 +198,13 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
     meta = Meta(name, namespace, md.get("uid") or "", md.get("generation"))
     rv = str(md.get("resourceVersion") or "")
     finalizers = md.get("finalizers") or []
-    if LEGACY_FINALIZER in finalizers and FINALIZER in finalizers:
-        # kopf now holds the object under our own name: the old marker would block deletion forever
+    own = shell.kube.finalizer
+    stale = [f for f in (LEGACY_FINALIZER, FINALIZER) if f != own and f in finalizers]
+    if stale and own in finalizers:
+        # kopf now holds the object under this operator's own name; kopf's old marker, or the
+        # unsharded name after a switch to shards, is held by no one and would block deletion forever
         try:
-            shell.kube.drop_finalizer(meta, rv, LEGACY_FINALIZER)
+            shell.kube.drop_finalizers(meta, rv, stale)
         except ApiException as err:
             if err.status not in (404, 409):
                 raise
@@ -210,7 +213,7 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
         # Our finalizer guards nothing (kopf needs one for its timers; the children are owned). In a
         # namespace being deleted a namespaced kopf no longer watches, so it would never drop it and
         # the namespace would stay Terminating: release it ourselves (kopf's own removal may race; fine).
-        if {FINALIZER, LEGACY_FINALIZER} & set(finalizers):
+        if {FINALIZER, LEGACY_FINALIZER, shell.kube.finalizer} & set(finalizers):
             try:
                 if shell.kube.release(meta):
                     log.info("%s/%s: being deleted; released the finalizer", namespace, name)
@@ -367,6 +370,10 @@ def _commit(
         m.ROLLOUTS.labels(outcome=outcome, **labels).inc()
     if d.analysis is not None:
         m.ANALYSES.labels(verdict=d.analysis.verdict, **labels).inc()
+        # every check, not only a changed verdict (the Events): why a canary waited is in the log
+        a = d.analysis
+        log.info("%s/%s analysis %s: %s at step %s, weight %s%%, window %ss: %s", meta.namespace, meta.name,
+                 a.revision, a.verdict, a.step, a.weight, a.window_seconds, a.message)  # fmt: skip
     m.CANARY_WEIGHT.labels(**labels).set(d.status.canary_weight or 0)
     if d.clear_annotations:
         try:
@@ -412,11 +419,11 @@ def register(
         # our Events carry specific reasons: no log line becomes a generic "Logging" Event
         settings.posting.level = logging.CRITICAL + 10
         settings.peering.standalone = True
-        settings.persistence.finalizer = FINALIZER
+        settings.persistence.finalizer = operator_settings.finalizer
         # kopf's default pool is min(32, cores + 4): 6 threads on 2 cores, each blocked for the whole
         # of a status write; at 1,000 objects ticks queued behind them (make bench-operator)
         settings.execution.max_workers = operator_settings.workers
-        kube = Kube(api_client(), operator_settings.api_timeout_seconds)
+        kube = Kube(api_client(), operator_settings.api_timeout_seconds, finalizer=operator_settings.finalizer)
         # watch-backed reads (ModelDeployments, Deployments, pods, Services, HTTPRoutes): a tick
         # sends requests only to write; until the caches sync, reads go to the API server
         watched = operator_settings.namespace_list if namespaces is None else namespaces

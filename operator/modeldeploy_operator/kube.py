@@ -25,7 +25,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modeldeploy_operator import GROUP, PLURAL, VERSION
+from modeldeploy_operator import FINALIZER, GROUP, PLURAL, VERSION
 from modeldeploy_operator.batch import CONFIG_HASH as BATCH_CONFIG
 from modeldeploy_operator.batch import LABEL_OF as BATCH_OF
 from modeldeploy_operator.cache import Caches, Informer, Kind, slim_pod
@@ -38,7 +38,6 @@ MERGE = "application/merge-patch+json"
 GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
 # The finalizer kopf puts on each ModelDeployment (its timers need one), under our own name
 # (`handlers` sets it in kopf's settings); objects of older operators carry kopf's default.
-FINALIZER = f"{GROUP}/finalizer"
 LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 # On each child the operator applies: a digest of what it applied, so that an unchanged child is
 # not applied again every tick (`Kube.apply`).
@@ -117,7 +116,11 @@ class Kube:
     """Reads come from `caches` (watch-backed, with the operator's own writes folded in) when given
     and synced, else from the API server; children are applied only when they differ."""
 
-    def __init__(self, api: client.ApiClient, timeout_seconds: float = 10.0, caches: Caches | None = None) -> None:
+    def __init__(
+        self, api: client.ApiClient, timeout_seconds: float = 10.0, caches: Caches | None = None,
+        finalizer: str = FINALIZER,
+    ) -> None:  # fmt: skip
+        self.finalizer = finalizer  # kopf's on the objects this process acts on (a shard has its own)
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -437,9 +440,10 @@ class Kube:
             )
             obj = cast(dict[str, Any], got)
             finalizers = obj["metadata"].get("finalizers") or []
-            if not {FINALIZER, LEGACY_FINALIZER} & set(finalizers):
+            ours = {FINALIZER, LEGACY_FINALIZER, self.finalizer}
+            if not ours & set(finalizers):
                 return False
-            kept = [f for f in finalizers if f not in (FINALIZER, LEGACY_FINALIZER)]
+            kept = [f for f in finalizers if f not in ours]
             body = {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}}
             _drain(
                 self.custom.patch_namespaced_custom_object(
@@ -453,12 +457,12 @@ class Kube:
             raise
         return True
 
-    def drop_finalizer(self, meta: Meta, resource_version: str, finalizer: str) -> None:
-        """Remove one finalizer, only if the object is still at `resource_version` (409 otherwise)."""
+    def drop_finalizers(self, meta: Meta, resource_version: str, finalizers: list[str]) -> None:
+        """Remove these finalizers, only if the object is still at `resource_version` (409 otherwise)."""
         got = self.get(meta.namespace, meta.name)
         if got is None:
             return
-        kept = [f for f in got["metadata"].get("finalizers") or [] if f != finalizer]
+        kept = [f for f in got["metadata"].get("finalizers") or [] if f not in finalizers]
         body = {"metadata": {"finalizers": kept, "resourceVersion": resource_version}}
         _drain(
             self.custom.patch_namespaced_custom_object(

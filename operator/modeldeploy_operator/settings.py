@@ -11,6 +11,7 @@ import re
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modeldeploy_operator import FINALIZER
 from modeldeploy_operator.cost import Prices
 from modeldeploy_operator.model import DEFAULT_IMAGE, Config
 
@@ -101,12 +102,25 @@ class OperatorSettings(BaseSettings):
         return parse_selector(self.selector)
 
     @property
+    def shard_suffix(self) -> str:
+        """"" without a selector, else `-` and 8 hex digits of it: names that are each shard's own."""
+        return "-" + hashlib.sha256(self.selector.encode()).hexdigest()[:8] if self.selector else ""
+
+    @property
     def lease_name(self) -> str:
         """Each shard (selector) elects its own leader: `modeldeploy-operator`, or with a selector
         `modeldeploy-operator-` and 8 hex digits of it."""
-        if not self.selector:
-            return "modeldeploy-operator"
-        return "modeldeploy-operator-" + hashlib.sha256(self.selector.encode()).hexdigest()[:8]
+        return "modeldeploy-operator" + self.shard_suffix
+
+    @property
+    def finalizer(self) -> str:
+        """The finalizer kopf puts on the objects this operator acts on: `modeldeploy.io/finalizer`,
+        with a selector `modeldeploy.io/finalizer-` and 8 hex digits of it. Shards need their own:
+        kopf removes its finalizer from every object its filters do not match, so with one shared
+        name each shard removed what the owning shard had just added, several times a second for
+        every object, and most of the owner's status writes failed with 409 (a two-shard rollout
+        took minutes per step)."""
+        return FINALIZER + self.shard_suffix
 
     @property
     def namespace_list(self) -> list[str]:

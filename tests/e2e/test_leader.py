@@ -133,6 +133,19 @@ def test_two_shards_roll_out_only_their_own_objects_and_a_relabelled_one_moves(e
     counts = {(op, ns): promotions(x, ns) for op, x in (("a", a), ("b", b)) for ns in (ns_a, ns_b)}
     assert counts == {("a", ns_a): 1, ("a", ns_b): 0, ("b", ns_a): 0, ("b", ns_b): 1}, counts
     both_promoted = time.time() - started
+    # each object holds its own shard's finalizer, and an object at rest is not rewritten: with one
+    # finalizer name for both shards, the shard whose selector did not match removed the finalizer
+    # the owner had added, several times a second, and most of the owner's status writes got 409
+    held = {ns: [f for f in e2e.kube.mdep(ns, NAME)["metadata"].get("finalizers") or [] if "modeldeploy.io" in f]
+            for ns in (ns_a, ns_b)}  # fmt: skip
+    assert all(len(f) == 1 and f[0].startswith("modeldeploy.io/finalizer-") for f in held.values()), held
+    assert held[ns_a] != held[ns_b], held
+    versions: set[str] = set()
+    quiet_until = time.monotonic() + 5
+    while time.monotonic() < quiet_until:
+        versions.add(e2e.kube.mdep(ns_b, NAME)["metadata"]["resourceVersion"])
+        time.sleep(0.1)
+    assert len(versions) <= 3, f"{len(versions)} versions of a promoted object in 5 s"
 
     # ns_b's object moves to shard a by a label change; its next rollout is shard a's
     moved = time.time()

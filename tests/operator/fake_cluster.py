@@ -68,6 +68,7 @@ class FakeCluster:
         self.fail_status: list[ApiException] = []
         self.fail_apply: list[ApiException] = []
         self.events: list[Event] = []
+        self.finalizer = "modeldeploy.io/finalizer"  # an unsharded operator's (Kube.finalizer)
         # the revisions' pod templates (the stable one renders the batch CronJobs) and batch children
         self.templates: dict[str, dict[str, Any]] = {
             dep["metadata"]["name"]: dep["spec"]["template"] for d in sim.decisions for dep in d.deployments
@@ -169,19 +170,20 @@ class FakeCluster:
         self.desired = want
 
     def release(self, meta: Meta) -> bool:
-        from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER
+        from modeldeploy_operator import FINALIZER
+        from modeldeploy_operator.kube import LEGACY_FINALIZER
 
         held = self.obj["metadata"].get("finalizers") or []
-        kept = [f for f in held if f not in (FINALIZER, LEGACY_FINALIZER)]
+        kept = [f for f in held if f not in (FINALIZER, LEGACY_FINALIZER, self.finalizer)]
         if kept == held:
             return False
         self.obj["metadata"]["finalizers"] = kept
         self._bump()
         return True
 
-    def drop_finalizer(self, meta: Meta, rv: str, finalizer: str) -> None:
+    def drop_finalizers(self, meta: Meta, rv: str, finalizers: list[str]) -> None:
         self._check(rv)
-        self.obj["metadata"]["finalizers"] = [f for f in self.obj["metadata"]["finalizers"] if f != finalizer]
+        self.obj["metadata"]["finalizers"] = [f for f in self.obj["metadata"]["finalizers"] if f not in finalizers]
         self._bump()
 
 

@@ -177,7 +177,8 @@ def test_a_child_the_api_server_refuses_is_said_once_as_an_event(monkeypatch: py
 def test_the_operator_owns_its_finalizer_and_migrates_kopfs_default(monkeypatch: pytest.MonkeyPatch) -> None:
     # aesthetics review, change 4: `modeldeploy.io/finalizer`, not kopf's generic marker; objects
     # created by an older operator carry the old one, which would block their deletion forever
-    from modeldeploy_operator.kube import FINALIZER, LEGACY_FINALIZER
+    from modeldeploy_operator import FINALIZER
+    from modeldeploy_operator.kube import LEGACY_FINALIZER
 
     sim, world = paused_canary()
     world.obj["metadata"]["finalizers"] = [LEGACY_FINALIZER, FINALIZER]  # kopf added ours beside the old
@@ -195,3 +196,22 @@ def test_the_operator_owns_its_finalizer_and_migrates_kopfs_default(monkeypatch:
     # namespace being deleted and would never drop it; the namespace would stay Terminating)
     op.tick()
     assert world.obj["metadata"]["finalizers"] == []
+
+
+def test_a_shard_drops_the_unsharded_finalizer_once_kopf_holds_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an object first served by an unsharded operator, then by a shard (its own finalizer name):
+    # the unsharded name is held by no running operator and would block the object's deletion
+    from modeldeploy_operator import FINALIZER
+
+    sim, world = paused_canary()
+    world.finalizer = FINALIZER + "-0123abcd"  # the shard's (OperatorSettings.finalizer)
+    world.obj["metadata"]["finalizers"] = [FINALIZER, "example.com/keep"]  # kopf has not added the shard's yet
+    op = Operator(world, FakeProm(), monkeypatch)
+    op.tick()
+    assert world.obj["metadata"]["finalizers"] == [FINALIZER, "example.com/keep"]
+    world.obj["metadata"]["finalizers"] = [FINALIZER, "example.com/keep", world.finalizer]
+    op.tick()
+    assert world.obj["metadata"]["finalizers"] == ["example.com/keep", world.finalizer]
+    world.obj["metadata"]["deletionTimestamp"] = "2026-12-02T00:00:00Z"
+    op.tick()  # being deleted: the shard releases its own, and leaves another controller's
+    assert world.obj["metadata"]["finalizers"] == ["example.com/keep"]

@@ -140,6 +140,11 @@ def test_a_shard_selector_is_parsed_checked_and_given_to_kopf_and_the_cache(monk
         "team": kopf.PRESENT,
     }
     assert s.lease_name.startswith("modeldeploy-operator-") and s.lease_name != OperatorSettings(selector="").lease_name
+    # each shard puts its own finalizer: kopf removes its finalizer from objects its filters do not
+    # match, so a shared name made the shards undo each other's finalizer several times a second
+    other = OperatorSettings(selector="!modeldeploy.io/shard")
+    assert s.finalizer.startswith("modeldeploy.io/finalizer-") and s.finalizer != other.finalizer
+    assert len(s.finalizer.split("/")[1]) <= 63  # a qualified name's name part
     caches = Kube(client.ApiClient()).informers(["ml"], s.selector)
     assert caches.mds.informers["ml"].label_selector == s.selector  # the shard's objects only
     assert caches.pods.informers["ml"].label_selector == "modeldeploy.io/name"  # children: by their own label
@@ -151,6 +156,7 @@ def test_a_shard_selector_is_parsed_checked_and_given_to_kopf_and_the_cache(monk
             OperatorSettings()
         assert "selector" in str(err.value)
     assert kopf_labels([]) is None and OperatorSettings(selector="").lease_name == "modeldeploy-operator"
+    assert OperatorSettings(selector="").finalizer == "modeldeploy.io/finalizer"  # unsharded: unchanged
 
 
 def test_the_tick_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
