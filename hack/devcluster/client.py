@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from devcluster import controlplane, procs, realnode
+from devcluster.procs import ClusterError as ClusterError  # re-exported: the error of every verb
 
 T = TypeVar("T")
 REPO = controlplane.REPO
 DEFAULT_STATE = REPO / ".cache" / "cluster"
-
-
-class ClusterError(RuntimeError):
-    pass
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -123,12 +120,9 @@ class Cluster:
     # --- verbs -------------------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
         """Run kubectl against the cluster; stdout, or ClusterError with stderr when check fails."""
-        proc = subprocess.run(
-            [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-        if check and proc.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        proc = procs.kubectl(
+            self.kubeconfig, *args, input=input, check=check, timeout=timeout, binary=self.kubectl_path
+        )
         return proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr
 
     def apply(self, manifest: str | Path, namespace: str | None = None) -> str:

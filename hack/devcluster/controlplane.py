@@ -222,13 +222,7 @@ class ControlPlane:
                 raise RuntimeError(f"{name} exited with code {proc.returncode}: " + " | ".join(tail))
 
     def kubectl(self, *args: str, timeout: float = 120, input_text: str | None = None) -> str:
-        proc = subprocess.run(
-            [str(kubectl_path()), "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True, text=True, timeout=timeout, input=input_text,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return procs.kubectl(self.kubeconfig, *args, input=input_text, timeout=timeout, binary=kubectl_path()).stdout
 
     def apply_gateway_crds(self) -> None:
         self.kubectl("apply", "--server-side", "-f", str(self.bin / "gateway-api-crds.yaml"))

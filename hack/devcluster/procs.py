@@ -2,8 +2,9 @@
 
 Owns: spawning (new session + parent-death signal so nothing outlives the harness), stopping a
 process group with SIGTERM then SIGKILL, free loopback ports, the local-address rule, and the
-shape of a host process that is ready on an HTTP GET. Called by controlplane, prometheus, kubelet,
-realnode, dns and traefik.
+shape of a host process that is ready on an HTTP GET, and the one way to run kubectl (`kubectl`,
+raising `ClusterError`). Called by controlplane, prometheus, kubelet, realnode, dns and traefik,
+and by the demo and the tests through `kubectl`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -23,6 +25,22 @@ from pathlib import Path
 from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def kubectl(kubeconfig: Path | str, *args: str, input: str | None = None, timeout: float = 120,
+            check: bool = True, binary: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the environment's kubectl (the wheel's, not /usr/bin's) against `kubeconfig`; with
+    `check`, a non-zero exit raises ClusterError naming the command, its exit code and stderr."""
+    kubectl_bin = binary or Path(sys.prefix) / "bin" / "kubectl"
+    proc = subprocess.run([str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args], input=input,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
 
 
 def _die_with_parent() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from devcluster import procs
 from modeldeploy_demo.workload import BIN, INPUTS, Model, wait_for
 
 GROUP, VERSION, PLURAL = "modeldeploy.io", "v1alpha1", "modeldeployments"
@@ -99,11 +99,7 @@ def service_route(name: str, host: str, gateway: Obj) -> Obj:
 
 
 def kubectl(kubeconfig: Path, *args: str, input: str | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run([str(BIN / "kubectl"), f"--kubeconfig={kubeconfig}", *args], input=input,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return procs.kubectl(kubeconfig, *args, input=input, timeout=timeout, binary=BIN / "kubectl").stdout
 
 
 def apply(kubeconfig: Path, namespace: str, obj: Obj) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from devcluster import procs
 from tests.packaging.tools import BIN, CHART, helm
 
 # Just enough of the Prometheus Operator's CRDs for a server-side dry run of the examples and the
@@ -67,7 +68,7 @@ class Kube:
         return proc
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(str(BIN / "kubectl"), *args, input=input, check=check)
+        return procs.kubectl(self.kubeconfig, *args, input=input, check=check, timeout=180, binary=BIN / "kubectl")
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(helm(), *args, check=check)
