@@ -97,8 +97,8 @@ image: $(INSTALLED) ## Build the image with buildah (no Docker daemon, no networ
 	bash hack/build-image.sh pause
 
 .PHONY: cluster-up
-cluster-up: $(INSTALLED) binaries node-binaries image ## Start the local cluster (real node: containerd, kubelet, Traefik, Prometheus 3) in the background; env in .cache/cluster/env.
-	PYTHONPATH=hack $(BIN)/python -m devcluster up
+cluster-up: $(INSTALLED) binaries node-binaries image ## Start the local cluster (real node: containerd, kubelet, Traefik, Prometheus 3) in the background; env in .cache/cluster/env. METRICS_SERVER=1: with metrics-server (kubectl top, HPA).
+	PYTHONPATH=hack $(BIN)/python -m devcluster up $(if $(METRICS_SERVER),--metrics-server)
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster started by cluster-up (every process and pod; the node's network and cgroups).

@@ -1,8 +1,10 @@
-"""`python -m devcluster up|down|status|run|prometheus`: the local cluster from the shell.
+"""`python -m devcluster up|down|status|run|prometheus-*|metrics-server-*`: the local cluster from the shell.
 
 Owns: the CLI used by `make cluster-up` / `make cluster-down`. `up` starts the harness detached
-(the shell gets its prompt back once everything is ready) and prints the env file; `down` stops
-it by pid file; `run` is the harness itself in the foreground (devcluster.realnode).
+(the shell gets its prompt back once everything is ready) and prints the env file; `up
+--metrics-server` also serves the resource metrics API (`kubectl top`, the HPA), which is
+otherwise started on demand; `down` stops it by pid file; `run` is the harness itself in the
+foreground (devcluster.realnode).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from devcluster.client import DEFAULT_STATE, Cluster, ClusterError, stop_by_pid_
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "run", "prometheus-stop", "prometheus-start"])
+    commands = ["up", "down", "status", "run", "prometheus-stop", "prometheus-start", "metrics-server-start",
+                "metrics-server-stop"]  # fmt: skip
+    parser.add_argument("command", choices=commands)
+    parser.add_argument("--metrics-server", action="store_true", help="up: also start metrics-server")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state folder (default .cache/cluster)")
     parser.add_argument("--parent-pid", type=int, default=None, help="run: stop when this parent exits")
     parser.add_argument("--timeout", type=float, default=300.0)
@@ -34,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("# already running", file=sys.stderr)
             except ClusterError:
                 cluster = Cluster.start(state, timeout=args.timeout, detach=True)
+            if args.metrics_server:
+                cluster.start_metrics_server()
             print((state / "env").read_text(), end="")
             print(
                 f"# ready in {cluster.timings.get('all_ready', 0):.1f}s; `set -a; . {state / 'env'}; set +a`",
@@ -48,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cluster.status(), indent=2))
         elif args.command == "prometheus-stop":
             cluster.stop_prometheus()
-        else:
+        elif args.command == "prometheus-start":
             cluster.start_prometheus()
+        elif args.command == "metrics-server-start":
+            cluster.start_metrics_server()
+        else:
+            cluster.stop_metrics_server()
         return 0
     except ClusterError as e:
         print(f"devcluster: {e}", file=sys.stderr)

@@ -91,7 +91,7 @@ imports = []
 """
 
 
-def _kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> Path:
+def token_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> Path:
     cfg = {
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "devcluster", "cluster": {"server": server, "certificate-authority": str(ca)}}],
@@ -217,7 +217,7 @@ class Node:
         # lookup leaves the node
         (kdir / "resolv.conf").write_text(f"nameserver {network.NODE_IP}\n")
         (kdir / "config.yaml").write_text(yaml.safe_dump(self.kubelet_config(), sort_keys=False))
-        kubeconfig = _kubeconfig(kdir / "kubeconfig", self.server, self.ca_cert, f"system:node:{NODE_NAME}",
+        kubeconfig = token_kubeconfig(kdir / "kubeconfig", self.server, self.ca_cert, f"system:node:{NODE_NAME}",
                                  self.tokens[f"system:node:{NODE_NAME}"])  # fmt: skip
         self._spawn("kubelet", [
             str(self.kube_bin / "kubelet"), "--config", str(kdir / "config.yaml"), "--kubeconfig", str(kubeconfig),
@@ -241,7 +241,7 @@ class Node:
     def _proxy_config(self) -> Path:
         pdir = self.dir / "kube-proxy"
         pdir.mkdir(parents=True, exist_ok=True)
-        _kubeconfig(pdir / "kubeconfig", self.server, self.ca_cert, "system:kube-proxy",
+        token_kubeconfig(pdir / "kubeconfig", self.server, self.ca_cert, "system:kube-proxy",
                     self.tokens["system:kube-proxy"])  # fmt: skip
         path = pdir / "config.yaml"
         path.write_text(yaml.safe_dump(self.proxy_config(), sort_keys=False))

@@ -2,9 +2,10 @@
 
 Owns: a CA, the API server's serving certificate (SANs for 127.0.0.1/localhost, plus the node and
 `kubernetes` Service addresses on the real node), the service-account signing key, the token
-file (admin in system:masters; on the real node also the kubelet as system:node:<name> and
-kube-proxy), and for the real node the kubelet's serving certificate and the API server's client
-certificate towards the kubelet; for the aggregation layer (metrics-server, devcluster.metrics) a
+file (admin in system:masters; on the real node also the kubelet as system:node:<name>,
+kube-proxy, and Prometheus and metrics-server as plain users that get only their RBAC roles),
+and for the real node the kubelet's serving certificate and the API server's client certificate
+towards the kubelet; for the aggregation layer (metrics-server, devcluster.metrics) a
 front-proxy CA with the API server's proxy client certificate, metrics-server's serving
 certificate and its client certificate towards the kubelet. Called by controlplane.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FRONT_PROXY_CLIENT = "front-proxy-client"
+PROMETHEUS_USER = "devcluster:prometheus"
+METRICS_SERVER_USER = "devcluster:metrics-server"
 # the Service the APIService v1beta1.metrics.k8s.io names: the API server checks this name
 METRICS_SERVER_DNS = "metrics-server.kube-system.svc"
 
@@ -93,7 +96,10 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
     certs: dict[str, tuple[Path, Path]] = {}
     if node:
         name, ip, _ = node
-        for user, groups in ((f"system:node:{name}", "system:nodes"), ("system:kube-proxy", "")):
+        # Prometheus and metrics-server are plain users: they get only the roles devcluster.rbac binds
+        users = ((f"system:node:{name}", "system:nodes"), ("system:kube-proxy", ""), (PROMETHEUS_USER, ""),
+                 (METRICS_SERVER_USER, ""))  # fmt: skip
+        for user, groups in users:
             tokens[user] = secrets.token_hex(24)
             line = f"{tokens[user]},{user},{user}-uid"
             lines.append(f'{line},"{groups}"' if groups else line)
@@ -114,7 +120,7 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
             d, ca, "metrics-server", f"/CN={METRICS_SERVER_DNS}", "serverAuth", f"IP:{ip},DNS:{METRICS_SERVER_DNS}"
         )
         certs["metrics-server-kubelet-client"] = _sign(
-            d, ca, "metrics-server-kubelet-client", "/O=system:masters/CN=metrics-server", "clientAuth"
+            d, ca, "metrics-server-kubelet-client", f"/CN={METRICS_SERVER_USER}", "clientAuth"
         )
     token_file = d / "tokens.csv"
     token_file.write_text("\n".join(lines) + "\n")

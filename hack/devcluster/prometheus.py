@@ -76,6 +76,20 @@ def kubernetes_config(api_server: str, ca_file: Path, token_file: Path) -> dict[
     }  # fmt: skip
 
 
+def rbac_manifests(user: str) -> str:
+    """What the real node's Prometheus may do: discover pods (role pod lists and watches them in every
+    namespace). It used to hold the admin's token."""
+    name = "devcluster:prometheus"
+    docs = [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]},
+    ]  # fmt: skip
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
 class Prometheus:
     def __init__(self, state: Path, cfg: dict[str, Any], binary: str | None = None,
                  env: dict[str, str] | None = None, host: str = "127.0.0.1") -> None:  # fmt: skip

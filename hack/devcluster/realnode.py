@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import yaml
 
-from devcluster import controlplane, dns, metrics, network, node, procs, prometheus, s3, traefik
+from devcluster import controlplane, dns, metrics, network, node, pki, procs, prometheus, s3, traefik
 
 LOCK_FILE = Path("/run/lock/modeldeploy-node.lock")
 MODEL_STORE_NAMESPACE = "modeldeploy-store"
@@ -247,8 +247,11 @@ class RealNode:
         self.store_dir.chmod(0o755)
         self.cp.kubectl("apply", "-f", "-", input_text=model_store_manifests(self.image, self.store_dir))
         token_file = self.state / "prometheus-token"
-        token_file.write_text(p.admin_token)
+        token_file.write_text(p.tokens[pki.PROMETHEUS_USER])
         token_file.chmod(0o600)
+        # the identities' roles exist from the start (metrics-server itself is started on demand)
+        for rbac in (prometheus.rbac_manifests(pki.PROMETHEUS_USER), metrics.rbac_manifests()):
+            self.cp.kubectl("apply", "-f", "-", input_text=rbac)
         self.prom = prometheus.Prometheus(
             self.state, prometheus.kubernetes_config(self.cp.server, p.ca_cert, token_file),
             binary=str(bins["prometheus"] / "prometheus"), env=node.child_env(bins["prometheus"]),
@@ -256,7 +259,9 @@ class RealNode:
         )  # fmt: skip
         self.prom.start()
         self._mark("prometheus_ready")
-        self.metrics = metrics.MetricsServer(self.state, bins["metrics-server"] / "metrics-server", self.cp.kubeconfig,
+        ms_kubeconfig = node.token_kubeconfig(self.state / "metrics-server.kubeconfig", self.cp.server, p.ca_cert,
+                                              pki.METRICS_SERVER_USER, p.tokens[pki.METRICS_SERVER_USER])  # fmt: skip
+        self.metrics = metrics.MetricsServer(self.state, bins["metrics-server"] / "metrics-server", ms_kubeconfig,
                                              p, node.child_env(bins["metrics-server"]), self.cp.kubectl)  # fmt: skip
         self.s3 = s3.S3Store(self.state, network.NODE_IP)  # pods and this machine both reach the node address
         try:

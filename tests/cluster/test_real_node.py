@@ -43,6 +43,32 @@ def test_node_is_real_and_ready(cluster: Cluster) -> None:
     assert ready and ready[0]["status"] == "True"
 
 
+def test_prometheus_and_metrics_server_hold_only_their_own_roles(cluster: Cluster) -> None:
+    """Least privilege in the harness too: Prometheus may list pods, metrics-server may read nodes,
+    pods and the kubelet's metrics; neither is cluster-admin (both used the admin's credentials,
+    and metrics-server's kubelet client certificate was in system:masters)."""
+
+    def can(user: str, *args: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False).strip()
+        assert out.splitlines()[0] in ("yes", "no"), out
+        return out.startswith("yes")
+
+    prometheus, metrics_server = "devcluster:prometheus", "devcluster:metrics-server"
+    assert can(prometheus, "list", "pods", "--all-namespaces") and can(prometheus, "watch", "pods", "-A")
+    assert can(metrics_server, "get", "nodes", "--subresource=metrics")
+    assert can(metrics_server, "create", "tokenreviews.authentication.k8s.io")  # delegated authentication
+    for user in (prometheus, metrics_server):
+        for verb in (("get", "secrets", "-A"), ("create", "pods", "-A"), ("delete", "nodes"), ("*", "*")):
+            assert not can(user, *verb), (user, verb)
+    assert not can(prometheus, "get", "nodes", "--subresource=metrics")
+    token = (cluster.state_dir / "prometheus-token").read_text()
+    assert token and token not in (cluster.kubeconfig.read_text())  # not the admin's token
+    subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in",
+                              str(cluster.state_dir / "pki" / "metrics-server-kubelet-client.crt")],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "metrics-server" in subject and "system:masters" not in subject, subject
+
+
 def test_configs_and_listening_sockets_are_local(cluster: Cluster) -> None:
     state = cluster.state_dir
     configs = [
