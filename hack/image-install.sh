@@ -17,7 +17,10 @@ trap 'rm -rf "$wheels"' EXIT
 # The runtime needs no pip: uv installs into the environment from outside.
 "$python" -m venv --without-pip "$venv"
 "$uv" build --quiet --wheel --out-dir "$wheels" "$src"
-"$uv" pip install --quiet --python "$venv/bin/python" "$wheels"/modeldeploy-*.whl
+# --compile-bytecode: the image runs with PYTHONDONTWRITEBYTECODE on a read-only root filesystem,
+# so without .pyc files every process (each server pod, batch shard, operator) compiled
+# scikit-learn, SciPy and the rest of the stack from source at start: about 7 s of CPU on an idle core.
+"$uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" "$wheels"/modeldeploy-*.whl
 # Fail here, not at runtime, when an entrypoint is missing.
 for cmd in modeldeploy-server modeldeploy-operator modeldeploy kubectl-modeldeploy; do
   test -x "$venv/bin/$cmd" || { echo "image-install: $venv/bin/$cmd missing" >&2; exit 1; }

@@ -78,6 +78,19 @@ def test_operator_entrypoint_starts(image_venv: Path) -> None:
     assert cli.returncode == 0 and "status" in cli.stdout, cli.stdout + cli.stderr
 
 
+def test_the_environment_carries_compiled_bytecode(image_venv: Path) -> None:
+    """The image runs with PYTHONDONTWRITEBYTECODE on a read-only root: without .pyc files shipped,
+    every server pod, batch shard and operator compiled scikit-learn and SciPy at start
+    (two server pods took 9.9 s from apply to Ready, 4.8 s with them)."""
+    site = next((image_venv / "lib").glob("python3.*/site-packages"))
+    for module in ("sklearn/base.py", "scipy/stats/_stats_py.py", "numpy/__init__.py", "kopf/__init__.py",
+                   "modeldeploy_server/app.py"):  # fmt: skip
+        source = site / module
+        cached = list((source.parent / "__pycache__").glob(f"{source.stem}.cpython-3*.pyc"))
+        assert cached, f"no compiled bytecode for {module}"
+    assert image_env(image_venv)["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
 def test_server_entrypoint_serves_a_real_model(image_venv: Path, tmp_path: Path) -> None:
     import joblib
     import numpy as np
