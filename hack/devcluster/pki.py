@@ -96,7 +96,8 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
     certs: dict[str, tuple[Path, Path]] = {}
     if node:
         name, ip, _ = node
-        # Prometheus and metrics-server are plain users: they get only the roles devcluster.rbac binds
+        # Prometheus and metrics-server are plain users with only their roles (prometheus.rbac_manifests,
+        # metrics.rbac_manifests)
         users = ((f"system:node:{name}", "system:nodes"), ("system:kube-proxy", ""), (PROMETHEUS_USER, ""),
                  (METRICS_SERVER_USER, ""))  # fmt: skip
         for user, groups in users:

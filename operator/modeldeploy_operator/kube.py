@@ -36,8 +36,9 @@ FIELD_MANAGER = "modeldeploy-operator"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
-# The finalizer kopf puts on each ModelDeployment (its timers need one), under our own name
-# (`handlers` sets it in kopf's settings); objects of older operators carry kopf's default.
+# kopf puts a finalizer on each ModelDeployment (its timers need one) under our own name
+# (`OperatorSettings.finalizer`, one per shard; `handlers` sets it in kopf's settings and gives it
+# to `Kube`); objects of older operators carry kopf's default, this one.
 LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 # On each child the operator applies: a digest of what it applied, so that an unchanged child is
 # not applied again every tick (`Kube.apply`).

@@ -103,7 +103,7 @@ class OperatorSettings(BaseSettings):
 
     @property
     def shard_suffix(self) -> str:
-        """"" without a selector, else `-` and 8 hex digits of it: names that are each shard's own."""
+        """Empty without a selector, else `-` and 8 hex digits of it: names that are each shard's own."""
         return "-" + hashlib.sha256(self.selector.encode()).hexdigest()[:8] if self.selector else ""
 
     @property
