@@ -39,14 +39,14 @@ from kubernetes.config.config_exception import ConfigException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from modeldeploy_operator import FINALIZER, GROUP, PLURAL, VERSION, autoscale, batch
+from modeldeploy_operator import GROUP, PLURAL, VERSION, autoscale, batch
 from modeldeploy_operator import metrics as m
 from modeldeploy_operator.api import ModelDeploymentSpec, ModelDeploymentStatus, SpecError, name_problem, parse_spec
 from modeldeploy_operator.children import Owner
 from modeldeploy_operator.core import decide, invalid_spec, plan_analysis
 from modeldeploy_operator.costwatch import CostWatch
 from modeldeploy_operator.driftwatch import DriftWatch
-from modeldeploy_operator.kube import LEGACY_FINALIZER, BatchObservation, Kube, Observation, namespace_going
+from modeldeploy_operator.kube import BatchObservation, Kube, Observation, namespace_going
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed
 from modeldeploy_operator.prom import Prometheus
 from modeldeploy_operator.reasons import APPLY_FAILED, STATUS_UNREADABLE
@@ -199,7 +199,7 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
     rv = str(md.get("resourceVersion") or "")
     finalizers = md.get("finalizers") or []
     own = shell.kube.finalizer
-    stale = [f for f in (LEGACY_FINALIZER, FINALIZER) if f != own and f in finalizers]
+    stale = [f for f in finalizers if f in shell.kube.own_finalizers and f != own]
     if stale and own in finalizers:
         # kopf now holds the object under this operator's own name; kopf's old marker, or the
         # unsharded name after a switch to shards, is held by no one and would block deletion forever
@@ -213,7 +213,7 @@ def _tick(shell: Shell, namespace: str, name: str, now: datetime, labels: dict[s
         # Our finalizer guards nothing (kopf needs one for its timers; the children are owned). In a
         # namespace being deleted a namespaced kopf no longer watches, so it would never drop it and
         # the namespace would stay Terminating: release it ourselves (kopf's own removal may race; fine).
-        if {FINALIZER, LEGACY_FINALIZER, shell.kube.finalizer} & set(finalizers):
+        if shell.kube.own_finalizers & set(finalizers):
             try:
                 if shell.kube.release(meta):
                     log.info("%s/%s: being deleted; released the finalizer", namespace, name)

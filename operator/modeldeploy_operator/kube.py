@@ -122,6 +122,8 @@ class Kube:
         finalizer: str = FINALIZER,
     ) -> None:  # fmt: skip
         self.finalizer = finalizer  # kopf's on the objects this process acts on (a shard has its own)
+        # every name of ours an object may hold: this process's, the unsharded one, kopf's old marker
+        self.own_finalizers = frozenset({finalizer, FINALIZER, LEGACY_FINALIZER})
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -441,10 +443,9 @@ class Kube:
             )
             obj = cast(dict[str, Any], got)
             finalizers = obj["metadata"].get("finalizers") or []
-            ours = {FINALIZER, LEGACY_FINALIZER, self.finalizer}
-            if not ours & set(finalizers):
+            if not self.own_finalizers & set(finalizers):
                 return False
-            kept = [f for f in finalizers if f not in ours]
+            kept = [f for f in finalizers if f not in self.own_finalizers]
             body = {"metadata": {"finalizers": kept, "resourceVersion": obj["metadata"]["resourceVersion"]}}
             _drain(
                 self.custom.patch_namespaced_custom_object(

@@ -169,12 +169,16 @@ class FakeCluster:
         want.update({rev: self.desired.get(rev, 0) for rev in kept})
         self.desired = want
 
-    def release(self, meta: Meta) -> bool:
+    @property
+    def own_finalizers(self) -> frozenset[str]:  # as Kube.own_finalizers
         from modeldeploy_operator import FINALIZER
         from modeldeploy_operator.kube import LEGACY_FINALIZER
 
+        return frozenset({self.finalizer, FINALIZER, LEGACY_FINALIZER})
+
+    def release(self, meta: Meta) -> bool:
         held = self.obj["metadata"].get("finalizers") or []
-        kept = [f for f in held if f not in (FINALIZER, LEGACY_FINALIZER, self.finalizer)]
+        kept = [f for f in held if f not in self.own_finalizers]
         if kept == held:
             return False
         self.obj["metadata"]["finalizers"] = kept
