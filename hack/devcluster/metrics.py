@@ -43,22 +43,15 @@ def rbac_manifests() -> str:
     client certificate's user may), delegate authentication and authorization of the requests the
     aggregation layer proxies to it, and read the front proxy's CA. Nothing else (it used to run
     with the admin's kubeconfig and a kubelet client certificate in system:masters)."""
-    user = [{"kind": "User", "name": pki.METRICS_SERVER_USER, "apiGroup": "rbac.authorization.k8s.io"}]
-    role = "devcluster:metrics-server"
+    user, role = pki.METRICS_SERVER_USER, "devcluster:metrics-server"
+    rules = [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+             {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}]  # fmt: skip
     docs = [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
-         "rules": [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
-                   {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": user},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": f"{role}:auth-delegator"}, "subjects": user,
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": f"{role}:auth-reader", "namespace": NAMESPACE}, "subjects": user,
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "extension-apiserver-authentication-reader"}},
-    ]  # fmt: skip
+        *pki.user_role(user, role, rules),
+        pki.user_binding(user, "ClusterRole", "system:auth-delegator", name=f"{role}:auth-delegator"),
+        pki.user_binding(user, "Role", "extension-apiserver-authentication-reader", name=f"{role}:auth-reader",
+                         namespace=NAMESPACE),  # fmt: skip
+    ]
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 

@@ -16,6 +16,7 @@ import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 FRONT_PROXY_CLIENT = "front-proxy-client"
 PROMETHEUS_USER = "devcluster:prometheus"
@@ -38,6 +39,27 @@ class Pki:
     # the real node only (empty otherwise): token by user name, extra certificate files by name
     tokens: dict[str, str] = field(default_factory=dict)
     certs: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+
+
+RBAC = "rbac.authorization.k8s.io"
+
+
+def user_binding(
+    user: str, kind: str, role: str, name: str | None = None, namespace: str | None = None
+) -> dict[str, Any]:
+    """A (Cluster)RoleBinding of the ClusterRole or Role `role` to the plain user `user` (a token of
+    the token file): a ClusterRoleBinding for a ClusterRole, else a RoleBinding in `namespace`."""
+    binding = "ClusterRoleBinding" if kind == "ClusterRole" else "RoleBinding"
+    meta: dict[str, Any] = {"name": name or role, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": f"{RBAC}/v1", "kind": binding, "metadata": meta,
+            "roleRef": {"apiGroup": RBAC, "kind": kind, "name": role},
+            "subjects": [{"kind": "User", "name": user, "apiGroup": RBAC}]}  # fmt: skip
+
+
+def user_role(user: str, name: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ClusterRole `name` with `rules` and its binding to the plain user `user`."""
+    return [{"apiVersion": f"{RBAC}/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules},
+            user_binding(user, "ClusterRole", name)]  # fmt: skip
 
 
 def _openssl(*args: str) -> None:
@@ -96,8 +118,8 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
     certs: dict[str, tuple[Path, Path]] = {}
     if node:
         name, ip, _ = node
-        # Prometheus and metrics-server are plain users with only their roles (prometheus.rbac_manifests,
-        # metrics.rbac_manifests)
+        # Prometheus and metrics-server are plain users with only their roles (user_role, bound by
+        # prometheus.rbac_manifests and metrics.rbac_manifests)
         users = ((f"system:node:{name}", "system:nodes"), ("system:kube-proxy", ""), (PROMETHEUS_USER, ""),
                  (METRICS_SERVER_USER, ""))  # fmt: skip
         for user, groups in users:

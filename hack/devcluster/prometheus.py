@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import procs
+from devcluster import pki, procs
 
 SCRAPE_INTERVAL = "2s"
 
@@ -79,14 +79,8 @@ def kubernetes_config(api_server: str, ca_file: Path, token_file: Path) -> dict[
 def rbac_manifests(user: str) -> str:
     """What the real node's Prometheus may do: discover pods (role pod lists and watches them in every
     namespace). It used to hold the admin's token."""
-    name = "devcluster:prometheus"
-    docs = [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
-         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-         "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]},
-    ]  # fmt: skip
+    rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    docs = pki.user_role(user, "devcluster:prometheus", rules)
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
