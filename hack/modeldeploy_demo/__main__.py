@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from devcluster.client import DEFAULT_STATE, Cluster, ClusterError
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import plot, report
@@ -38,6 +36,7 @@ from modeldeploy_demo.workload import (
     NULL,
     Traffic,
     publish_models,
+    routed,
     rows,
     stop_pid_file,
     wait_for,
@@ -243,14 +242,6 @@ def batch_run(c: Cluster, kube: k.Kube, stable: str, timeout: float = 240) -> No
     say(f"    output: s3://{env['S3_BUCKET']}/demo/out/ (parts, rejects, _SUCCESS)")
 
 
-def gateway_answers(gateway_url: str) -> bool:
-    """One GET of the model's metadata through the gateway answers 200 (the route and its endpoints are in)."""
-    try:
-        return httpx.get(f"{gateway_url}/v2/models/{NAME}", headers={"Host": HOST}, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modeldeploy_demo", description=__doc__)
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second through the gateway")
@@ -296,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     k.apply(kubeconfig, NAMESPACE, mdep("v1", "1"))
     kube.wait_for_phase(NAMESPACE, NAME, "Healthy", 180)
     say(f"    Healthy after {time.time() - t0:.1f}s")
-    routed = time.time()
-    wait_for(lambda: gateway_answers(c.gateway_url), 60, "the gateway routing to the stable pods")
-    say(f"    the gateway routes to them {time.time() - routed:.1f}s later (Traefik learns the endpoints)")
+    healthy = time.time()
+    wait_for(lambda: routed(c.gateway_url, HOST, NAME), 60, "the gateway routing to the stable pods")
+    say(f"    the gateway routes to them {time.time() - healthy:.1f}s later (Traefik learns the endpoints)")
     traffic = Traffic(c.gateway_url, HOST, NAME, rate=args.rate, bad_share=0.1, invalid_share=0.05, phase="v1 steady")
     watch = k.Watch(kube, NAMESPACE, NAME)
     phases: list[tuple[str, float, float]] = []

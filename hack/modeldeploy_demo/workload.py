@@ -175,6 +175,17 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def routed(gateway_url: str, host: str, model: str) -> bool:
+    """One GET of the model's metadata through the gateway for `host` answers 200: the gateway has
+    the route and at least one ready endpoint. It learns them a second or two after the pods are
+    Ready (Traefik answers 503 "no available server" until then), so traffic whose every answer is
+    judged starts after this."""
+    try:
+        return httpx.get(f"{gateway_url}/v2/models/{model}", headers={"Host": host}, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 # ------------------------------------------------------------------------------------ model store
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name

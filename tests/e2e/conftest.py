@@ -38,7 +38,7 @@ from devcluster import Cluster
 from modeldeploy_demo import kube as k
 from modeldeploy_demo import report
 from modeldeploy_demo.incluster import ChartOperator
-from modeldeploy_demo.workload import Answer, Model, Operator, Traffic, publish_models, wait_for
+from modeldeploy_demo.workload import Answer, Model, Operator, Traffic, publish_models, routed, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "wine"
@@ -98,6 +98,10 @@ class E2E:
         return ns, host
 
     def traffic(self, host: str, **kw: Any) -> Traffic:
+        """Traffic through the gateway to `host`, started once the gateway routes it: the gateway learns
+        a new route's endpoints a second or two after the object is Healthy, and a scenario judges every
+        answer from its start (all of the gateway's own 503s in two full runs came in that second)."""
+        wait_for(lambda: routed(self.cluster.gateway_url, host, NAME), 30, f"the gateway routing {host}")
         t = Traffic(self.cluster.gateway_url, host, NAME, **kw).start()
         self.cleanups.append(t.stop)
         wait_for(lambda: t.counts().get(200, 0) >= 20, 30, f"answers through the gateway for {host}")
