@@ -100,8 +100,6 @@ def serve(settings: Settings) -> int:
 
 
 def _score_shard(settings: Settings, args: argparse.Namespace) -> int:
-    from modeldeploy_server.score import Shard, score_shard
-
     index = args.shard if args.shard is not None else os.environ.get("JOB_COMPLETION_INDEX")
     run = args.run_id or os.environ.get("MODELDEPLOY_BATCH_RUN")
     if args.shards < 1:
@@ -111,6 +109,8 @@ def _score_shard(settings: Settings, args: argparse.Namespace) -> int:
     if not run:
         raise LoadRefused("--run-id (or MODELDEPLOY_BATCH_RUN) is required with --shards: it names the run's folder")
     attempt = os.environ.get("MODELDEPLOY_BATCH_ATTEMPT", "")  # the Job's uid (the operator's CronJob sets it)
+    from modeldeploy_server.score import Shard, score_shard  # scikit-learn and SciPy: after the arguments are checked
+
     shard = Shard(args.input, args.output, int(index), args.shards, run, args.allow_rejects, attempt=attempt)
     return score_shard(settings, shard)
 
