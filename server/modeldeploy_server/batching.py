@@ -4,13 +4,16 @@ Owned here: the queue of validated matrices waiting for the model. The first req
 loop turn schedules a flush with `call_soon`, which runs after every request already parsed in
 that turn; so requests that arrive together are predicted as one matrix (one model call instead
 of many), and a lone request is predicted at once. If a combined call fails, each request is
-retried alone so that one request's failure is not another's. Called by `service`.
+retried alone so that one request's failure is not another's. A slow model's calls run in one
+model thread, so the event loop keeps answering probes while they run. Called by `service`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,12 +25,42 @@ Predict = Callable[[Matrix], npt.NDArray[Any]]
 Item = tuple[Matrix, "asyncio.Future[npt.NDArray[Any]]"]
 
 
+INLINE_SECONDS = 0.005  # a flush expected to take at most this long runs on the event loop, a longer one off it
+Result = tuple["asyncio.Future[npt.NDArray[Any]]", "npt.NDArray[Any] | None", "Exception | None"]
+_worker: ThreadPoolExecutor | None = None
+
+
+def _model_thread() -> ThreadPoolExecutor:
+    """The one thread that runs slow model calls, shared by every batcher of the process (one call at a time)."""
+    global _worker
+    if _worker is None:
+        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    return _worker
+
+
+def _slower(seconds_per_row: float | None, seconds: float, rows: int) -> float:
+    return max(seconds_per_row or 0.0, seconds / max(1, rows))
+
+
 class MicroBatcher:
+    """Groups the matrices waiting for the model into calls of at most `max_rows` rows.
+
+    A flush runs on the event loop when its rows times the model's last measured seconds per row is
+    at most INLINE_SECONDS (a thread hop would cost more than the call); otherwise in the model
+    thread, so that probes, metrics and request parsing are answered while it runs (a readiness
+    probe that waits behind a 5 s call times out and takes a busy, healthy pod out of its Service).
+    Until a call has been timed, flushes run in the thread. Requests that arrive during a threaded
+    flush wait for it and are flushed together after it. The limit: a model fast so far whose next
+    call is unexpectedly long (one slow input) still runs that call on the loop.
+    """
+
     def __init__(self, predict: Predict, max_rows: int) -> None:
         self.predict = predict
         self.max_rows = max_rows
         self._queue: list[Item] = []
         self._scheduled = False
+        self._busy = False  # a call runs in the model thread
+        self._seconds_per_row = float("inf")  # of the last flush's slowest call (none timed yet: unknown)
         self.batches = 0
         self.batched_requests = 0
 
@@ -35,7 +68,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[npt.NDArray[Any]] = loop.create_future()
         self._queue.append((x, future))
-        if not self._scheduled:
+        if not self._scheduled and not self._busy:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await future
@@ -43,39 +76,67 @@ class MicroBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         queue, self._queue = self._queue, []
+        if not queue:
+            return
+        batches: list[list[Item]] = []
         start = 0
         while start < len(queue):
             end, rows = start + 1, len(queue[start][0])
             while end < len(queue) and rows + len(queue[end][0]) <= self.max_rows:
                 rows += len(queue[end][0])
                 end += 1
-            self._run(queue[start:end])
+            batches.append(queue[start:end])
             start = end
-
-    def _run(self, batch: list[Item]) -> None:
-        self.batches += 1
-        self.batched_requests += len(batch)
-        if len(batch) == 1:
-            self._run_one(*batch[0])
+        self.batches += len(batches)
+        self.batched_requests += len(queue)
+        if sum(len(x) for x, _ in queue) * self._seconds_per_row <= INLINE_SECONDS:
+            self._deliver(*self._compute(batches))
             return
-        try:
-            y = self.predict(np.vstack([x for x, _ in batch]))
-        except Exception:  # isolate the failing request: retry each alone
+        self._busy = True
+        done = asyncio.get_running_loop().run_in_executor(_model_thread(), self._compute, batches)
+        done.add_done_callback(self._threaded_done)
+
+    def _threaded_done(self, done: asyncio.Future[tuple[list[Result], float | None]]) -> None:
+        self._busy = False
+        self._deliver(*done.result())  # _compute catches the model's exceptions: it does not raise them
+        if self._queue:
+            self._flush()
+
+    def _compute(self, batches: list[list[Item]]) -> tuple[list[Result], float | None]:
+        """Every batch's answers (a failed combined call is retried request by request) and the slowest
+        call's seconds per row. Calls only the model: safe in the model thread; `_deliver` sets the futures."""
+        results: list[Result] = []
+        longest: float | None = None
+        for batch in batches:
+            if len(batch) > 1:
+                started = time.perf_counter()
+                try:
+                    y = self.predict(np.vstack([x for x, _ in batch]))
+                except Exception:  # isolate the failing request: retry each alone
+                    pass
+                else:
+                    longest = _slower(longest, time.perf_counter() - started, len(y))
+                    offset = 0
+                    for x, future in batch:
+                        results.append((future, y[offset : offset + len(x)], None))
+                        offset += len(x)
+                    continue
             for x, future in batch:
-                self._run_one(x, future)
-            return
-        offset = 0
-        for x, future in batch:
-            if not future.done():
-                future.set_result(y[offset : offset + len(x)])
-            offset += len(x)
+                started = time.perf_counter()
+                try:
+                    results.append((future, self.predict(x), None))
+                except Exception as exc:  # reported to the request as a model failure (500)
+                    results.append((future, None, exc))
+                longest = _slower(longest, time.perf_counter() - started, len(x))
+        return results, longest
 
-    def _run_one(self, x: Matrix, future: asyncio.Future[npt.NDArray[Any]]) -> None:
-        try:
-            y = self.predict(x)
-        except Exception as exc:  # reported to the request as a model failure (500)
-            if not future.done():
+    def _deliver(self, results: list[Result], seconds_per_row: float | None) -> None:
+        if seconds_per_row is not None:
+            self._seconds_per_row = seconds_per_row
+        for future, y, exc in results:
+            if future.done():  # the request was cancelled (its client went away)
+                continue
+            if exc is not None:
                 future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(y)
+            elif y is not None:
+                future.set_result(y)

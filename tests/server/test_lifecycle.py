@@ -57,6 +57,41 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
 
 
+def test_probes_and_metrics_answer_while_a_long_prediction_runs(tmp_path: Path) -> None:
+    """A slow model's calls must not hold the probes: the kubelet's readiness probe (timeout
+    PROBE_TIMEOUT_SECONDS, 5) would time out and take a busy, healthy pod out of its Service. Twice:
+    the first call (not yet timed) and one after the model has shown it is slow."""
+    path = tmp_path / "slow.joblib"
+    inside = tmp_path / "inside"
+    joblib.dump(SlowModel(4.0, marker=str(inside)), path)
+    port = free_port()
+    env = {"MODELDEPLOY_MODEL_URI": path.as_uri(), "MODELDEPLOY_MODEL_SHA256": sha256_of(path),
+           "MODELDEPLOY_MODEL_NAME": "slow", "MODELDEPLOY_PORT": str(port), "MODELDEPLOY_COMPILE": "off",
+           "MODELDEPLOY_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
+    proc = start_cli(env, tmp_path / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        for _ in range(2):
+            inside.unlink(missing_ok=True)
+            results: list[httpx.Response] = []
+            request = threading.Thread(target=lambda answers=results: answers.append(httpx.post(
+                f"{url}/v1/models/slow:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=30)))  # fmt: skip
+            request.start()
+            deadline = time.monotonic() + 20
+            while not inside.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert inside.exists(), "the request never reached the model"
+            for probe in ("/v2/health/ready", "/v2/health/live", "/metrics"):
+                assert httpx.get(f"{url}{probe}", timeout=2).status_code == 200, probe
+            assert not results, "the probes were answered only after the long prediction"
+            request.join(timeout=30)
+            assert results and results[0].status_code == 200 and results[0].json() == {"predictions": [0]}
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def _post_on(sock: socket.socket, body: bytes) -> bytes:
     """One HTTP/1.1 request on an open connection; the status line of its answer."""
     sock.sendall(raw_request("/v1/models/pipe:predict", body))
