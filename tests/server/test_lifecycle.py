@@ -6,6 +6,7 @@ import json
 import select
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,18 +18,23 @@ from tests.server.conftest import REPO_ROOT, Artifact, free_port, raw_request, s
 from tests.server.slow_model import SlowModel
 
 
-def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+def start_slow(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    """A server of SlowModel(seconds) (rows whose first feature is 1.0 are slow), with access logs: its
+    process, URL, log file and the marker file a slow request creates once it is inside the model."""
     path = tmp_path / "slow.joblib"
     inside = tmp_path / "inside"
-    joblib.dump(SlowModel(1.5, marker=str(inside)), path)
+    joblib.dump(SlowModel(seconds, marker=str(inside)), path)
     port = free_port()
     env = {"MODELDEPLOY_MODEL_URI": path.as_uri(), "MODELDEPLOY_MODEL_SHA256": sha256_of(path),
            "MODELDEPLOY_MODEL_NAME": "slow", "MODELDEPLOY_PORT": str(port), "MODELDEPLOY_COMPILE": "off",
            "MODELDEPLOY_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT),
            "MODELDEPLOY_ACCESS_LOG": "true"}  # fmt: skip
     log = tmp_path / "server.log"
-    proc = start_cli(env, log)
-    url = f"http://127.0.0.1:{port}"
+    return start_cli(env, log), f"http://127.0.0.1:{port}", log, inside
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    proc, url, log, inside = start_slow(tmp_path, 1.5)
     try:
         wait_ready(url, proc)
         results: list[httpx.Response] = []
@@ -61,15 +67,7 @@ def test_probes_and_metrics_answer_while_a_long_prediction_runs(tmp_path: Path) 
     """A slow model's calls must not hold the probes: the kubelet's readiness probe (timeout
     PROBE_TIMEOUT_SECONDS, 5) would time out and take a busy, healthy pod out of its Service. Twice:
     the first call (not yet timed) and one after the model has shown it is slow."""
-    path = tmp_path / "slow.joblib"
-    inside = tmp_path / "inside"
-    joblib.dump(SlowModel(4.0, marker=str(inside)), path)
-    port = free_port()
-    env = {"MODELDEPLOY_MODEL_URI": path.as_uri(), "MODELDEPLOY_MODEL_SHA256": sha256_of(path),
-           "MODELDEPLOY_MODEL_NAME": "slow", "MODELDEPLOY_PORT": str(port), "MODELDEPLOY_COMPILE": "off",
-           "MODELDEPLOY_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
-    proc = start_cli(env, tmp_path / "server.log")
-    url = f"http://127.0.0.1:{port}"
+    proc, url, _, inside = start_slow(tmp_path, 4.0)
     try:
         wait_ready(url, proc)
         for _ in range(2):
