@@ -11,10 +11,11 @@ model thread, so the event loop keeps answering probes while they run. Called by
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ Item = tuple[Matrix, "asyncio.Future[npt.NDArray[Any]]"]
 
 INLINE_SECONDS = 0.005  # a flush expected to take at most this long runs on the event loop, a longer one off it
 Result = tuple["asyncio.Future[npt.NDArray[Any]]", "npt.NDArray[Any] | None", "Exception | None"]
+Done: TypeAlias = "asyncio.Future[tuple[list[Result], float | None]]"  # a threaded flush: answers, seconds per row
 _worker: ThreadPoolExecutor | None = None
 
 
@@ -94,11 +96,15 @@ class MicroBatcher:
             return
         self._busy = True
         done = asyncio.get_running_loop().run_in_executor(_model_thread(), self._compute, batches)
-        done.add_done_callback(self._threaded_done)
+        done.add_done_callback(functools.partial(self._threaded_done, batches))
 
-    def _threaded_done(self, done: asyncio.Future[tuple[list[Result], float | None]]) -> None:
+    def _threaded_done(self, batches: list[list[Item]], done: Done) -> None:
         self._busy = False
-        self._deliver(*done.result())  # _compute catches the model's exceptions: it does not raise them
+        try:
+            self._deliver(*done.result())
+        except BaseException as exc:  # _compute catches the model's exceptions; anything else fails the requests
+            self._deliver([(future, None, exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                           for batch in batches for _, future in batch], None)  # fmt: skip
         if self._queue:
             self._flush()
 
@@ -138,5 +144,5 @@ class MicroBatcher:
                 continue
             if exc is not None:
                 future.set_exception(exc)
-            elif y is not None:
-                future.set_result(y)
+            else:  # whatever the model answered, even None: the service judges it (a 500), it never hangs
+                future.set_result(cast("npt.NDArray[Any]", y))

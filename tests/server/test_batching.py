@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -49,3 +50,20 @@ def test_max_rows_one_predicts_every_request_alone(max_rows: int) -> None:
 
     asyncio.run(scenario())
     assert sizes == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.02])
+def test_a_model_answering_none_gets_an_answer_not_a_hang(seconds: float) -> None:
+    """On the event loop (a fast model) and in the model thread (a slow one): the service turns the
+    model's None into a 500; the batcher must hand it over, not leave the request waiting forever."""
+
+    def predict(x: np.ndarray) -> None:
+        time.sleep(seconds)
+
+    async def scenario() -> list[Any]:
+        batcher = MicroBatcher(predict, max_rows=64)  # type: ignore[arg-type]
+        first = await asyncio.wait_for(batcher.submit(np.ones((1, 2))), 5)  # not yet timed: the model thread
+        second = await asyncio.wait_for(batcher.submit(np.ones((1, 2))), 5)  # timed: the loop if fast
+        return [first, second]
+
+    assert asyncio.run(scenario()) == [None, None]
