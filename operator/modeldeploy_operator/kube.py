@@ -45,6 +45,12 @@ LEGACY_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 APPLIED = f"{GROUP}/applied"
 
 
+def finalizer_names(finalizer: str) -> frozenset[str]:
+    """Every finalizer name of ours an object may hold, for a process whose own is `finalizer`: its own,
+    the unsharded name (after a switch to shards) and kopf's old default marker."""
+    return frozenset({finalizer, FINALIZER, LEGACY_FINALIZER})
+
+
 def digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -122,8 +128,7 @@ class Kube:
         finalizer: str = FINALIZER,
     ) -> None:  # fmt: skip
         self.finalizer = finalizer  # kopf's on the objects this process acts on (a shard has its own)
-        # every name of ours an object may hold: this process's, the unsharded one, kopf's old marker
-        self.own_finalizers = frozenset({finalizer, FINALIZER, LEGACY_FINALIZER})
+        self.own_finalizers = finalizer_names(finalizer)
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)

@@ -171,10 +171,9 @@ class FakeCluster:
 
     @property
     def own_finalizers(self) -> frozenset[str]:  # as Kube.own_finalizers
-        from modeldeploy_operator import FINALIZER
-        from modeldeploy_operator.kube import LEGACY_FINALIZER
+        from modeldeploy_operator.kube import finalizer_names
 
-        return frozenset({self.finalizer, FINALIZER, LEGACY_FINALIZER})
+        return finalizer_names(self.finalizer)
 
     def release(self, meta: Meta) -> bool:
         held = self.obj["metadata"].get("finalizers") or []
