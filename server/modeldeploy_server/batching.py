@@ -112,7 +112,7 @@ class MicroBatcher:
         """Every batch's answers (a failed combined call is retried request by request) and the slowest
         call's seconds per row. Calls only the model: safe in the model thread; `_deliver` sets the futures."""
         results: list[Result] = []
-        longest: float | None = None
+        per_row: float | None = None
         for batch in batches:
             if len(batch) > 1:
                 started = time.perf_counter()
@@ -121,7 +121,7 @@ class MicroBatcher:
                 except Exception:  # isolate the failing request: retry each alone
                     pass
                 else:
-                    longest = _slower(longest, time.perf_counter() - started, len(y))
+                    per_row = _slower(per_row, time.perf_counter() - started, len(y))
                     offset = 0
                     for x, future in batch:
                         results.append((future, y[offset : offset + len(x)], None))
@@ -133,8 +133,8 @@ class MicroBatcher:
                     results.append((future, self.predict(x), None))
                 except Exception as exc:  # reported to the request as a model failure (500)
                     results.append((future, None, exc))
-                longest = _slower(longest, time.perf_counter() - started, len(x))
-        return results, longest
+                per_row = _slower(per_row, time.perf_counter() - started, len(x))
+        return results, per_row
 
     def _deliver(self, results: list[Result], seconds_per_row: float | None) -> None:
         if seconds_per_row is not None:
