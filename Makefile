@@ -82,13 +82,13 @@ binaries: ## Build (once, cached outside the repo) kube-apiserver, etcd, helm, G
 	bash hack/build-binaries.sh
 
 .PHONY: node-binaries
-node-binaries: ## Real node: build (once, cached) containerd, kubelet, kube-proxy, Prometheus 3, Traefik, CoreDNS, metrics-server; apt runc, CNI, buildah.
+node-binaries: ## Real node: build (once, cached) containerd, kubelet, kube-proxy, Prometheus 3, Traefik, CoreDNS, metrics-server, the custom metrics adapter; apt runc, CNI, buildah.
 	bash hack/install-system-deps.sh node
 	bash hack/build-node-binaries.sh
 
 .PHONY: metrics-server
-metrics-server: ## Build (once, cached) only metrics-server (metrics.k8s.io for the HPA; part of node-binaries, which `make test` builds).
-	bash hack/build-node-binaries.sh metrics-server >/dev/null
+metrics-server: ## Build (once, cached) only metrics-server and hack/metrics-adapter (metrics.k8s.io and custom.metrics.k8s.io for the HPA; part of node-binaries, which `make test` builds).
+	bash hack/build-node-binaries.sh metrics-server metrics-adapter >/dev/null
 
 .PHONY: image
 image: $(INSTALLED) ## Build the image with buildah (no Docker daemon, no network inside); OCI archive in ~/.cache/modeldeploy/image.
@@ -97,7 +97,7 @@ image: $(INSTALLED) ## Build the image with buildah (no Docker daemon, no networ
 	bash hack/build-image.sh pause
 
 .PHONY: cluster-up
-cluster-up: $(INSTALLED) binaries node-binaries image ## Start the local cluster (real node: containerd, kubelet, Traefik, Prometheus 3) in the background; env in .cache/cluster/env. METRICS_SERVER=1: with metrics-server (kubectl top, HPA).
+cluster-up: $(INSTALLED) binaries node-binaries image ## Start the local cluster (real node: containerd, kubelet, Traefik, Prometheus 3) in the background; env in .cache/cluster/env. METRICS_SERVER=1: with metrics-server and the custom metrics adapter (kubectl top, HPA).
 	PYTHONPATH=hack $(BIN)/python -m devcluster up $(if $(METRICS_SERVER),--metrics-server)
 
 .PHONY: cluster-down

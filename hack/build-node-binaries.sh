@@ -2,12 +2,13 @@
 # Build (once) and cache the real node's binaries: containerd + its v2 shim + ctr, kubelet and
 # kube-proxy (from the same generated k8s.io/kubernetes wrapper module hack/build-binaries.sh
 # uses), Prometheus 3 with promtool, Traefik v3 (the Gateway API implementation) and CoreDNS
-# (cluster DNS) and metrics-server (the resource metrics API the HPA controller reads). runc and the
-# CNI plugins come from Debian (hack/install-system-deps.sh).
+# (cluster DNS), metrics-server (the resource metrics API the HPA controller reads) and
+# hack/metrics-adapter (this project's custom metrics adapter: modeldeploy_requests_per_second from
+# Prometheus). runc and the CNI plugins come from Debian (hack/install-system-deps.sh).
 #
 # Each part lives in its own cache folder keyed by its pin in hack/versions.env, so changing one pin
 # rebuilds only that part. Prints the folders, one per line, "<part> <folder>".
-# usage: build-node-binaries.sh [containerd|kube|prometheus|traefik|coredns|metrics-server]...   (default: all)
+# usage: build-node-binaries.sh [containerd|kube|prometheus|traefik|coredns|metrics-server|metrics-adapter]...   (default: all)
 # NODE_BINARIES_CHECK_ONLY=1: build nothing, fail when a part is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -146,8 +147,23 @@ build_metrics_server() {
   echo "metrics-server $out"
 }
 
+build_metrics_adapter() {
+  # keyed by its sources (the module is in this repository, not pinned in versions.env)
+  local src="$here/metrics-adapter" key out
+  key=$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-16)
+  out="$cache_root/bin/metrics-adapter-$key"
+  [[ -x "$out/metrics-adapter" ]] && { log "metrics-adapter: cached"; echo "metrics-adapter $out"; return; }
+  check_only metrics-adapter
+  mkdir -p "$out"
+  log "metrics-adapter: building (cold: ~3 min on 2 cores)"
+  (cd "$src" && GOFLAGS=-mod=readonly nice_go build -v -trimpath -ldflags "-s -w" -o "$out/metrics-adapter.tmp.$$" . 2>&1) \
+    | progress metrics-adapter
+  mv -f "$out/metrics-adapter.tmp.$$" "$out/metrics-adapter"
+  echo "metrics-adapter $out"
+}
+
 parts=("$@")
-(( ${#parts[@]} )) || parts=(containerd kube prometheus traefik coredns metrics-server)
+(( ${#parts[@]} )) || parts=(containerd kube prometheus traefik coredns metrics-server metrics-adapter)
 for p in "${parts[@]}"; do
   case $p in
     containerd) timed containerd build_containerd ;;
@@ -156,6 +172,7 @@ for p in "${parts[@]}"; do
     traefik) timed traefik build_traefik ;;
     coredns) timed coredns build_coredns ;;
     metrics-server) timed metrics-server build_metrics_server ;;
+    metrics-adapter) timed metrics-adapter build_metrics_adapter ;;
     *) log "unknown part: $p"; exit 2 ;;
   esac
 done

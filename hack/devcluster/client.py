@@ -155,12 +155,14 @@ class Cluster:
         self._control("/prometheus/start")
 
     def start_metrics_server(self) -> None:
-        """Start metrics-server and register it as `v1beta1.metrics.k8s.io` (devcluster.metrics);
-        returns once the API server serves the resource metrics API (the HPA controller reads it)."""
+        """Start metrics-server and the custom metrics adapter and register them as
+        `v1beta1.metrics.k8s.io` and `v1beta2.custom.metrics.k8s.io` (devcluster.metrics); returns
+        once the API server serves both (the HPA controller reads them: pod CPU, and
+        `modeldeploy_requests_per_second` from Prometheus)."""
         self._control("/metrics-server/start", timeout=150.0)
 
     def stop_metrics_server(self) -> None:
-        """Unregister the APIService, then stop metrics-server."""
+        """Unregister the APIServices, then stop the adapter and metrics-server."""
         self._control("/metrics-server/stop")
 
     def restart_component(self, name: str) -> float:

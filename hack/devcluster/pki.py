@@ -3,11 +3,12 @@
 Owns: a CA, the API server's serving certificate (SANs for 127.0.0.1/localhost, plus the node and
 `kubernetes` Service addresses on the real node), the service-account signing key, the token
 file (admin in system:masters; on the real node also the kubelet as system:node:<name>,
-kube-proxy, and Prometheus and metrics-server as plain users that get only their RBAC roles),
-and for the real node the kubelet's serving certificate and the API server's client certificate
-towards the kubelet; for the aggregation layer (metrics-server, devcluster.metrics) a
-front-proxy CA with the API server's proxy client certificate, metrics-server's serving
-certificate and its client certificate towards the kubelet. Called by controlplane.
+kube-proxy, and Prometheus, metrics-server and the custom metrics adapter as plain users that get
+only their RBAC roles), and for the real node the kubelet's serving certificate and the API
+server's client certificate towards the kubelet; for the aggregation layer (metrics-server and the
+custom metrics adapter, devcluster.metrics) a front-proxy CA with the API server's proxy client
+certificate, both servers' serving certificates and metrics-server's client certificate towards
+the kubelet. Called by controlplane.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from typing import Any
 FRONT_PROXY_CLIENT = "front-proxy-client"
 PROMETHEUS_USER = "devcluster:prometheus"
 METRICS_SERVER_USER = "devcluster:metrics-server"
-# the Service the APIService v1beta1.metrics.k8s.io names: the API server checks this name
+ADAPTER_USER = "devcluster:metrics-adapter"
+# the Services the APIServices v1beta1.metrics.k8s.io and v1beta2.custom.metrics.k8s.io name: the
+# API server checks these names
 METRICS_SERVER_DNS = "metrics-server.kube-system.svc"
+ADAPTER_DNS = "metrics-adapter.kube-system.svc"
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,10 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
     certs: dict[str, tuple[Path, Path]] = {}
     if node:
         name, ip, _ = node
-        # Prometheus and metrics-server are plain users with only their roles (user_role, bound by
-        # prometheus.rbac_manifests and metrics.rbac_manifests)
+        # Prometheus, metrics-server and the adapter are plain users with only their roles (user_role,
+        # bound by prometheus.rbac_manifests and metrics.rbac_manifests)
         users = ((f"system:node:{name}", "system:nodes"), ("system:kube-proxy", ""), (PROMETHEUS_USER, ""),
-                 (METRICS_SERVER_USER, ""))  # fmt: skip
+                 (METRICS_SERVER_USER, ""), (ADAPTER_USER, ""))  # fmt: skip
         for user, groups in users:
             tokens[user] = secrets.token_hex(24)
             line = f"{tokens[user]},{user},{user}-uid"
@@ -141,6 +145,9 @@ def generate(directory: Path, node: tuple[str, str, str] | None = None) -> Pki:
         )
         certs["metrics-server"] = _sign(
             d, ca, "metrics-server", f"/CN={METRICS_SERVER_DNS}", "serverAuth", f"IP:{ip},DNS:{METRICS_SERVER_DNS}"
+        )
+        certs["metrics-adapter"] = _sign(
+            d, ca, "metrics-adapter", f"/CN={ADAPTER_DNS}", "serverAuth", f"IP:{ip},DNS:{ADAPTER_DNS}"
         )
         certs["metrics-server-kubelet-client"] = _sign(
             d, ca, "metrics-server-kubelet-client", f"/CN={METRICS_SERVER_USER}", "clientAuth"

@@ -5,7 +5,7 @@ with the pause image and the project's image imported -> cluster DNS (CoreDNS on
 -> kubelet -> node Ready -> kube-proxy ->
 Traefik and its Gateway -> Prometheus 3 (kubernetes_sd_configs) -> the model store Service), the
 env file and status.json, the control endpoint (/status, Prometheus stop/start, metrics-server
-start/stop: devcluster.metrics, on demand), one real node
+and the custom metrics adapter start/stop: devcluster.metrics, on demand), one real node
 per machine (a lock: kube-proxy's nftables tables and the kubelet's cgroups are machine-wide),
 and the teardown of every part. Called by `python -m devcluster run`
 (through `up` or devcluster.client.Cluster).
@@ -118,6 +118,7 @@ class RealNode:
         self.dns: dns.CoreDns | None = None
         self.s3: s3.S3Store | None = None
         self.metrics: metrics.MetricsServer | None = None
+        self.adapter: metrics.MetricsAdapter | None = None
         self.ip_forward: str | None = None
         self.image = ""
         self.store_dir = self.state / "model-store"
@@ -263,6 +264,11 @@ class RealNode:
                                               pki.METRICS_SERVER_USER, p.tokens[pki.METRICS_SERVER_USER])  # fmt: skip
         self.metrics = metrics.MetricsServer(self.state, bins["metrics-server"] / "metrics-server", ms_kubeconfig,
                                              p, node.child_env(bins["metrics-server"]), self.cp.kubectl)  # fmt: skip
+        ad_kubeconfig = node.token_kubeconfig(self.state / "metrics-adapter.kubeconfig", self.cp.server, p.ca_cert,
+                                              pki.ADAPTER_USER, p.tokens[pki.ADAPTER_USER])  # fmt: skip
+        self.adapter = metrics.MetricsAdapter(self.state, bins["metrics-adapter"] / "metrics-adapter", ad_kubeconfig,
+                                              p, node.child_env(bins["metrics-adapter"]), self.cp.kubectl,
+                                              prometheus_url=self.prom.url)  # fmt: skip
         self.s3 = s3.S3Store(self.state, network.NODE_IP)  # pods and this machine both reach the node address
         try:
             self.s3.start()
@@ -359,12 +365,11 @@ class RealNode:
                     harness.worker.submit(harness.prom.start).result()
                     return self._reply(200, {"prometheus_running": True})
                 if self.path in ("/metrics-server/start", "/metrics-server/stop") and harness.metrics:
-                    ms = harness.metrics
                     try:
-                        harness.worker.submit(ms.start if self.path.endswith("start") else ms.stop).result()
+                        harness.worker.submit(harness.metrics_apis, self.path.endswith("start")).result()
                     except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
                         return self._reply(500, {"error": f"{self.path}: {exc}"})
-                    return self._reply(200, {"metrics_server_running": ms.running})
+                    return self._reply(200, {"metrics_server_running": harness.metrics.running})
                 name = self.path.removeprefix("/controlplane/restart/")
                 if self.path.startswith("/controlplane/restart/") and harness.cp and name in harness.cp.argv:
                     seconds = harness.worker.submit(harness.cp.restart, name).result()
@@ -378,20 +383,30 @@ class RealNode:
         self.control_port = int(server.server_address[1])
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
+    def metrics_apis(self, start: bool) -> None:
+        """Start (or stop) both metrics APIs: the resource metrics (metrics-server) and the custom
+        metrics (the adapter); on the worker thread, see the control endpoint."""
+        parts = [p for p in (self.metrics, self.adapter) if p is not None]
+        for part in parts if start else reversed(parts):
+            if start:
+                part.start()
+            else:
+                part.stop()
+
     def pids(self) -> dict[str, int]:
         """Process ids of every component by name (Prometheus only while it runs)."""
         out: dict[str, int] = {}
         for group in (self.cp.procs if self.cp else {}, self.node.procs if self.node else {}):
             out.update({name: p.pid for name, p in group.items() if p.poll() is None})
         for name, part in (("traefik", self.traefik), ("prometheus", self.prom), ("coredns", self.dns),
-                           ("metrics-server", self.metrics)):  # fmt: skip
+                           ("metrics-server", self.metrics), ("metrics-adapter", self.adapter)):  # fmt: skip
             if part is not None and part.proc is not None and part.proc.poll() is None:
                 out[name] = part.proc.pid
         return out
 
     def _teardown(self) -> None:
         t0 = time.monotonic()
-        for part in (self.metrics, self.s3, self.prom, self.traefik, self.dns):
+        for part in (self.adapter, self.metrics, self.s3, self.prom, self.traefik, self.dns):
             if part is not None:
                 part.stop()
         done: list[str] = []

@@ -45,8 +45,9 @@ def test_node_is_real_and_ready(cluster: Cluster) -> None:
 
 def test_prometheus_and_metrics_server_hold_only_their_own_roles(cluster: Cluster) -> None:
     """Least privilege in the harness too: Prometheus may list pods, metrics-server may read nodes,
-    pods and the kubelet's metrics; neither is cluster-admin (both used the admin's credentials,
-    and metrics-server's kubelet client certificate was in system:masters)."""
+    pods and the kubelet's metrics, the custom metrics adapter may list pods; none is cluster-admin
+    (Prometheus and metrics-server used the admin's credentials, and metrics-server's kubelet client
+    certificate was in system:masters)."""
 
     def can(user: str, *args: str) -> bool:
         out = cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False).strip()
@@ -54,10 +55,14 @@ def test_prometheus_and_metrics_server_hold_only_their_own_roles(cluster: Cluste
         return out.startswith("yes")
 
     prometheus, metrics_server = "devcluster:prometheus", "devcluster:metrics-server"
+    adapter = "devcluster:metrics-adapter"
     assert can(prometheus, "list", "pods", "--all-namespaces") and can(prometheus, "watch", "pods", "-A")
     assert can(metrics_server, "get", "nodes", "--subresource=metrics")
-    assert can(metrics_server, "create", "tokenreviews.authentication.k8s.io")  # delegated authentication
-    for user in (prometheus, metrics_server):
+    assert can(adapter, "list", "pods", "-A")
+    for user in (metrics_server, adapter):
+        assert can(user, "create", "tokenreviews.authentication.k8s.io")  # delegated authentication
+    assert not can(adapter, "get", "nodes", "--subresource=metrics")
+    for user in (prometheus, metrics_server, adapter):
         for verb in (("get", "secrets", "-A"), ("create", "pods", "-A"), ("delete", "nodes"), ("*", "*")):
             assert not can(user, *verb), (user, verb)
     assert not can(prometheus, "get", "nodes", "--subresource=metrics")
