@@ -10,13 +10,19 @@ afterwards is sized from the stable's current replicas (`routed_canary_replicas`
 `spec.replicas`. When the load step ends, the HPA scales the stable back in after its
 `scaleDownStabilizationSeconds` window, under light traffic, and the canary follows. No request fails
 meanwhile.
+
+A second ModelDeployment asks for `targetRequestsPerSecondPerPod` instead: the HPA reads the Pods
+metric `modeldeploy_requests_per_second` from `custom.metrics.k8s.io`, which the cluster's custom
+metrics adapter (hack/metrics-adapter, on the library prometheus-adapter is built on) computes from
+the server pods' own `modeldeploy_requests_total` in the real Prometheus; a load step of three times
+the target scales the stable out, and the rate the API reports is the rate the client sent.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pytest
@@ -27,7 +33,7 @@ from modeldeploy_operator.ratio import routed_canary_replicas
 from tests.e2e.conftest import E2E, NAME
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-NAMESPACES = ("hpa",)
+NAMESPACES = ("hpa", "rps")
 Say = Callable[[str], None]
 T = TypeVar("T")
 CPU_REQUEST_MILLICORES = 50  # small: a few requests/s of ~1-2 ms of CPU each exceed half of it on a 2-core node
@@ -38,13 +44,18 @@ AUTOSCALING = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercenta
 RATE = 40.0  # bounded: 4 workers, at most MAX_LOAD_SECONDS
 
 
+RPS_TARGET = 8.0  # targetRequestsPerSecondPerPod
+RPS_RATE = 3 * RPS_TARGET  # the load step: the HPA wants ceil(24 / 8) = 3 pods (maxReplicas 3)
+RPS_METRIC = "modeldeploy_requests_per_second"
+
 STEPS = [{"setWeight": 50}, {"pause": {}}]  # held at 50% (the canary's size is what is checked)
 LENIENT = {"maxLatencyP99Seconds": 2.0}  # the loaded 2-core node: a slow p99 is not what this test is about
 
 
 @pytest.fixture(scope="module")
 def resource_metrics(e2e: E2E) -> Iterator[None]:
-    """metrics-server on the real node for this module only (torn down before the namespaces go)."""
+    """metrics-server and the custom metrics adapter on the real node for this module only (torn
+    down before the namespaces go)."""
     e2e.cluster.start_metrics_server()
     try:
         yield
@@ -90,12 +101,51 @@ def utilization(obj: dict[str, Any]) -> int | None:
     return None
 
 
-def waited(predicate: Callable[[], T | None], timeout: float, what: str, seen: list[int]) -> T:
-    """wait_for every second; on timeout the utilizations seen meanwhile are in the message."""
+def quantity(q: str) -> float:
+    """A decimal quantity as the custom metrics API writes it ("24133m", "8", "1500u")."""
+    for suffix, scale in (("n", 1e-9), ("u", 1e-6), ("m", 1e-3)):
+        if q.endswith(suffix):
+            return float(q[: -len(suffix)]) * scale
+    return float(q)
+
+
+def pod_rates(e2e: E2E, ns: str, revision: str) -> dict[str, float]:
+    """Requests per second of each pod of `revision` from the custom metrics API, as the HPA reads it."""
+    path = (f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/%2A/{RPS_METRIC}"
+            f"?labelSelector=modeldeploy.io/revision%3D{revision}")  # fmt: skip
+    raw = json.loads(e2e.cluster.kubectl("get", "--raw", path))
+    return {item["describedObject"]["name"]: quantity(item["value"]) for item in raw["items"]}
+
+
+def rps_average(obj: dict[str, Any]) -> float | None:
+    """The HPA's current average of the Pods metric, in requests per second per pod."""
+    for m in (obj.get("status") or {}).get("currentMetrics") or []:
+        if m.get("type") == "Pods" and m["pods"]["metric"]["name"] == RPS_METRIC:
+            return quantity(m["pods"]["current"]["averageValue"])
+    return None
+
+
+def waited(predicate: Callable[[], T | None], timeout: float, what: str, seen: Sequence[float]) -> T:
+    """wait_for every second; on timeout the HPA's metric values seen meanwhile are in the message."""
     try:
         return wait_for(predicate, timeout, what, interval=1)
     except TimeoutError as e:
-        raise AssertionError(f"{e}; HPA CPU utilizations seen: {seen}") from e
+        raise AssertionError(f"{e}; HPA metric values seen: {seen}") from e
+
+
+def scaled_out(
+    e2e: E2E, ns: str, current: Callable[[dict[str, Any]], float | None], timeout: float, what: str
+) -> tuple[dict[str, Any], list[float]]:
+    """The HPA once it wants more than one pod, and its `current(hpa)` metric values seen until then."""
+    seen: list[float] = []
+
+    def decided() -> dict[str, Any] | None:
+        obj = hpa(e2e, ns)
+        if (v := current(obj)) is not None:
+            seen.append(v)
+        return obj if (obj.get("status") or {}).get("desiredReplicas", 1) > 1 else None
+
+    return waited(decided, timeout, what, seen), seen
 
 
 def stable_deployment(e2e: E2E, ns: str, revision: str) -> Any:
@@ -104,15 +154,19 @@ def stable_deployment(e2e: E2E, ns: str, revision: str) -> Any:
     return deps[0]
 
 
+def deployed(e2e: E2E, ns: str, obj: dict[str, Any]) -> tuple[str, str]:
+    """Route `<name>.<ns>.test` through the gateway, apply `obj`; (host, stable revision) once Healthy."""
+    host = f"{NAME}.{ns}.test"
+    k.apply(e2e.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(e2e.cluster.env)))
+    k.apply(e2e.kubeconfig, ns, obj)
+    return host, str(e2e.kube.wait_for_phase(ns, NAME, "Healthy", 180)["stableRevision"])
+
+
 def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized_from_it(
     e2e: E2E, resource_metrics: None, say: Say
 ) -> None:
     ns = e2e.namespaces["hpa"]
-    host = f"{NAME}.{ns}.test"
-    k.apply(e2e.kubeconfig, ns, k.http_route(NAME, host, k.gateway_ref(e2e.cluster.env)))
-    k.apply(e2e.kubeconfig, ns, autoscaled(e2e, "v1", "1"))
-    st = e2e.kube.wait_for_phase(ns, NAME, "Healthy", 180)
-    stable = st["stableRevision"]
+    host, stable = deployed(e2e, ns, autoscaled(e2e, "v1", "1"))
     assert stable_deployment(e2e, ns, stable).spec.replicas == 1, "minReplicas 1: one stable pod at rest"
 
     # at rest: real usage for the stable pod, and the HPA computes a utilization below its target
@@ -131,15 +185,7 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
     # the load step
     traffic = e2e.traffic(host, rate=RATE, bad_share=0.0, workers=4, max_seconds=300)
     started = time.time()
-    seen: list[int] = []
-
-    def scaled_out() -> dict[str, Any] | None:
-        obj = hpa(e2e, ns)
-        if (u := utilization(obj)) is not None:
-            seen.append(u)
-        return obj if (obj.get("status") or {}).get("desiredReplicas", 1) > 1 else None
-
-    decided = waited(scaled_out, 180, f"the HPA to scale {stable} out under {RATE:g} requests/s", seen)
+    decided, seen = scaled_out(e2e, ns, utilization, 180, f"the HPA to scale {stable} out under {RATE:g} requests/s")
     t_desired = time.time() - started
     usage = pod_usage(e2e, ns, stable)
     ready = wait_for(lambda: (stable_deployment(e2e, ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
@@ -213,4 +259,51 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
         f"{canary_n} (routed_canary_replicas); {s.requests} requests, {s.ok} ok, failed {s.failed}; load ended -> "
         f"utilizations {low}, stable back to 1 pod after {t_in:.1f}s (window {SCALE_IN_WINDOW}s); "
         f"{sl.requests} requests meanwhile, failed {sl.failed}"
+    )
+
+
+def test_a_request_rate_target_scales_the_stable_out_from_the_custom_metrics_api(
+    e2e: E2E, resource_metrics: None, say: Say
+) -> None:
+    ns = e2e.namespaces["rps"]
+    obj = e2e.mdep("v1", "1")
+    obj["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetRequestsPerSecondPerPod": RPS_TARGET}
+    host, stable = deployed(e2e, ns, obj)
+    spec = hpa(e2e, ns)["spec"]
+    assert [m["type"] for m in spec["metrics"]] == ["Pods"], spec["metrics"]
+    assert stable_deployment(e2e, ns, stable).spec.replicas == 1
+
+    traffic = e2e.traffic(host, rate=RPS_RATE, bad_share=0.0, workers=4, max_seconds=240)
+    started = time.time()
+    what = f"the HPA to scale {stable} out under {RPS_RATE:g} requests/s"
+    decided, seen = scaled_out(e2e, ns, rps_average, 150, what)
+    t_desired = time.time() - started
+    desired = int(decided["status"]["desiredReplicas"])
+    assert 2 <= desired <= 3, decided["status"]
+    average = rps_average(decided)
+    assert average is not None and average > RPS_TARGET, decided["status"]
+    wait_for(lambda: (stable_deployment(e2e, ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
+             "two ready stable pods")  # fmt: skip
+    t_ready = time.time() - started
+
+    # what the API reports is what was sent: the pods' rates add up to the client's rate over the window
+    window = 20.0  # devcluster.metrics.RATE_WINDOW
+    time.sleep(max(0.0, started + window + 5 - time.time()))
+    rates = pod_rates(e2e, ns, stable)
+    now = time.time()
+    sent = traffic.stats(since=now - window - 2, until=now - 2).ok / window
+    traffic.stop()
+    s = traffic.stats(since=started)
+    assert s.failed == 0, f"failed requests during the scale-out: {traffic.counts(since=started)}"
+    assert rates, f"no {RPS_METRIC} for the pods of {stable}"
+    assert 0.7 * sent <= sum(rates.values()) <= 1.3 * sent, f"custom metrics API {rates} vs {sent:.1f} req/s sent"
+    e2e.figures(hpa_rps_scale_out_desired_seconds=round(t_desired, 1),
+                hpa_rps_scale_out_ready_seconds=round(t_ready, 1), hpa_rps_average_at_decision=round(average, 2),
+                hpa_rps_desired_replicas=desired)  # fmt: skip
+    say(
+        f"autoscaling on requests: target {RPS_TARGET:g} req/s per pod, load step {RPS_RATE:g} req/s -> HPA averages "
+        f"{[round(v, 2) for v in seen]}, desiredReplicas {desired} after {t_desired:.1f}s, "
+        f"2 stable pods ready after {t_ready:.1f}s; "
+        f"custom metrics API then {', '.join(f'{v:.1f}' for v in rates.values())} req/s per pod "
+        f"(sum {sum(rates.values()):.1f}) against {sent:.1f} sent; {s.requests} requests, failed {s.failed}"
     )
