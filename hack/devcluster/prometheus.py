@@ -1,11 +1,15 @@
-"""Prometheus 3 scraping the cluster's server pods, found by kubernetes_sd_configs (role pod).
+"""Prometheus 3 scraping the cluster's server pods, found by kubernetes_sd_configs (role pod), and
+the containers' CPU and memory from the kubelet's cAdvisor endpoint (role node).
 
 Owns: the config, a fresh TSDB per cluster, start/stop on a fixed port (tests stop and restart
 it; on the node address so that pods such as the operator reach it). The relabelling is the one a
 user's Prometheus uses: keep pods annotated prometheus.io/scrape=true, address = pod IP +
 prometheus.io/port, path from prometheus.io/path, drop every target outside the pod range
 198.18.0.0/16, target labels namespace, pod, modeldeploy_name, modeldeploy_revision; 2 s scrape
-and evaluation. Called by devcluster.realnode (the binary built by hack/build-node-binaries.sh).
+and evaluation. The kubelet job is a user's too (kube-prometheus' "cadvisor" job): HTTPS to each
+node's kubelet port with the cluster CA and Prometheus' own token, path /metrics/cadvisor, keeping
+only the two series the operator's `status.cost` reads (CADVISOR_KEEP; cAdvisor's labels
+namespace, pod, container). Called by devcluster.realnode (the binary built by hack/build-node-binaries.sh).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from devcluster import pki, procs
+from devcluster import network, pki, procs
 
 SCRAPE_INTERVAL = "2s"
 
@@ -31,6 +35,9 @@ def find_binary() -> str:
 
 # IPv4 addresses of pods: the pod range 198.18.0.0/16
 POD_RANGE_IP = "198\\.18\\.\\d+\\.\\d+"
+NODE_IP_REGEX = network.NODE_IP.replace(".", "\\.")
+# what status.cost's measured usage reads (modeldeploy_operator.costwatch.usage_queries)
+CADVISOR_KEEP = "container_cpu_usage_seconds_total|container_memory_working_set_bytes"
 
 
 def relabel(ip_regex: str) -> list[dict[str, Any]]:
@@ -71,15 +78,31 @@ def kubernetes_config(api_server: str, ca_file: Path, token_file: Path) -> dict[
                     "authorization": {"credentials_file": str(token_file)}, "tls_config": {"ca_file": str(ca_file)},
                 }],
                 "relabel_configs": relabel(POD_RANGE_IP),
-            }
+            },
+            {
+                "job_name": "kubelet-cadvisor",
+                "scheme": "https", "metrics_path": "/metrics/cadvisor",
+                "kubernetes_sd_configs": [{
+                    "role": "node", "api_server": api_server,
+                    "authorization": {"credentials_file": str(token_file)}, "tls_config": {"ca_file": str(ca_file)},
+                }],
+                "authorization": {"credentials_file": str(token_file)}, "tls_config": {"ca_file": str(ca_file)},
+                # only the node address (198.18.0.1) is ever scraped
+                "relabel_configs": [{"source_labels": ["__address__"], "regex": f"{NODE_IP_REGEX}:\\d+",
+                                     "action": "keep"}],
+                "metric_relabel_configs": [{"source_labels": ["__name__"], "regex": CADVISOR_KEEP,
+                                            "action": "keep"}],
+            },
         ],
     }  # fmt: skip
 
 
 def rbac_manifests(user: str) -> str:
-    """What the real node's Prometheus may do: discover pods (role pod lists and watches them in every
-    namespace). It used to hold the admin's token."""
-    rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    """What the real node's Prometheus may do: discover pods and nodes (roles pod and node list and
+    watch them) and read the kubelet's metrics (`nodes/metrics`: the kubelet asks the API server).
+    It used to hold the admin's token."""
+    rules = [{"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]}]  # fmt: skip
     docs = pki.user_role(user, "devcluster:prometheus", rules)
     return yaml.safe_dump_all(docs, sort_keys=False)
 
