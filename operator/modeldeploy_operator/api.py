@@ -845,6 +845,15 @@ class CostStatus(_Model):
     replicas_for_peak: int | None = Field(default=None, description="Pods the peak needs at 70% busy workers.")
     pod_hour_usd: float | None = Field(default=None, description="Price of one stable pod for an hour.")
     workers: int | None = Field(default=None, description="Server workers per stable pod.")
+    used_cpu_cores: float | None = Field(
+        default=None, description="Stable pods' measured CPU (cAdvisor), cores summed, mean over the window."
+    )
+    used_memory_gib: float | None = Field(
+        default=None, alias="usedMemoryGiB", description="Stable pods' measured working-set memory, GiB summed, mean."
+    )
+    used_monthly_usd: float | None = Field(
+        default=None, description="The measured CPU and memory x price, 730 h (monthlyUsd prices the requests)."
+    )
 
 
 BatchOutcome = Literal["Running", "Succeeded", "Failed"]

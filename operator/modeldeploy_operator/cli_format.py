@@ -287,6 +287,13 @@ def render_cost(obj: dict[str, Any]) -> str:
         rows.append(["canary", "-", _usd(c.canary_per1k_predictions_usd), _canary_note(status, c)])
     lines += table(["SHAPE", "MONTHLY", "PER 1K PREDICTIONS", "WHAT"], rows)
     lines.append(f"Break-even: {_per_day(c.crossover_requests_per_day)} requests/day")
+    if c.used_cpu_cores is not None and c.used_memory_gib is not None:
+        lines.append(
+            f"Used:       {c.used_cpu_cores:.3g} CPU cores, {c.used_memory_gib * 1024:,.0f} MiB in all (kubelet, mean"
+            f"{window}) = {_usd(c.used_monthly_usd)}/month if billed by use"
+        )
+    else:
+        lines.append("Used:       not measured (no cAdvisor series in Prometheus)")
     if c.cheaper is not None or c.reason:
         lines.append(f"Cheaper:    {c.cheaper or '-'}" + (f": {c.reason}" if c.reason else ""))
     if c.replicas_for_peak is not None:

@@ -27,6 +27,12 @@ request: (canary seconds per request x canary pod hour / canary workers) over th
 stable. It is what the stable fleet would cost per 1,000 predictions at the same utilization if it
 served the canary's model: a model twice as slow needs twice the pods for the same traffic.
 
+Measured usage (from the kubelet's cAdvisor, through Prometheus) is reported beside the requests:
+usedCpuCores and usedMemoryGiB are the stable pods' mean over requestsWindow, summed over the
+pods, and usedMonthlyUsd prices them like the requests (`used_monthly_usd`). monthlyUsd stays the
+bill (a scheduler reserves requests); the gap between the two is what right-sizing the requests
+could save.
+
 Replicas for the observed peak: ceil(peak rows per second x seconds per row / (workers x
 utilization)), at least 1; utilization defaults to 0.7 (headroom for bursts between samples).
 Seconds per row is the server's measured request time divided by the rows it predicted; one
@@ -203,6 +209,13 @@ def assess(
             f"({usd(monthly)}/month){until}"
         )
     return out
+
+
+def used_monthly_usd(prices: Prices, cpu_cores: float, memory_gib: float) -> float:
+    """What the pods' measured CPU and memory would cost for a month if billed by use (a usage-based
+    bill, or the floor a right-sized request could reach): cores x cpuCoreHourUsd + GiB x
+    memoryGiBHourUsd, x 730 h."""
+    return round((cpu_cores * prices.cpu_core_hour_usd + memory_gib * prices.memory_gib_hour_usd) * HOURS_PER_MONTH, 2)
 
 
 def canary_per_1k(

@@ -12,6 +12,15 @@ x 86400 / W, where W (`requestsWindow`) is the time since the stable revision st
 minutes (one minute while it is not serving yet; a day when its entry fell out of a full history).
 A younger revision is measured over its own life only: a longer window would count the time
 before it existed as idle.
+
+Measured usage over the same window, from the kubelet's cAdvisor series in the same Prometheus
+(a user's kube-prometheus scrapes them; `container!=""` drops the pod-level totals, `container!="POD"`
+the sandbox): usedCpuCores = sum(rate(container_cpu_usage_seconds_total[W])), usedMemoryGiB =
+sum(avg_over_time(container_memory_working_set_bytes[W])), over the containers of the stable
+Deployment's pods. cAdvisor's series carry the pod's name, not its labels, so the pods are those
+named like the Deployment's ReplicaSets name them (`<deployment>-<hash>-<suffix>`, one segment
+each, so a Deployment named `<deployment>-x` does not match). No cAdvisor series: the three
+figures stay empty.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ DURATION_SUM = DURATION_BUCKET_METRIC.removesuffix("_bucket") + "_sum"
 DURATION_COUNT = DURATION_BUCKET_METRIC.removesuffix("_bucket") + "_count"
 PREDICTIONS_METRIC = "modeldeploy_predictions_total"
 SERVING_OUTCOMES = ("Promoted", "Deployed")
+CPU_USAGE_METRIC = "container_cpu_usage_seconds_total"
+MEMORY_USAGE_METRIC = "container_memory_working_set_bytes"
+GIB = 2.0**30
 
 
 def due(status: ModelDeploymentStatus, now: datetime, writing: bool = True, alone: float = ALONE_SECONDS) -> bool:
@@ -91,6 +103,17 @@ def queries(meta: Meta, revision: str, window: int, scrape_interval: float) -> d
         "seconds_per_request": f"sum(increase({DURATION_SUM}{sel}[{w}])) / sum(increase({DURATION_COUNT}{sel}[{w}]))",
         "seconds_per_row": f"sum(increase({DURATION_SUM}{sel}[{w}])) / sum(increase({PREDICTIONS_METRIC}{sel}[{w}]))",
         "peak_rows_per_second": f"max_over_time(sum(rate({PREDICTIONS_METRIC}{sel}[{rate_window}]))[{w}:{step}])",
+    }
+
+
+def usage_queries(namespace: str, deployment: str, window: int) -> dict[str, str]:
+    """The PromQL of the stable pods' measured CPU (cores) and memory (bytes) over `window` seconds."""
+    name = deployment.replace(".", "\\\\.")  # a DNS-1123 name: only "." is special (escaped for PromQL's string too)
+    sel = f'{{namespace="{namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+",container!="",container!="POD"}}'
+    w = cost.window_text(window)
+    return {
+        "used_cpu_cores": f"sum(rate({CPU_USAGE_METRIC}{sel}[{w}]))",
+        "used_memory_bytes": f"sum(avg_over_time({MEMORY_USAGE_METRIC}{sel}[{w}]))",
     }
 
 
@@ -152,6 +175,12 @@ def measure(
         out.replicas_for_peak = cost.replicas_for_peak(out.peak_rows_per_second, out.seconds_per_row, stable.workers)
         out.seconds_per_row = float(f"{out.seconds_per_row:.4g}")
         out.peak_rows_per_second = round(out.peak_rows_per_second, 3)
+    usage = usage_queries(meta.namespace, deployments[stable_rev]["metadata"]["name"], window)
+    cpu, memory = ask(usage["used_cpu_cores"]), ask(usage["used_memory_bytes"])
+    if cpu is not None and memory is not None:
+        out.used_cpu_cores = float(f"{cpu:.4g}")
+        out.used_memory_gib = float(f"{memory / GIB:.4g}")
+        out.used_monthly_usd = cost.used_monthly_usd(prices, cpu, memory / GIB)
     canary_rev = status.canary_revision
     if canary_rev is not None and canary_rev in deployments and status.canary_started_at is not None:
         try:

@@ -3,6 +3,8 @@
 - status.cost of a ModelDeployment under real traffic: requests per day observed, monthly cost of
   the pods' requests, cost per 1,000 predictions, the crossover with a per-call endpoint; the
   printer column and `modeldeploy cost`; a canary's cost per 1k beside stable's;
+- measured usage beside it: the stable pods' CPU and memory from the kubelet's cAdvisor (through
+  Prometheus), the memory held against the kubelet's own summary API (what `kubectl top` shows);
 - a slower model costs more: a canary that sleeps 0.6 s on 15% of its rows (answers stay correct,
   p99 within the limit) is rolled back by `maxCostIncrease`: its pod time per request, hence its
   cost per prediction, is many times stable's.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -62,6 +65,23 @@ def cost_after(e2e: E2E, ns: str, after: float, timeout: float) -> dict[str, Any
     return wait_for(fresh, timeout, f"status.cost computed after {after:.0f}", interval=1)
 
 
+def stable_deployment_name(e2e: E2E, ns: str) -> str:
+    revision = e2e.kube.status(ns, NAME)["stableRevision"]
+    deps = e2e.kube.apps.list_namespaced_deployment(ns, label_selector=f"modeldeploy.io/revision={revision}").items
+    assert len(deps) == 1, [d.metadata.name for d in deps]
+    return str(deps[0].metadata.name)
+
+
+def stable_pods_memory_mib(e2e: E2E, ns: str, deployment: str) -> float:
+    """The working set of the Deployment's pods' containers in MiB, from the kubelet's summary API."""
+    node = e2e.kube.core.list_node().items[0].metadata.name
+    summary = json.loads(e2e.cluster.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/stats/summary"))
+    pods = [p for p in summary["pods"] if p["podRef"]["namespace"] == ns
+            and p["podRef"]["name"].startswith(f"{deployment}-")]  # fmt: skip
+    assert pods, f"no pods of {deployment} in the kubelet's summary"
+    return sum(c["memory"]["workingSetBytes"] for p in pods for c in p["containers"]) / 2**20
+
+
 def test_status_cost_under_real_traffic_and_a_canary_beside_stable(e2e: E2E, say: Say) -> None:
     ns = e2e.namespaces["status"]
     host = f"{NAME}.{ns}.test"
@@ -89,6 +109,15 @@ def test_status_cost_under_real_traffic_and_a_canary_beside_stable(e2e: E2E, say
     )
     assert cost["peakRowsPerSecond"] == pytest.approx(RATE, rel=0.4)
     assert 0 < cost["secondsPerRow"] < 0.5 and cost["replicasForPeak"] >= 1
+    # measured usage: two busy server pods use some CPU and their working sets; the memory is what the
+    # kubelet itself reports for the same pods (the summary API; it moves little within a minute)
+    used_mib = cost["usedMemoryGiB"] * 1024
+    kubelet_mib = stable_pods_memory_mib(e2e, ns, stable_deployment_name(e2e, ns))
+    assert 0 < cost["usedCpuCores"] < 2 * 2.0, cost  # two pods, at most the node's two cores each
+    assert used_mib == pytest.approx(kubelet_mib, rel=0.3), (cost, kubelet_mib)
+    assert cost["usedMonthlyUsd"] == pytest.approx(
+        (cost["usedCpuCores"] * 0.04 + cost["usedMemoryGiB"] * 0.005) * 730, abs=0.01
+    )
     last = e2e.kube.status(ns, NAME)["lastAnalysis"]
     gate = next(c for c in last["checks"] if c["name"] == "cost-increase")
     # two sub-millisecond models: over a 5 s window the ratio of mean request times is noise (0.19-1.5
@@ -104,4 +133,5 @@ def test_status_cost_under_real_traffic_and_a_canary_beside_stable(e2e: E2E, say
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "self-hosted" in proc.stdout and "canary" in proc.stdout and "Break-even: 1,350 requests/day" in proc.stdout
+    assert "Used:       " in proc.stdout and "if billed by use" in proc.stdout, proc.stdout
     say(f"status.cost at {RATE:g} requests/s on 2 pods of 250m / 256Mi:\n{proc.stdout}")

@@ -155,6 +155,9 @@ def test_status_cost_wire_names_are_the_contract() -> None:
         "requestsPerDay", "requestsWindow", "monthlyUsd", "per1kPredictionsUsd", "managedMonthlyUsd",
         "crossoverRequestsPerDay", "cheaper", "reason", "canaryPer1kPredictionsUsd",
     }  # fmt: skip
+    c.used_cpu_cores, c.used_memory_gib, c.used_monthly_usd = 0.5, 0.25, 15.51
+    wire = ModelDeploymentStatus(cost=c).model_dump(by_alias=True, exclude_none=True)["cost"]
+    assert {"usedCpuCores": 0.5, "usedMemoryGiB": 0.25, "usedMonthlyUsd": 15.51}.items() <= wire.items()
     assert ModelDeploymentStatus.model_validate({"cost": wire}).cost == c
 
 
@@ -183,6 +186,13 @@ def test_cli_cost_prints_the_table_the_break_even_and_the_peak_replicas() -> Non
     assert "Cheaper:    managed: at 5,000 requests/day the managed endpoint" in view
     # 120 rows/s x 12 ms = 1.44 busy workers; at 70% per worker: 3 pods
     assert "Peak:       120 rows/s x 12 ms/row -> 3 replicas at 70% busy workers (running 2)" in view
+    assert "Used:       not measured (no cAdvisor series in Prometheus)" in view
+    c.used_cpu_cores, c.used_memory_gib = 0.0123, 0.5
+    c.used_monthly_usd = cost.used_monthly_usd(PRICES, 0.0123, 0.5)
+    status["cost"] = c.model_dump(by_alias=True, exclude_none=True)
+    view = render_cost({"metadata": {"name": "wine", "namespace": "ml"}, "spec": spec, "status": status})
+    # (0.0123 x $0.04 + 0.5 x $0.005) x 730 h = $2.18
+    assert "Used:       0.0123 CPU cores, 512 MiB in all (kubelet, mean over the last 1d) = $2.18/month" in view
     assert cli.parser().parse_args(["cost", "wine", "-n", "ml"]).fn is cli.cmd_cost
     empty = render_cost({"metadata": {"name": "wine", "namespace": "ml"}, "spec": spec, "status": {}})
     assert "no cost yet" in empty
@@ -221,6 +231,10 @@ def test_costwatch_window_is_the_stable_revisions_life_in_whole_minutes_within_a
         f"sum(increase(modeldeploy_request_duration_seconds_sum{sel}[1d])) / "
         f"sum(increase(modeldeploy_predictions_total{sel}[1d]))"
     )
+    usage = costwatch.usage_queries("ml", "iris-5d8f7c.v2", 86_400)
+    pods = '{namespace="ml",pod=~"iris-5d8f7c\\\\.v2-[a-z0-9]+-[a-z0-9]+",container!="",container!="POD"}'
+    assert usage["used_cpu_cores"] == f"sum(rate(container_cpu_usage_seconds_total{pods}[1d]))"
+    assert usage["used_memory_bytes"] == f"sum(avg_over_time(container_memory_working_set_bytes{pods}[1d]))"
     assert costwatch.due(st, now) and not costwatch.due(ModelDeploymentStatus(), now)
     st.cost = assess(PRICES, BOX, 1.0)
     st.cost.time = "2026-12-01T11:59:30Z"
