@@ -68,6 +68,9 @@ def _rendered(tmp_path: Path) -> dict[str, Any]:
     gw = traefik.Traefik(tmp_path, tmp_path / "traefik", server, pki.ca_cert, "token", {})
     ms = metrics.MetricsServer(tmp_path, tmp_path / "ms", tmp_path / "kubeconfig", pki, {}, lambda *a, **k: "")
     ms.port = 4443
+    adapter = metrics.MetricsAdapter(tmp_path, tmp_path / "ma", tmp_path / "kubeconfig", pki, {}, lambda *a, **k: "",
+                                     prometheus_url=f"http://{network.NODE_IP}:9090")  # fmt: skip
+    adapter.port = 4444
     return {
         "apiserver (real node)": " ".join(cp_real.apiserver_argv("http://127.0.0.1:2379")),
         "apiserver (process kubelet)": " ".join(cp_process.apiserver_argv("http://127.0.0.1:2379")),
@@ -83,7 +86,9 @@ def _rendered(tmp_path: Path) -> dict[str, Any]:
         "model store": realnode.model_store_manifests("localhost/modeldeploy/modeldeploy:dev", tmp_path),
         "coredns": dns.corefile(tmp_path / "kubeconfig", "devcluster", 1053),
         "metrics-server": " ".join(ms.argv()),
-        "metrics-server objects": metrics.manifests(pki.ca_cert, ms.port),
+        "metrics-server objects": metrics.manifests(metrics.RESOURCE, pki.ca_cert, ms.port),
+        "metrics-adapter": " ".join(adapter.argv()),
+        "metrics-adapter objects": metrics.manifests(metrics.CUSTOM, pki.ca_cert, adapter.port),
     }
 
 
@@ -93,7 +98,7 @@ def test_every_component_is_configured_with_local_addresses_only(tmp_path: Path)
     assert bad == {}, f"addresses outside loopback and 198.18.0.0/15: {bad}"
     # and the configs do carry addresses: the check above is not vacuous
     for name in ("apiserver (real node)", "kubelet", "kube-proxy", "cni", "traefik", "coredns", "metrics-server",
-                 "metrics-server objects"):  # fmt: skip
+                 "metrics-server objects", "metrics-adapter", "metrics-adapter objects"):  # fmt: skip
         assert addresses(rendered[name]), name
     assert network.NODE_IP in rendered["kubelet"] and network.SERVICE_CIDR in rendered["apiserver (real node)"]
 
