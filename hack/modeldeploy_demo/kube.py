@@ -2,8 +2,10 @@
 
 - `model_deployment(...)`, `http_route(...)`, `service_route(...)`: the objects a user writes
   (plain dicts); the route attaches to the cluster's Gateway (`gateway_ref(env)`: GATEWAY_NAMESPACE/GATEWAY_NAME).
-- `kubectl(...)`, `apply(...)`, `create_namespace(...)` (Pod Security `restricted`): the real
-  kubectl against the cluster's kubeconfig.
+- `kubectl(...)`, `apply(...)`, `get(...)`, `pods(...)`, `ready_pods(...)`, `can_i(...)`,
+  `token_kubeconfig(...)`, `create_namespace(...)` (Pod Security `restricted`): the real kubectl
+  against a kubeconfig. The one module of kubectl verbs: the demo, tests/e2e, tests/cluster and
+  tests/packaging all use these.
 - `Kube`: cheap reads through one API client (polled several times a second): the
   ModelDeployment, the HTTPRoute's canary weight, Events, Deployment replicas.
 - `Watch`: a thread recording every change of the route's canary weight and of the rollout's
@@ -11,7 +13,7 @@
 - `first_sample(...)`, `served(...)`: Prometheus facts (first scrape that saw a 5xx of a
   revision; requests a revision served).
 
-Called by `modeldeploy_demo.__main__` and `tests/e2e/`.
+Called by `modeldeploy_demo.__main__`, `tests/e2e/`, `tests/cluster/` and `tests/packaging/`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import httpx
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -98,12 +101,65 @@ def service_route(name: str, host: str, gateway: Obj) -> Obj:
     return route
 
 
-def kubectl(kubeconfig: Path, *args: str, input: str | None = None, timeout: float = 120) -> str:
+def kubectl(kubeconfig: Path | str, *args: str, input: str | None = None, timeout: float = 120) -> str:
     return procs.kubectl(kubeconfig, *args, input=input, timeout=timeout, binary=BIN / "kubectl").stdout
 
 
-def apply(kubeconfig: Path, namespace: str, obj: Obj) -> None:
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+def apply(kubeconfig: Path, namespace: str, *objs: Obj) -> None:
+    """kubectl apply of `objs` into `namespace`, in one call."""
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def apply_text(kubeconfig: Path | str, docs: list[Obj] | str, *extra: str) -> str:
+    """kubectl apply of objects or YAML text (several documents) with `extra` flags (a namespace,
+    `--dry-run=server`, ...); kubectl's output."""
+    text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
+    return kubectl(kubeconfig, "apply", "-f", "-", *extra, input=text)
+
+
+def get(kubeconfig: Path | str, *args: str) -> Obj:
+    """`kubectl get ARGS -o json`, parsed."""
+    out: Obj = json.loads(kubectl(kubeconfig, "get", *args, "-o", "json"))
+    return out
+
+
+def pods(kubeconfig: Path | str, namespace: str, selector: str) -> list[Obj]:
+    return list(get(kubeconfig, "pods", "-n", namespace, "-l", selector)["items"])
+
+
+def ready_pods(kubeconfig: Path | str, namespace: str, selector: str, n: int, timeout: float = 180) -> list[Obj]:
+    """Exactly `n` pods match `selector`, none terminating, all Ready; returns them."""
+
+    def check() -> list[Obj] | None:
+        items = [p for p in pods(kubeconfig, namespace, selector) if not p["metadata"].get("deletionTimestamp")]
+        ok = [p for p in items if any(c["type"] == "Ready" and c["status"] == "True"
+                                      for c in p["status"].get("conditions", []))]  # fmt: skip
+        return ok if len(ok) == n and len(items) == n else None
+
+    return wait_for(check, timeout, f"{n} ready pods {selector} in {namespace}", interval=1)
+
+
+def can_i(kubeconfig: Path | str, user: str, *args: str) -> bool:
+    """`kubectl auth can-i ARGS --as=USER`: what the API server's authorizer answers for that user
+    (a ServiceAccount as system:serviceaccount:NS:NAME)."""
+    proc = procs.kubectl(kubeconfig, "auth", "can-i", *args, f"--as={user}", check=False, binary=BIN / "kubectl")
+    answer = (proc.stdout.strip().splitlines() or [""])[0]
+    assert answer in ("yes", "no"), f"kubectl auth can-i {' '.join(args)} --as={user}: {proc.stdout}{proc.stderr}"
+    return answer == "yes"
+
+
+def token_kubeconfig(kubeconfig: Path | str, namespace: str, service_account: str, path: Path) -> Path:
+    """A copy of `kubeconfig` that authenticates as the ServiceAccount (a TokenRequest token, 1 h)."""
+    token = kubectl(kubeconfig, "create", "token", service_account, "-n", namespace, "--duration=1h").strip()
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    context = next(c for c in cfg["contexts"] if c["name"] == cfg["current-context"])
+    context["context"]["user"] = "service-account"
+    context["context"].pop("namespace", None)
+    cfg["contexts"] = [context]
+    cfg["users"] = [{"name": "service-account", "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(cfg))
+    path.chmod(0o600)
+    return path
 
 
 def create_namespace(kubeconfig: Path, name: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from devcluster import Cluster
 from modeldeploy_demo.kube import RESTRICTED
-from tests.cluster.kube import store_model
+from tests.cluster.servers import store_model
 
 
 @pytest.fixture(scope="session")

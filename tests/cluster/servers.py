@@ -1,10 +1,9 @@
-"""Helpers for tests against the local cluster: a real sklearn model, server Deployments, Services.
+"""What tests/cluster deploys by hand: a real sklearn model, server Deployments, Services.
 
-Owned by the local-cluster engineer; used by tests/cluster and free for other cluster tests.
 `store_model` trains the model into the cluster's model store; `server_deployment` renders a
 Deployment of the real modeldeploy server from the cluster's image the way the operator's pods
-look (labels, Prometheus annotations, probes, env, the `restricted` security context);
-`ready_pods` waits for pods to be Ready.
+look (labels, Prometheus annotations, probes, env, the `restricted` security context); `service`
+a Service for them. Manifests only: the kubectl verbs are modeldeploy_demo.kube's.
 """
 
 from __future__ import annotations
@@ -95,24 +94,3 @@ def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
         "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
     }  # fmt: skip
-
-
-def apply(cluster: Cluster, ns: str, *objs: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
-
-
-def pods(cluster: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json"))[
-        "items"
-    ]
-    return items
-
-
-def ready_pods(cluster: Cluster, ns: str, selector: str, n: int, timeout: float = 180) -> list[dict[str, Any]]:
-    def check() -> list[dict[str, Any]] | None:
-        items = [p for p in pods(cluster, ns, selector) if not p["metadata"].get("deletionTimestamp")]
-        ok = [p for p in items if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get(
-            "conditions", []))]  # fmt: skip
-        return ok if len(ok) == n and len(items) == n else None
-
-    return Cluster.wait_for(check, timeout, what=f"{n} ready pods {selector} in {ns}")

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from devcluster import Cluster, ClusterError
-from tests.cluster.kube import REPO, apply, pods, server_deployment
+from modeldeploy_demo import kube as k
+from tests.cluster.servers import REPO, server_deployment
 
 pytestmark = pytest.mark.cluster
 
@@ -53,10 +54,10 @@ def test_api_server_rejects_invalid_modeldeployment(cluster: Cluster, ns: str) -
 def test_a_pod_whose_image_is_absent_stays_pending_with_the_reason(cluster: Cluster, ns: str,
                                                                      model: dict[str, str]) -> None:  # fmt: skip
     absent = "localhost/modeldeploy/absent:1"
-    apply(cluster, ns, server_deployment("porosity", model, absent, replicas=1))
+    k.apply(cluster.kubeconfig, ns, server_deployment("porosity", model, absent, replicas=1))
 
     def waiting() -> dict[str, Any] | None:
-        items = pods(cluster, ns, "modeldeploy.io/name=porosity")
+        items = k.pods(cluster.kubeconfig, ns, "modeldeploy.io/name=porosity")
         cs = (items[0]["status"].get("containerStatuses") or [{}])[0] if items else {}
         state = cs.get("state", {}).get("waiting", {})
         settled = state.get("reason") not in (None, "ContainerCreating")  # the sandbox comes first
@@ -71,10 +72,10 @@ def test_crashing_server_goes_into_crashloop_with_its_last_words(cluster: Cluste
                                                                   model: dict[str, str]) -> None:  # fmt: skip
     dep = server_deployment("porosity", model, cluster.env["IMAGE"], replicas=1, sha256="0" * 64)
     dep["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    apply(cluster, ns, dep)
+    k.apply(cluster.kubeconfig, ns, dep)
 
     def crashloop() -> dict[str, Any] | None:
-        items = pods(cluster, ns, "modeldeploy.io/name=porosity")
+        items = k.pods(cluster.kubeconfig, ns, "modeldeploy.io/name=porosity")
         cs = (items[0]["status"].get("containerStatuses") or [{}])[0] if items else {}
         waiting = cs.get("state", {}).get("waiting", {})
         return cs if waiting.get("reason") == "CrashLoopBackOff" and cs.get("restartCount", 0) >= 1 else None

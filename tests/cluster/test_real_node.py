@@ -22,15 +22,12 @@ import httpx
 import pytest
 
 from devcluster import Cluster, network
+from modeldeploy_demo import kube as k
 from modeldeploy_demo.kube import RESTRICTED
-from tests.cluster.kube import INPUTS, REPO, ROW, ready_pods, server_deployment, service
+from tests.cluster.servers import INPUTS, REPO, ROW, server_deployment, service
 from tests.cluster.test_node_addresses import addresses, offending
 
 pytestmark = [pytest.mark.cluster, pytest.mark.realnode]
-
-
-def apply(cluster: Cluster, ns: str, *objs: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
 
 
 def test_node_is_real_and_ready(cluster: Cluster) -> None:
@@ -51,9 +48,7 @@ def test_prometheus_and_metrics_server_hold_only_their_own_roles(cluster: Cluste
     certificate was in system:masters)."""
 
     def can(user: str, *args: str) -> bool:
-        out = cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False).strip()
-        assert out.splitlines()[0] in ("yes", "no"), out
-        return out.startswith("yes")
+        return k.can_i(cluster.kubeconfig, user, *args)
 
     prometheus, metrics_server = "devcluster:prometheus", "devcluster:metrics-server"
     adapter = "devcluster:metrics-adapter"
@@ -115,15 +110,15 @@ def test_restricted_server_pod_behind_service_gateway_and_prometheus(cluster: Cl
     c = cluster
     host = f"porosity.{ns}.example.test"
     t0 = time.monotonic()
-    apply(
-        c,
+    k.apply(
+        c.kubeconfig,
         ns,
         server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="stable"),
         server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="canary"),
         service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
         service("porosity-canary", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "canary"}),
     )
-    pods = ready_pods(c, ns, "modeldeploy.io/name=porosity", 2, timeout=180)
+    pods = k.ready_pods(c.kubeconfig, ns, "modeldeploy.io/name=porosity", 2, timeout=180)
     print(f"\ntwo server pods apply -> Ready: {time.monotonic() - t0:.1f}s")
     ips = {p["metadata"]["labels"]["modeldeploy.io/revision"]: p["status"]["podIP"] for p in pods}
     assert all(network.in_range(ip) for ip in ips.values())
@@ -175,16 +170,16 @@ def test_restricted_server_pod_behind_service_gateway_and_prometheus(cluster: Cl
                 hits[",".join(r.json()["versions"])] += 1
             return hits
 
-        apply(c, ns, route(100, 0))
+        k.apply(c.kubeconfig, ns, route(100, 0))
         Cluster.wait_for(lambda: http.get(f"{c.gateway_url}/v2/models/porosity", headers={"Host": host})
                          .status_code == 200, 30, what="route programmed")  # fmt: skip
         assert revisions(20) == Counter({"stable": 20})
         predicted = http.post(f"{c.gateway_url}/v1/models/porosity:predict", json=body, headers={"Host": host})
         assert predicted.json()["predictions"] == direct.json()["predictions"]
-        apply(c, ns, route(0, 100))
+        k.apply(c.kubeconfig, ns, route(0, 100))
         Cluster.wait_for(lambda: revisions(5) == Counter({"canary": 5}), 30, what="weights moved to the canary")
         assert revisions(20) == Counter({"canary": 20})
-        apply(c, ns, route(50, 50))
+        k.apply(c.kubeconfig, ns, route(50, 50))
         Cluster.wait_for(lambda: len(revisions(20)) == 2, 30, what="both revisions served")
     # Prometheus 3 found both pods through kubernetes_sd_configs (role pod) and scrapes them
     up = Cluster.wait_for(lambda: len(c.prometheus_query(f'up{{namespace="{ns}"}} == 1')) == 2 or None, 60,
@@ -199,11 +194,11 @@ def test_gateway_cost_per_request(cluster: Cluster, ns: str, model: dict[str, st
     c, host = cluster, f"bench.{ns}.example.test"
     parent = {"name": c.env["GATEWAY_NAME"], "namespace": c.env["GATEWAY_NAMESPACE"]}
     backend = {"name": "porosity-stable", "port": 80}
-    apply(c, ns, server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="stable"),
+    k.apply(c.kubeconfig, ns, server_deployment("porosity", model, c.env["IMAGE"], replicas=1, revision="stable"),
           service("porosity-stable", {"modeldeploy.io/name": "porosity", "modeldeploy.io/revision": "stable"}),
           {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "bench"},
            "spec": {"parentRefs": [parent], "hostnames": [host], "rules": [{"backendRefs": [backend]}]}})  # fmt: skip
-    (pod,) = ready_pods(c, ns, "modeldeploy.io/name=porosity", 1, timeout=180)
+    (pod,) = k.ready_pods(c.kubeconfig, ns, "modeldeploy.io/name=porosity", 1, timeout=180)
     body = {"instances": [ROW]}
 
     def median_ms(url: str, headers: dict[str, str], n: int = 400) -> float:
@@ -272,7 +267,7 @@ def _helm_install_and_deploy(c: Cluster, helm: list[str], system: str, apps: str
                  "inputs": INPUTS, "replicas": 1},
     }  # fmt: skip
     c.kubectl("apply", "-n", apps, "-f", "-", input=json.dumps(md))
-    pods = ready_pods(c, apps, "modeldeploy.io/name=porosity", 1, timeout=180)
+    pods = k.ready_pods(c.kubeconfig, apps, "modeldeploy.io/name=porosity", 1, timeout=180)
     (server,) = pods[0]["spec"]["containers"]
     assert server["image"] == c.env["IMAGE"]
     assert network.in_range(pods[0]["status"]["podIP"])

@@ -14,10 +14,33 @@ from typing import Any
 import pytest
 
 from tests.packaging.image import install_image_venv
-from tests.packaging.kube import MONITORING_CRDS, Kube
-from tests.packaging.tools import ROOT
+from tests.packaging.tools import ROOT, Kube
 
 SHARED_NAMESPACES = ("modeldeploy-system", "pkg-watched", "pkg-cli")
+
+# Just enough of the Prometheus Operator's CRDs for a server-side dry run of the examples and the
+# ServiceMonitor (the real CRDs are large; the schema inside is not what these tests check).
+MONITORING_CRDS = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": kind, "plural": plural, "singular": plural[:-1], "listKind": f"{kind}List"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
+    for kind, plural in (("PrometheusRule", "prometheusrules"), ("ServiceMonitor", "servicemonitors"))
+]
 
 
 @pytest.fixture(scope="session")

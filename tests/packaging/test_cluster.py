@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.packaging.kube import Kube
-from tests.packaging.tools import BIN, CHART, ROOT
+from tests.packaging.tools import BIN, CHART, ROOT, Kube
 
 pytestmark = pytest.mark.cluster
 

@@ -28,8 +28,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from tests.packaging.image import image_env
-from tests.packaging.kube import Kube
-from tests.packaging.tools import by_kind
+from tests.packaging.tools import Kube, by_kind
 
 pytestmark = pytest.mark.cluster
 
