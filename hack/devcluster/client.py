@@ -196,20 +196,9 @@ class Cluster:
     @staticmethod
     def wait_for(predicate: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25,
                  what: str = "condition") -> T:  # fmt: skip
-        """Poll predicate until it returns something truthy; return it or raise TimeoutError naming `what`."""
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except Exception as e:  # noqa: BLE001 - reported on timeout
-                last_error = e
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" +
-                                   (f" (last error: {last_error})" if last_error else ""))  # fmt: skip
-            time.sleep(interval)
+        """Poll predicate until it returns something truthy; return it or raise TimeoutError naming
+        `what` (an exception of the predicate counts as "not yet" and is named on timeout)."""
+        return procs.wait_for(predicate, timeout, what, interval, retry_on=(Exception,))
 
 
 def _alive(pid: int) -> bool:

@@ -20,9 +20,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 _PR_SET_PDEATHSIG = 1
 
@@ -112,6 +112,31 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str = "condition", interval: float = 0.25,
+             retry_on: tuple[type[Exception], ...] = ()) -> T:  # fmt: skip
+    """Poll until predicate() returns something truthy and return it, or TimeoutError naming `what`
+    with the last value (and the last error). An exception of a `retry_on` type counts as "not yet";
+    any other propagates at once. The one poller of the harness, the demo and the tests
+    (`Cluster.wait_for`, `modeldeploy_demo.workload.wait_for`)."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    error: Exception | None = None
+    while True:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except retry_on as e:
+            error = e
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}"
+                               + (f"; last error: {error}" if error else "") + ")")  # fmt: skip
+        time.sleep(interval)
 
 
 def wait_until(predicate: object, timeout: float, interval: float = 0.1, what: str = "condition") -> None:

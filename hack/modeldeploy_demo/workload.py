@@ -28,15 +28,13 @@ import http.server
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import joblib
@@ -48,7 +46,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-T = TypeVar("T")
+# the harness's port picker and poller, re-exported: the demo and tests/e2e import them from here
+from devcluster.procs import free_port as free_port
+from devcluster.procs import wait_for as wait_for
+
 BIN = Path(sys.executable).parent
 # load_wine's feature names, with '/' (not allowed in a contract name) replaced
 FEATURES = tuple(n.replace("od280/od315_of_diluted_wines", "od280_od315") for n in load_wine().feature_names)
@@ -155,24 +156,6 @@ def invalid_instance(row: list[float], i: int) -> list[Any]:
     j = i % len(row)
     broken[j] = (NULL, 1e9, "n/a")[i % 3]
     return broken
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """Poll until predicate() is truthy; return it, or TimeoutError naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def routed(gateway_url: str, host: str, model: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from devcluster.procs import free_port as free_port  # tests import it from here
 from modeldeploy_server.app import App
 from modeldeploy_server.runtime import load_runtime
 from modeldeploy_server.settings import InputSpec, Settings
@@ -133,11 +133,6 @@ def raw_request(path: str, body: bytes, headers: str = "Content-Type: applicatio
     return head.encode() + body
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

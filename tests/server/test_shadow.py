@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devcluster.procs import wait_for
 from modeldeploy_server import shadow
 from tests.server.conftest import Artifact, Served, sha256_of
 from tests.server.flip_model import FlipModel
@@ -39,13 +40,6 @@ def metric(served: Served, name: str, **labels: str) -> float:
 def configure(stable: Served, target: str, percent: float, token: str = TOKEN, **extra: Any) -> httpx.Response:
     body = {"targets": [target], "percent": percent, "canaryRevision": "canary1", "ttlSeconds": 60, **extra}
     return stable.client.post(shadow.CONFIG_PATH, json=body, headers={"authorization": f"Bearer {token}"})
-
-
-def wait_for(what: Any, deadline: float = 30) -> None:
-    end = time.monotonic() + deadline
-    while not what():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.05)
 
 
 def user_answers(stable: Served, x: np.ndarray) -> list[bytes]:
@@ -89,7 +83,7 @@ def test_stable_answers_are_bit_identical_and_an_equal_canary_agrees_on_every_pa
     with_shadow = user_answers(stable, x)
     assert with_shadow == without  # byte for byte, ids included
     pair = {"revision": "canary1", "stable_revision": "stable1"}
-    wait_for(lambda: metric(canary, "modeldeploy_shadow_pairs_total", **pair) >= 300)
+    wait_for(lambda: metric(canary, "modeldeploy_shadow_pairs_total", **pair) >= 300, 30, "300 pairs", 0.05)
     assert metric(canary, "modeldeploy_shadow_agreements_total", **pair) == 300
     assert metric(canary, "modeldeploy_shadow_abs_diff_total", **pair) == 0
     assert metric(stable, "modeldeploy_shadow_mirrored_total", canary_revision="canary1", result="sent") == 300
@@ -113,7 +107,7 @@ def test_a_canary_flipping_ten_percent_of_classes_is_measured_at_ninety_percent_
         sent = {"canary_revision": "canary1", "result": "sent"}
         wait_for(lambda: metric(stable, "modeldeploy_shadow_mirrored_total", **sent) > 0 and metric(
             canary, "modeldeploy_shadow_pairs_total", stable_revision="stable2") == metric(
-            stable, "modeldeploy_shadow_mirrored_total", **sent))  # fmt: skip
+            stable, "modeldeploy_shadow_mirrored_total", **sent), 30, "every mirrored row paired", 0.05)  # fmt: skip
     pairs = metric(canary, "modeldeploy_shadow_pairs_total", stable_revision="stable2")
     agree = metric(canary, "modeldeploy_shadow_agreements_total", stable_revision="stable2")
     assert 650 <= pairs <= 950  # 50% of 1600
@@ -164,7 +158,7 @@ def test_an_unreachable_canary_and_a_full_queue_are_counted_drops_and_no_user_re
     assert configure(stable, target, 100).status_code == 200
     user_answers(stable, rows(200, 4))  # every one 200 (asserted inside)
     total = lambda: metric(stable, "modeldeploy_shadow_mirrored_total", canary_revision="canary1")  # noqa: E731
-    wait_for(lambda: total() == 200)
+    wait_for(lambda: total() == 200, 30, "200 answers", 0.05)
     sent = metric(stable, "modeldeploy_shadow_mirrored_total", canary_revision="canary1", result="sent")
     assert sent == 0
     assert metric(stable, "modeldeploy_shadow_mirrored_total", canary_revision="canary1", result="error") > 0
@@ -241,7 +235,7 @@ def test_the_operators_control_calls_turn_mirroring_on_and_off(
                                                loop="asyncio", log_config=None, lifespan="on"))  # fmt: skip
         threading.Thread(target=server.run, daemon=True).start()
         servers.append(server)
-    wait_for(lambda: all(s.started for s in servers))
+    wait_for(lambda: all(s.started for s in servers), 30, "both servers started", 0.05)
     try:
         stable = Served(f"http://127.0.0.2:{port}", None, httpx.Client(base_url=f"http://127.0.0.2:{port}"))  # type: ignore[arg-type]
         canary = Served(f"http://127.0.0.3:{port}", None, httpx.Client(base_url=f"http://127.0.0.3:{port}"))  # type: ignore[arg-type]
@@ -254,7 +248,7 @@ def test_the_operators_control_calls_turn_mirroring_on_and_off(
         control.push(Decision(status=None, shadow=target), meta, revisions)  # type: ignore[arg-type]
         user_answers(stable, rows(40, 9))
         pairs = {"revision": "canary9", "stable_revision": "stable9"}
-        wait_for(lambda: metric(canary, "modeldeploy_shadow_pairs_total", **pairs) == 40)
+        wait_for(lambda: metric(canary, "modeldeploy_shadow_pairs_total", **pairs) == 40, 30, "40 pairs", 0.05)
         control.push(Decision(status=None), meta, revisions)  # type: ignore[arg-type]  # the step is over
         user_answers(stable, rows(40, 10))
         assert metric(stable, "modeldeploy_shadow_mirrored_total", canary_revision="canary9") == 40
@@ -278,7 +272,7 @@ def test_the_operators_shadow_queries_name_the_servers_series(
     canary = start(serve, artifacts["pipe"], cache_dir, "canary1")
     assert configure(stable, canary.url, 100).status_code == 200
     user_answers(stable, rows(4, 5))
-    wait_for(lambda: metric(canary, check.PAIRS_METRIC, stable_revision="stable5") == 4)
+    wait_for(lambda: metric(canary, check.PAIRS_METRIC, stable_revision="stable5") == 4, 30, "4 pairs", 0.05)
     exported = {}
     for served in (stable, canary):
         for family in text_string_to_metric_families(served.client.get("/metrics").text):
