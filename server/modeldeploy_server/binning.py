@@ -159,8 +159,13 @@ class Tally:
             labels = [str(v) for v in y.reshape(-1).tolist()]
             ones = [1] * len(labels)
         else:
-            found, n = np.unique(y.reshape(-1).astype(str), return_counts=True)
-            labels, ones = found.tolist(), n.tolist()
+            # the distinct answers first, then their names: sorting 10,000 strings (astype(str)
+            # before unique) cost ~5 ms a request, 4x a logistic regression's own predict
+            try:
+                found, n = np.unique(y.reshape(-1), return_counts=True)
+            except TypeError:  # labels of several types (objects) do not sort: by their names then
+                found, n = np.unique(y.reshape(-1).astype(str), return_counts=True)
+            labels, ones = [str(v) for v in found.tolist()], n.tolist()
         for label, k in zip(labels, ones, strict=True):
             slot = index.get(label)
             if slot is not None:  # a label the model never declared is dropped
