@@ -141,9 +141,6 @@ class AggregatedServer(procs.HttpReadyProcess):
             "--cert-dir", str(self.dir / "certs"),
         ]  # fmt: skip
 
-    def argv(self) -> list[str]:
-        raise NotImplementedError
-
     def _ready(self) -> bool:  # HTTPS with the cluster CA (the base class speaks plain HTTP)
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited; see {self.log}")
