@@ -29,6 +29,7 @@ import pytest
 
 from modeldeploy_demo import kube as k
 from modeldeploy_demo.workload import wait_for
+from modeldeploy_operator.cost import quantity
 from modeldeploy_operator.ratio import routed_canary_replicas
 from tests.e2e.conftest import E2E, NAME
 
@@ -70,20 +71,12 @@ def autoscaled(e2e: E2E, model: str, version: str, **kw: Any) -> dict[str, Any]:
     return obj
 
 
-def millicores(quantity: str) -> float:
-    """A CPU quantity as metrics.k8s.io writes it ("12345678n", "250u", "3m", "1") in millicores."""
-    for suffix, scale in (("n", 1e-6), ("u", 1e-3), ("m", 1.0)):
-        if quantity.endswith(suffix):
-            return float(quantity[: -len(suffix)]) * scale
-    return float(quantity) * 1000
-
-
 def pod_usage(e2e: E2E, ns: str, revision: str) -> dict[str, float]:
     """CPU millicores of each pod of `revision` from the resource metrics API (as the HPA controller reads it)."""
     path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector=modeldeploy.io/revision%3D{revision}"
     raw = e2e.cluster.kubectl("get", "--raw", path)
     return {
-        item["metadata"]["name"]: sum(millicores(c["usage"]["cpu"]) for c in item["containers"])
+        item["metadata"]["name"]: sum(quantity(c["usage"]["cpu"]) * 1000 for c in item["containers"])
         for item in json.loads(raw)["items"]
     }
 
@@ -99,14 +92,6 @@ def utilization(obj: dict[str, Any]) -> int | None:
             value = m["resource"]["current"].get("averageUtilization")
             return int(value) if value is not None else None
     return None
-
-
-def quantity(q: str) -> float:
-    """A decimal quantity as the custom metrics API writes it ("24133m", "8", "1500u")."""
-    for suffix, scale in (("n", 1e-9), ("u", 1e-6), ("m", 1e-3)):
-        if q.endswith(suffix):
-            return float(q[: -len(suffix)]) * scale
-    return float(q)
 
 
 def pod_rates(e2e: E2E, ns: str, revision: str) -> dict[str, float]:
