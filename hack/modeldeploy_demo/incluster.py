@@ -210,6 +210,13 @@ class ChartOperator:
     def usage(self) -> Usage:
         return process_usage(self.pid)
 
+    def recent_log(self, lines: int = 400) -> list[str]:
+        """The last lines of its log: the killed containers' (in `log` since their restart), then the
+        running one's (`kubectl logs --tail`)."""
+        before = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        now = self._kubectl("logs", "-n", self.system, self.pod, "-c", CONTAINER, f"--tail={lines}", timeout=30)
+        return [*before, *now.splitlines()][-lines:]
+
     # --- failure and restart -----------------------------------------------------------------
     def kill(self) -> None:
         """SIGKILL of the container's main process: no chance to clean up, like a node failure."""

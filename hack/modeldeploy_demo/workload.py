@@ -446,6 +446,10 @@ class Operator:
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
+    def recent_log(self, lines: int = 400) -> list[str]:
+        """The last lines of its log (every process started from this object writes to it)."""
+        return self.log.read_text(errors="replace").splitlines()[-lines:]
+
     def usage(self) -> Usage:
         return process_usage(self.pid)
 

@@ -128,6 +128,31 @@ class E2E:
     def figures(self, **values: Any) -> None:
         report.write_figures("e2e", values)
 
+    def diagnose(self, since: float) -> str:
+        """Where each ModelDeployment of the module that had an Event after `since` stands: its
+        status, its last Events and the operator's last log lines about it (added to a failed
+        test's message, so that a run whose logs are gone still says why it waited)."""
+        out: list[str] = []
+        try:
+            log = self.operator.recent_log()
+        except Exception as err:  # noqa: BLE001 - a diagnosis must not hide the failure it explains
+            log = [f"(operator log unreadable: {err})"]
+        for ns in self.namespaces.values():
+            events = [e for e in self.kube.events(ns) if float(e["time"]) >= since - 5]
+            if not events:
+                continue
+            st = self.kube.status(ns, NAME)
+            last = st.get("lastAnalysis") or {}
+            out.append(f"{ns}/{NAME}: phase {st.get('phase')}, step {st.get('currentStep')}, weight "
+                       f"{st.get('canaryWeight')}, canary {st.get('canaryRevision')}, history "
+                       f"{[h.get('outcome') for h in st.get('history') or []]}; last analysis "
+                       f"{last.get('verdict')}: {str(last.get('message'))[:200]}")  # fmt: skip
+            for c in st.get("conditions") or []:
+                out.append(f"  {c.get('type')}={c.get('status')} {c.get('reason')}: {str(c.get('message'))[:200]}")
+            out += [f"  event {e['reason']}: {str(e['message'])[:160]}" for e in events[-8:]]
+            out += [f"  log {line[:240]}" for line in [x for x in log if ns in x][-12:]]
+        return "\n".join(out) or "(no ModelDeployment of the module had an Event during the test)"
+
 
 @pytest.fixture(scope="module")
 def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Iterator[E2E]:
@@ -175,6 +200,24 @@ def e2e(cluster: Cluster, store: Store, request: pytest.FixtureRequest) -> Itera
                 # no operator watches this namespace any more: its kopf finalizer would hold the deletion
                 k.kubectl(kubeconfig, "patch", "-n", ns, obj, "--type=merge", "-p", k.NO_FINALIZERS)
             k.kubectl(kubeconfig, "delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed scenario's message ends with E2E.diagnose: CI keeps the summary, not the logs."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    env = getattr(item, "funcargs", {}).get("e2e")
+    if rep.when != "call" or not rep.failed or not isinstance(env, E2E):
+        return
+    try:
+        text = env.diagnose(since=call.start)
+    except Exception as err:  # noqa: BLE001 - the failure itself is what the report must keep
+        text = f"(no diagnosis: {type(err).__name__}: {err})"
+    rep.sections.append(("e2e state", text))
+    crash = getattr(rep.longrepr, "reprcrash", None)
+    if crash is not None:
+        crash.message = f"{crash.message}\n{text}"
 
 
 @pytest.fixture
