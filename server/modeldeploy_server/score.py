@@ -381,8 +381,36 @@ def _complete_run(settings: Settings, shard: Shard, report: dict[str, Any]) -> b
     return True
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): the interpreter and the
+    imports before the first line of a shard's own work."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Phases:
+    """Where a shard's seconds went, in the order they are spent (the report's `phases`)."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        age = process_age()
+        self.times: dict[str, float] = {} if age is None else {"start": round(age, 3)}
+        report["phases"] = self.times
+        self.last = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.times[name] = round(now - self.last, 3)
+        self.last = now
+
+
 def score_shard(settings: Settings, shard: Shard) -> int:
-    """Score shard `index` of `count`; write its part, rejects and report; complete the run if last."""
+    """Score shard `index` of `count`; write its part, rejects and report; complete the run if last.
+    The report's `phases` says where the seconds went: `start` (interpreter and imports, before
+    `seconds` starts counting), `load` (fetch, digest, load, serving path), `read`, `score`, `write`."""
     logs.configure(settings.log_level)
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -392,6 +420,7 @@ def score_shard(settings: Settings, shard: Shard) -> int:
         "rejected": 0, "outcome": "Failed",
     }  # fmt: skip
     code = 2
+    phases = Phases(report)
     try:
         if not 0 <= shard.index < shard.count:
             raise LoadRefused(f"shard index {shard.index} is outside 0..{shard.count - 1} (--shards {shard.count})")
@@ -400,6 +429,7 @@ def score_shard(settings: Settings, shard: Shard) -> int:
         storage.check_output(shard.output)
         runtime = load_runtime(settings)
         report.update(sha256=runtime.sha256, path=runtime.path)
+        phases.done("load")
         with tempfile.TemporaryDirectory(prefix="modeldeploy-score-") as workdir:
             path = _fetch_input(settings, shard.input, Path(workdir))
             try:
@@ -408,7 +438,9 @@ def score_shard(settings: Settings, shard: Shard) -> int:
                 raise LoadRefused(f"cannot read input {shard.input}: {exc.strerror or exc}") from exc
             reader = read_parquet if parquet else read_csv
             table = reader(path, shard.input, shard.index, shard.count)
+            phases.done("read")
             scored = score_table(runtime, table, shard.input)
+            phases.done("score")
         if parquet:
             part_name, data = _name("part", shard, "parquet"), parquet_bytes(table, scored)
         else:
@@ -433,6 +465,7 @@ def score_shard(settings: Settings, shard: Shard) -> int:
             )
         storage.write(settings, storage.join(shard.output, part_name), data)
         storage.write(settings, storage.join(shard.output, report["rejects"]), rejects.getvalue().encode())
+        phases.done("write")
         report["seconds"] = round(time.monotonic() - started, 3)
         # a shard that did not succeed writes its report under another name: the run stays incomplete
         kind = "report" if code == 0 else "report-failed"

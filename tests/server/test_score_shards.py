@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ def test_parquet_run_of_four_shards_matches_the_model_and_the_online_server(
         result = _shard(art, tmp_path, (tmp_path / "in.parquet").as_uri(), out, index, 4, "run-1")
         assert result.returncode == 0, result.stderr
         assert not (out / "_SUCCESS").exists()
+    began = time.monotonic()
     result = _shard(art, tmp_path, (tmp_path / "in.parquet").as_uri(), out, 1, 4, "run-1")
+    wall = time.monotonic() - began
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "_SUCCESS").read_text())
     assert manifest["complete"] and manifest["run"] == "run-1" and manifest["rows"] == 450
@@ -60,6 +63,13 @@ def test_parquet_run_of_four_shards_matches_the_model_and_the_online_server(
     report = json.loads((out / "runs/run-1/report-00001.json").read_text())
     assert report["firstRow"] == 112 and report["rows"] == 113 and report["outcome"] == "Succeeded"
     assert report["path"] == served.app.loader.preloaded.path  # type: ignore[union-attr]  # the server's function
+    # where the shard's time went: the process start (interpreter, scikit-learn's imports), then its
+    # own work, phase by phase; together within the wall time the caller saw
+    phases = report["phases"]
+    assert list(phases) == ["start", "load", "read", "score", "write"], phases
+    assert all(v >= 0 for v in phases.values()) and phases["start"] > 0, phases
+    assert sum(phases.values()) - phases["start"] <= report["seconds"] + 0.005, (phases, report["seconds"])
+    assert phases["start"] + report["seconds"] <= wall, (phases, report["seconds"], wall)
 
 
 def test_a_shard_with_rejects_fails_and_the_last_complete_run_stays_the_result(
