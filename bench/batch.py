@@ -9,8 +9,9 @@ median of `--rounds`:
   choice, Parquet read, contract check, prediction, Parquet write, report), wall time;
 - 2 shards: two such processes at once (an Indexed Job with parallelism 2 on one node), wall time.
 
-Prints a Markdown table (rows/s, ratios) and whether the shards' predictions are bit-identical to
-in-process `predict_proba`. Usage: `.venv/bin/python bench/batch.py [--rows N] [--rounds R]`.
+Prints a Markdown table (rows/s, ratios), whether the shards' predictions are bit-identical to
+in-process `predict_proba`, and the median of each phase of the shards' reports (process start and
+imports, load, read, score, write). Usage: `.venv/bin/python bench/batch.py [--rows N] [--rounds R]`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def main() -> None:
     print(f"| `score`, 1 shard (`{path}`) | {t1:.2f} | {a.rows / t1:,.0f} | {t0 / t1:.2f} |")
     print(f"| `score`, 2 shards at once | {t2:.2f} | {a.rows / t2:,.0f} | {t0 / t2:.2f} |")
     print(f"2 shards / 1 shard: {t1 / t2:.2f}x; predictions bit-identical to in-process: {identical}")
+    for n, out in ((1, "out1"), (2, "out2")):  # the shards' own reports: where the seconds went
+        phases = [json.loads(p.read_text())["phases"] for p in sorted((work / out / "runs").glob("r*/report-*.json"))]
+        mid = {k: median(ph[k] for ph in phases) for k in phases[0]}
+        print(f"{n} shard(s), median seconds per shard: " + ", ".join(f"{k} {v:.2f}" for k, v in mid.items()))
 
 
 if __name__ == "__main__":
