@@ -219,6 +219,12 @@ class Kube:
             out[labels.get("modeldeploy.io/revision", "?")] = (d.spec.replicas if d.spec else None) or 0
         return out
 
+    def revision_deployment(self, namespace: str, revision: str) -> Any:
+        """The one Deployment of a revision (by its revision label; a V1Deployment)."""
+        deps = self.apps.list_namespaced_deployment(namespace, label_selector=f"modeldeploy.io/revision={revision}")
+        assert len(deps.items) == 1, f"{len(deps.items)} Deployments of revision {revision}"
+        return deps.items[0]
+
     def wait_for_phase(self, namespace: str, name: str, phase: str, timeout: float,
                        also: Callable[[Obj], bool] = lambda _: True) -> Obj:  # fmt: skip
         """Wait until status.phase == phase (and also(status)); returns the status."""

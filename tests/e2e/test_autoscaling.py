@@ -133,12 +133,6 @@ def scaled_out(
     return waited(decided, timeout, what, seen), seen
 
 
-def stable_deployment(e2e: E2E, ns: str, revision: str) -> Any:
-    deps = e2e.kube.apps.list_namespaced_deployment(ns, label_selector=f"modeldeploy.io/revision={revision}").items
-    assert len(deps) == 1, f"{len(deps)} Deployments of revision {revision}"
-    return deps[0]
-
-
 def deployed(e2e: E2E, ns: str, obj: dict[str, Any]) -> tuple[str, str]:
     """Route `<name>.<ns>.test` through the gateway, apply `obj`; (host, stable revision) once Healthy."""
     host = f"{NAME}.{ns}.test"
@@ -152,7 +146,7 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
 ) -> None:
     ns = e2e.namespaces["hpa"]
     host, stable = deployed(e2e, ns, autoscaled(e2e, "v1", "1"))
-    assert stable_deployment(e2e, ns, stable).spec.replicas == 1, "minReplicas 1: one stable pod at rest"
+    assert e2e.kube.revision_deployment(ns, stable).spec.replicas == 1, "minReplicas 1: one stable pod at rest"
 
     # at rest: real usage for the stable pod, and the HPA computes a utilization below its target
     idle = wait_for(lambda: pod_usage(e2e, ns, stable) or None, 90, f"metrics.k8s.io usage of the pods of {stable}")
@@ -165,7 +159,7 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
 
     at_rest = waited(below_target, 120, f"the HPA's CPU utilization at rest below {TARGET}%", rest)
     assert hpa(e2e, ns)["status"].get("desiredReplicas", 1) == 1, f"scaled out at rest: utilizations {rest}"
-    assert stable_deployment(e2e, ns, stable).spec.replicas == 1
+    assert e2e.kube.revision_deployment(ns, stable).spec.replicas == 1
 
     # the load step
     traffic = e2e.traffic(host, rate=RATE, bad_share=0.0, workers=4, max_seconds=300)
@@ -173,7 +167,7 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
     decided, seen = scaled_out(e2e, ns, utilization, 180, f"the HPA to scale {stable} out under {RATE:g} requests/s")
     t_desired = time.time() - started
     usage = pod_usage(e2e, ns, stable)
-    ready = wait_for(lambda: (stable_deployment(e2e, ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
+    ready = wait_for(lambda: (e2e.kube.revision_deployment(ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
                      "two ready stable pods")  # fmt: skip
     assert ready
     t_ready = time.time() - started
@@ -184,7 +178,7 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
     assert usage and min(usage.values()) > 0, f"metrics.k8s.io under load: {usage}"
     # the operator keeps the HPA's count: the stable Deployment is not scaled back to spec.replicas
     time.sleep(5)
-    assert (stable_deployment(e2e, ns, stable).spec.replicas or 0) >= 2
+    assert (e2e.kube.revision_deployment(ns, stable).spec.replicas or 0) >= 2
 
     # a canary during the scale-out: sized from the stable's current replicas at 50%
     k.apply(e2e.kubeconfig, ns, autoscaled(e2e, "v2", "2", steps=STEPS, analysis=LENIENT))
@@ -219,7 +213,7 @@ def test_a_load_step_scales_the_stable_out_through_the_hpa_and_a_canary_is_sized
     def scaled_in() -> bool | None:
         if (u := utilization(hpa(e2e, ns))) is not None:
             low.append(u)
-        return stable_deployment(e2e, ns, stable).spec.replicas == 1 or None
+        return e2e.kube.revision_deployment(ns, stable).spec.replicas == 1 or None
 
     waited(scaled_in, 240, f"the HPA to scale {stable} back in to 1 after the load", low)
     t_in = time.time() - ended
@@ -256,7 +250,7 @@ def test_a_request_rate_target_scales_the_stable_out_from_the_custom_metrics_api
     host, stable = deployed(e2e, ns, obj)
     spec = hpa(e2e, ns)["spec"]
     assert [m["type"] for m in spec["metrics"]] == ["Pods"], spec["metrics"]
-    assert stable_deployment(e2e, ns, stable).spec.replicas == 1
+    assert e2e.kube.revision_deployment(ns, stable).spec.replicas == 1
 
     traffic = e2e.traffic(host, rate=RPS_RATE, bad_share=0.0, workers=4, max_seconds=240)
     started = time.time()
@@ -267,7 +261,7 @@ def test_a_request_rate_target_scales_the_stable_out_from_the_custom_metrics_api
     assert 2 <= desired <= 3, decided["status"]
     average = rps_average(decided)
     assert average is not None and average > RPS_TARGET, decided["status"]
-    wait_for(lambda: (stable_deployment(e2e, ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
+    wait_for(lambda: (e2e.kube.revision_deployment(ns, stable).status.ready_replicas or 0) >= 2 or None, 120,
              "two ready stable pods")  # fmt: skip
     t_ready = time.time() - started
 

@@ -65,13 +65,6 @@ def cost_after(e2e: E2E, ns: str, after: float, timeout: float) -> dict[str, Any
     return wait_for(fresh, timeout, f"status.cost computed after {after:.0f}", interval=1)
 
 
-def stable_deployment_name(e2e: E2E, ns: str) -> str:
-    revision = e2e.kube.status(ns, NAME)["stableRevision"]
-    deps = e2e.kube.apps.list_namespaced_deployment(ns, label_selector=f"modeldeploy.io/revision={revision}").items
-    assert len(deps) == 1, [d.metadata.name for d in deps]
-    return str(deps[0].metadata.name)
-
-
 def stable_pods_memory_mib(e2e: E2E, ns: str, deployment: str) -> float:
     """The working set of the Deployment's pods' containers in MiB, from the kubelet's summary API."""
     node = e2e.kube.core.list_node().items[0].metadata.name
@@ -112,7 +105,8 @@ def test_status_cost_under_real_traffic_and_a_canary_beside_stable(e2e: E2E, say
     # measured usage: two busy server pods use some CPU and their working sets; the memory is what the
     # kubelet itself reports for the same pods (the summary API; it moves little within a minute)
     used_mib = cost["usedMemoryGiB"] * 1024
-    kubelet_mib = stable_pods_memory_mib(e2e, ns, stable_deployment_name(e2e, ns))
+    stable = e2e.kube.revision_deployment(ns, e2e.kube.status(ns, NAME)["stableRevision"])
+    kubelet_mib = stable_pods_memory_mib(e2e, ns, stable.metadata.name)
     assert 0 < cost["usedCpuCores"] < 2 * 2.0, cost  # two pods, at most the node's two cores each
     assert used_mib == pytest.approx(kubelet_mib, rel=0.3), (cost, kubelet_mib)
     assert cost["usedMonthlyUsd"] == pytest.approx(
