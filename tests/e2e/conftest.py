@@ -141,17 +141,24 @@ class E2E:
             events = [e for e in self.kube.events(ns) if float(e["time"]) >= since - 5]
             if not events:
                 continue
-            st = self.kube.status(ns, NAME)
-            last = st.get("lastAnalysis") or {}
-            out.append(f"{ns}/{NAME}: phase {st.get('phase')}, step {st.get('currentStep')}, weight "
-                       f"{st.get('canaryWeight')}, canary {st.get('canaryRevision')}, history "
-                       f"{[h.get('outcome') for h in st.get('history') or []]}; last analysis "
-                       f"{last.get('verdict')}: {str(last.get('message'))[:200]}")  # fmt: skip
-            for c in st.get("conditions") or []:
-                out.append(f"  {c.get('type')}={c.get('status')} {c.get('reason')}: {str(c.get('message'))[:200]}")
+            out += self._standing(ns)
             out += [f"  event {e['reason']}: {str(e['message'])[:160]}" for e in events[-8:]]
             out += [f"  log {line[:240]}" for line in [x for x in log if ns in x][-12:]]
         return "\n".join(out) or "(no ModelDeployment of the module had an Event during the test)"
+
+    def _standing(self, ns: str) -> list[str]:
+        """The status of `ns`'s ModelDeployment: a line, then one per condition."""
+        try:
+            st = self.kube.status(ns, NAME)
+        except Exception as err:  # noqa: BLE001 - deleted by the test, or named otherwise
+            return [f"{ns}/{NAME}: status unreadable ({type(err).__name__}: {' '.join(str(err).split())[:80]})"]
+        last = st.get("lastAnalysis") or {}
+        head = (f"{ns}/{NAME}: phase {st.get('phase')}, step {st.get('currentStep')}, weight "
+                f"{st.get('canaryWeight')}, canary {st.get('canaryRevision')}, history "
+                f"{[h.get('outcome') for h in st.get('history') or []]}; last analysis "
+                f"{last.get('verdict')}: {str(last.get('message'))[:200]}")  # fmt: skip
+        return [head] + [f"  {c.get('type')}={c.get('status')} {c.get('reason')}: {str(c.get('message'))[:200]}"
+                         for c in st.get("conditions") or []]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
