@@ -120,7 +120,7 @@ def plan(
         found = shadow.queries(namespace, model, revision, stable)
         return AnalysisPlan(revision, step, weight, window, tuple(Query(k, v) for k, v in found.items()), shadow=True)
     queries = [Query(k, v) for k, v in builtin_queries(namespace, model, revision, window).items()]
-    if spec.max_latency_p99_seconds is None:
+    if not spec.max_latency_p99_seconds:  # 0 or null: the absolute latency gate is off
         queries = [q for q in queries if q.name != LATENCY_P99]
     queries += [Query(m.name, substitute(m.query, namespace, model, revision, window)) for m in spec.metrics]
     judge_window = None if since_canary is None else max(since_canary, window)
@@ -188,7 +188,7 @@ def evaluate(spec: AnalysisSpec, p: AnalysisPlan, results: Mapping[str, QueryRes
         record(
             ERROR_RATE, ERRORS, "Failed" if bad else "Passed", samples=n, value=rate, threshold=threshold, message=msg
         )
-    if spec.max_latency_p99_seconds is not None:
+    if spec.max_latency_p99_seconds:
         lat = results.get(LATENCY_P99, QueryResult(error="not run"))
         limit = spec.max_latency_p99_seconds
         if lat.error is not None:

@@ -337,7 +337,10 @@ class AnalysisSpec(_Model):
         default=0.01, ge=0, le=1, description="Largest share of canary requests answered 5xx (4xx are not errors)."
     )
     max_latency_p99_seconds: float | None = Field(
-        default=0.5, gt=0, description="Largest canary p99 latency in seconds (default 0.5); null: not checked."
+        default=0.5,
+        ge=0,
+        description="Largest canary p99 latency in seconds (default 0.5); 0: not checked. A null is not enough "
+        "on an existing object: kubectl apply sends it as 'remove the field' and the default comes back.",
     )
     metrics: list[CustomMetric] = Field(
         default_factory=list,

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 NAMESPACES = ("refusals", "errors", "healthy", "rare", "rare-healthy")
 Say = Callable[[str], None]
 # the absolute gates out of the way: only the comparison with stable decides
-JUDGED = {"maxErrorRate": 1.0, "maxLatencyP99Seconds": None, "maxErrorRateIncrease": 0.05,
+JUDGED = {"maxErrorRate": 1.0, "maxLatencyP99Seconds": 0, "maxErrorRateIncrease": 0.05,
           "maxRefusalRateIncrease": 0.05}  # fmt: skip
 
 

@@ -39,8 +39,9 @@ def test_plan_substitutes_and_filters_by_namespace_model_revision() -> None:
         f"histogram_quantile(0.99, sum by (le) (rate(modeldeploy_request_duration_seconds_bucket{{{answered}}}[12s])))"
     )
     assert q["refusals"] == 'sum(rate(x{revision="abc",ns="ml"}[12s]))'
-    no_latency = AnalysisSpec.model_validate({"maxLatencyP99Seconds": None})
-    assert "latency-p99" not in {x.name for x in plan(no_latency, "ml", "iris", "abc", 0, 10, 12).queries}
+    for off in (None, 0):  # 0 is what survives kubectl apply on an existing object (a null removes the field)
+        no_latency = AnalysisSpec.model_validate({"maxLatencyP99Seconds": off})
+        assert "latency-p99" not in {x.name for x in plan(no_latency, "ml", "iris", "abc", 0, 10, 12).queries}
 
 
 def judge(**values: QueryResult) -> analysis.AnalysisRecord:
@@ -72,6 +73,15 @@ def test_no_5xx_series_means_zero_errors() -> None:
 def test_latency_breach() -> None:
     rec = judge(**{"latency-p99": QueryResult(0.8)})
     assert rec.verdict == "Failed" and rec.message == "canary p99 latency 0.8s > 0.25s over 30s, n=812"
+
+
+def test_latency_gate_at_0_is_off_not_a_limit_of_0_seconds() -> None:
+    off = SPEC.model_copy(update={"max_latency_p99_seconds": 0})
+    p = plan(off, "ml", "iris", "abc", step=1, weight=10, window=30)
+    results = {"requests": QueryResult(812), "errors": QueryResult(0), "latency-p99": QueryResult(9.0),
+               "refusals": QueryResult(0.01)}  # fmt: skip
+    rec = evaluate(off, p, results, "2026-11-21T13:00:00Z")
+    assert rec.verdict == "Passed" and "latency-p99" not in {c.name for c in rec.checks}, rec
 
 
 def test_too_few_requests_is_inconclusive_even_if_they_all_failed() -> None:

@@ -155,6 +155,32 @@ def test_helm_upgrade_leaves_the_crd_alone_and_applying_crds_upgrades_it(kube: K
         kube.kubectl("delete", "mdep", "priced", "-n", CLI_NS, "--ignore-not-found", "--wait=false", check=False)
 
 
+def test_the_latency_gate_turned_off_by_kubectl_apply_stays_off(kube: Kube) -> None:
+    """A user turning the absolute latency gate off on an existing ModelDeployment: `maxLatencyP99Seconds:
+    0` is stored and read as off; a `null` is not enough, because kubectl apply sends it as a removal
+    and the CRD's default (0.5 s) comes back: the pitfall that left a CI scenario judged on p99."""
+    name = "pkg-latency-gate"
+
+    def apply(gate: float | None) -> Any:
+        analysis = {"minRequests": 20, "maxLatencyP99Seconds": gate}
+        kube.apply([{"apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+                     "spec": {"model": V1, "inputs": [{"name": "x", "min": 0, "max": 1}], "paused": True,
+                              "rollout": {"analysis": analysis}}}], "-n", CLI_NS)  # fmt: skip
+        stored = kube.get("modeldeployment", name, "-n", CLI_NS)["spec"]["rollout"]["analysis"]
+        return stored.get("maxLatencyP99Seconds", "absent")
+
+    try:
+        assert apply(0.3) == 0.3
+        assert apply(None) == 0.5, "a null through kubectl apply on an existing object"
+        assert apply(0) == 0
+        assert apply(0) == 0, "re-applying the same manifest"
+        negative = json.dumps({"spec": {"rollout": {"analysis": {"maxLatencyP99Seconds": -1}}}})
+        refused = kube.kubectl("patch", "mdep", name, "-n", CLI_NS, "--type=merge", "-p", negative, check=False)
+        assert refused.returncode != 0 and "maxLatencyP99Seconds" in refused.stderr, refused.stderr
+    finally:
+        kube.kubectl("delete", "mdep", name, "-n", CLI_NS, "--ignore-not-found", "--wait=false", check=False)
+
+
 def test_namespaced_install_grants_only_roles_in_the_watched_namespace(kube: Kube) -> None:
     kube.install(NAMESPACED_RELEASE, NAMESPACED_NS, "--set", "rbac.namespaced=true",
                  "--set", f"watchNamespaces={{{WATCHED_NS}}}")  # fmt: skip
