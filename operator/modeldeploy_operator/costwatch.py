@@ -1,7 +1,7 @@
 """The shell's cost probe: fills `status.cost` about once a minute per ModelDeployment.
 
 `CostWatch` is `handlers.Shell.cost`, called each tick after `core.decide` and before the status
-write, so the rollout's decision never depends on it; its queries run on its own threads (below). I/O: one list of the ModelDeployment's Deployments (the
+write, so the rollout's decision never depends on it. I/O: one list of the ModelDeployment's Deployments (the
 stable revision's requested resources, replicas and workers; the canary's) and a few Prometheus
 queries; the arithmetic is in `cost` (pure). A failed query leaves the figures it feeds empty and
 says so in `reason`; a failed Deployment read keeps the previous `status.cost`.
@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -60,9 +57,6 @@ SERVING_OUTCOMES = ("Promoted", "Deployed")
 CPU_USAGE_METRIC = "container_cpu_usage_seconds_total"
 MEMORY_USAGE_METRIC = "container_memory_working_set_bytes"
 GIB = 2.0**30
-WORKERS = 2  # threads measuring status.cost, beside the tick workers
-# a measured status.cost waits this long for a status write that happens anyway, then is written alone
-HOLD_SECONDS = 30
 
 
 def due(status: ModelDeploymentStatus, now: datetime, writing: bool = True, alone: float = ALONE_SECONDS) -> bool:
@@ -200,79 +194,33 @@ def measure(
     return out
 
 
-@dataclass(frozen=True)
-class Slot:
-    """One object's refresh: the stable revision it measures, when it was asked, and the job
-    (running, or done with its CostStatus or None)."""
-
-    revision: str
-    asked: datetime
-    job: Future[CostStatus | None]
-
-
 class CostWatch:
-    """`handlers.Shell.cost`: about once a minute, replace `status.cost` in place (the status the tick
-    is about to write). Never raises: a figure is never worth a failed tick.
-
-    The queries run on the watch's own workers, never on the tick's thread: a refresh is up to 7
-    Prometheus queries in a row, and at 1,000 objects they were a third of the time the tick workers
-    spent (`bench/README.md`), so the ladder's ticks queued behind figures. A tick that finds a
-    refresh due hands it to a worker and goes on; a later tick copies the answer into the status it
-    writes anyway (or alone, once `alone` seconds have passed). With more objects than the workers
-    can measure in a minute, each object's figures are simply refreshed less often. A measured
-    figure waits up to `HOLD_SECONDS` for a tick that writes status anyway, then is written alone."""
+    """`handlers.Shell.cost`: once a minute, replace `status.cost` in place (the status the tick is
+    about to write). Never raises: a figure is never worth a failed tick."""
 
     def __init__(
-        self,
-        deployments: Callable[[Meta], list[dict[str, Any]]],
-        prom: Prometheus,
-        settings: OperatorSettings,
-        workers: int = WORKERS,
+        self, deployments: Callable[[Meta], list[dict[str, Any]]], prom: Prometheus, settings: OperatorSettings
     ) -> None:
         """`deployments(meta)`: the Deployments labelled with the object's name (`Kube.deployments_of`, cached)."""
         self.deployments, self.prom = deployments, prom
         self.prices, self.scrape_interval = settings.prices(), settings.scrape_interval_seconds
         self.alone = settings.cost_refresh_seconds
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modeldeploy-cost")
-        self.lock = threading.Lock()
-        self.slots: dict[tuple[str, str], Slot] = {}
 
     def __call__(
         self, spec: ModelDeploymentSpec, meta: Meta, status: ModelDeploymentStatus, now: datetime, writing: bool = True
     ) -> None:
-        key = (meta.namespace, meta.name)
-        with self.lock:
-            slot = self.slots.get(key)
-            if slot is not None and slot.revision != status.stable_revision:  # measured a stable that is gone
-                del self.slots[key]
-                slot = None
-            if slot is None:
-                if due(status, now, writing, self.alone):
-                    prices = self.prices.override(spec.cost)
-                    job = self.pool.submit(self._measure, prices, meta, status.model_copy(deep=True), now)
-                    self.slots[key] = Slot(status.stable_revision or "", now, job)
-                return
-            held = (now - slot.asked).total_seconds()
-            if not slot.job.done() or not (writing or held >= HOLD_SECONDS or due(status, now, False, self.alone)):
-                return  # not measured yet, or kept for the next status write
-            del self.slots[key]
-        fresh = slot.job.result()
-        if fresh is not None:
-            status.cost = fresh
-
-    def forget(self, namespace: str, name: str) -> None:
-        """The object is gone: drop what was measured for it."""
-        with self.lock:
-            self.slots.pop((namespace, name), None)
-
-    def _measure(
-        self, prices: cost.Prices, meta: Meta, status: ModelDeploymentStatus, now: datetime
-    ) -> CostStatus | None:
+        if not due(status, now, writing, self.alone):
+            return
         try:
             deployments = fleets(self.deployments(meta), meta)
-            return measure(self.prom, prices, meta, status, deployments, now, self.scrape_interval)
+            fresh = measure(
+                self.prom, self.prices.override(spec.cost), meta, status, deployments, now, self.scrape_interval
+            )
         except ApiException as err:
             log.info("%s/%s: cost not refreshed, listing Deployments failed: %s", meta.namespace, meta.name, err.status)
+            return
         except Exception:
             log.exception("%s/%s: computing status.cost failed", meta.namespace, meta.name)
-        return None
+            return
+        if fresh is not None:
+            status.cost = fresh

@@ -475,8 +475,5 @@ def register(
         reconcile_once(memo.shell, namespace or "", name)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, optional=True, labels=labels)
-    def forget(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    def forget(name: str, namespace: str | None, **_: Any) -> None:
         m.HEALTH.forget(namespace or "", name)
-        shell = getattr(memo, "shell", None)
-        if shell is not None and isinstance(shell.cost, CostWatch):
-            shell.cost.forget(namespace or "", name)

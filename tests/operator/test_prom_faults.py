@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from modeldeploy_operator import analysis
 from modeldeploy_operator.api import AnalysisSpec
 from modeldeploy_operator.prom import Prometheus
-from tests.operator.jsonhttp import JSONHandler, serve
 
 ANSWERS: dict[str, tuple[int, str, float]] = {
     "http500": (500, "internal error", 0),
@@ -31,19 +32,29 @@ ANSWERS: dict[str, tuple[int, str, float]] = {
 }  # fmt: skip
 
 
-class _Handler(JSONHandler):
+class _Handler(BaseHTTPRequestHandler):
     mode = "nan"
 
-    def answer(self) -> tuple[int, bytes]:
+    def do_GET(self) -> None:  # noqa: N802
         code, body, delay = ANSWERS[type(self).mode]
         time.sleep(delay)
-        return code, body.encode()
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with serve(_Handler) as url:
-        yield url
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
 
 
 PLAN = analysis.plan(AnalysisSpec(), "ml", "iris", "abc", 1, 20, 10)
