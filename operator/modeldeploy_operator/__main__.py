@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Mapping
 
 import kopf
@@ -42,6 +44,34 @@ def limit_malloc_arenas(env: Mapping[str, str] = os.environ, arenas: int = MALLO
     return arenas if mallopt(M_ARENA_MAX, arenas) == 1 else None
 
 
+def start_malloc_trim(period: float) -> threading.Thread | None:
+    """Every `period` seconds hand the free pages of glibc's heap back to the kernel; the thread, or None.
+
+    glibc returns freed memory only from the top of its heap: one live allocation above a freed
+    region keeps the whole region resident. The operator's API responses leave such holes, so at
+    1,000 objects its main arena held 265 MB with 38 MB in use, and `malloc_trim(0)` took the process
+    from 523 to 313 MiB (bench/README.md). A trim with nothing to release takes ~1.5 ms, one that
+    releases 140 MB ~34 ms; ctypes lets go of the GIL meanwhile. 0 (or another C library): never."""
+    if period <= 0:
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+
+    def run() -> None:
+        while True:
+            time.sleep(period)
+            started = time.perf_counter()
+            trim(0)
+            metrics.MALLOC_TRIM_SECONDS.observe(time.perf_counter() - started)
+
+    thread = threading.Thread(target=run, name="malloc-trim", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modeldeploy-operator", description=__doc__)
     parser.add_argument(
@@ -58,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(f"modeldeploy-operator: bad settings: {err}", file=sys.stderr)
         return 2
+    trimming = start_malloc_trim(settings.malloc_trim_seconds)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -67,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = args.namespace or settings.namespace_list
     server = metrics.serve(settings.metrics_bind_address, settings.metrics_port)
     logging.getLogger("modeldeploy.operator").info(
-        "metrics and health on %s:%d; watching %s; tick %.1fs; Prometheus %s; malloc arenas %s",
+        "metrics and health on %s:%d; watching %s; tick %.1fs; Prometheus %s; malloc arenas %s, trimmed %s",
         settings.metrics_bind_address,
         server.server_address[1],
         ",".join(namespaces) or "all namespaces",
         settings.tick_seconds,
         settings.prometheus_url,
         arenas or os.environ.get("MALLOC_ARENA_MAX", "glibc's default"),
+        f"every {settings.malloc_trim_seconds:g}s" if trimming else "never",
     )
     registry = kopf.OperatorRegistry()
     leader = None

@@ -32,6 +32,11 @@ TICK_SECONDS = Histogram(
     "Duration of one reconcile tick.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MALLOC_TRIM_SECONDS = Histogram(
+    "modeldeploy_operator_malloc_trim_seconds",
+    "Duration of each hand-back of glibc's free heap pages to the kernel (MODELDEPLOY_OPERATOR_MALLOC_TRIM_SECONDS).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 SHADOW_CONTROL_CALLS = Counter(
     "modeldeploy_operator_shadow_control_calls_total",
     "Control calls to stable pods during shadow steps, by result (ok, http-<code>, unreachable).",

@@ -49,6 +49,9 @@ class OperatorSettings(BaseSettings):
         le=256,
         description="Threads running ticks at once (kopf's executor).",
     )
+    malloc_trim_seconds: float = Field(
+        default=10.0, ge=0, description="Return glibc's free heap pages to the kernel this often; 0: never."
+    )
     api_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of every Kubernetes API call.")
     stale_ticks: int = Field(
         default=10, ge=2, description="/healthz fails when an object has not completed a tick for this many periods."

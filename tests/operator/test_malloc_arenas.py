@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from modeldeploy_operator.__main__ import limit_malloc_arenas
+from modeldeploy_operator.__main__ import limit_malloc_arenas, start_malloc_trim
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_info")
 
 THREADS = """
 import ctypes, sys, threading
-from modeldeploy_operator.__main__ import limit_malloc_arenas
+from modeldeploy_operator.__main__ import limit_malloc_arenas, start_malloc_trim
 print(limit_malloc_arenas() if sys.argv[1] == "operator" else "untouched", flush=True)
 ready = threading.Barrier(17)
 def work():
@@ -58,3 +58,41 @@ def test_a_malloc_arena_max_the_user_set_is_left_as_it_is(tmp_path: Path) -> Non
     assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) is None
     said, arenas = arenas_with_16_threads("operator", tmp_path, {**os.environ, "MALLOC_ARENA_MAX": "4"})
     assert said == "None" and 2 < arenas <= 4, (said, arenas)
+
+
+HOLES = """
+import sys, time
+from prometheus_client import REGISTRY
+from modeldeploy_operator.__main__ import start_malloc_trim
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+big, small = [], []
+for _ in range(3000):  # 64 KiB blocks (glibc's heap, below its mmap threshold), each under a live 600-byte one
+    big.append(bytes(65536))
+    small.append(bytes(600))
+held = rss_mib()
+del big  # 190 MB free, but every hole lies below a live block: nothing is at the heap's top to give back
+thread = start_malloc_trim(0.2) if sys.argv[1] == "operator" else None
+time.sleep(1.0)
+trims = REGISTRY.get_sample_value("modeldeploy_operator_malloc_trim_seconds_count")
+print(held, rss_mib(), thread is not None and thread.daemon, trims, flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["operator", "untouched"])
+def test_the_operator_gives_freed_heap_pages_back_where_glibc_would_keep_them(mode: str) -> None:
+    out = subprocess.run([sys.executable, "-c", HOLES, mode], capture_output=True, text=True, timeout=60, check=True)
+    held, after, trimming, trims = out.stdout.split()
+    held_mib, after_mib = float(held), float(after)
+    assert held_mib > 190, f"the workload did not hold its blocks: {held_mib:.0f} MiB"
+    if mode == "operator":
+        assert trimming == "True" and float(trims) >= 1, (trimming, trims)  # timed in /metrics
+        assert after_mib < held_mib - 100, f"{held_mib:.0f} MiB before the trims, {after_mib:.0f} after"
+    else:  # the premise: without a trim glibc keeps the freed blocks resident
+        assert float(trims) == 0
+        assert after_mib > held_mib - 30, f"glibc gave back memory by itself: {held_mib:.0f} -> {after_mib:.0f} MiB"
+
+
+def test_a_trim_period_of_0_starts_no_thread() -> None:
+    assert start_malloc_trim(0) is None
