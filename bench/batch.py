@@ -5,6 +5,8 @@ the 100-tree `RandomForestClassifier` of the server benchmark, saved with joblib
 median of `--rounds`:
 
 - in-process: `model.predict_proba` on the whole matrix (the artifact's own method, one call);
+- a plain script: what a team runs without modeldeploy, as a process of its own (start, imports,
+  `joblib.load`, `pyarrow.parquet.read_table`, `predict_proba`, `write_table`), wall time;
 - 1 shard: the real console script scoring all rows (process start, digest check, load, fast-path
   choice, Parquet read, contract check, prediction, Parquet write, report), wall time;
 - 2 shards: two such processes at once (an Indexed Job with parallelism 2 on one node), wall time.
@@ -50,6 +52,22 @@ def _shards(n: int, env: dict[str, str], inp: Path, out: Path, run: str) -> floa
     return time.perf_counter() - started
 
 
+SCRIPT = """
+import sys
+import joblib, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+model = joblib.load(sys.argv[1])
+table = pq.read_table(sys.argv[2])
+proba = model.predict_proba(np.column_stack([table.column(n).to_numpy() for n in table.column_names]))
+pq.write_table(pa.table({f"predict_proba_{c}": proba[:, c] for c in range(proba.shape[1])}), sys.argv[3])
+"""
+
+
+def _script(artifact: Path, inp: Path, out: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", SCRIPT, str(artifact), str(inp), str(out)], check=True)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -71,26 +89,34 @@ def main() -> None:
         "MODELDEPLOY_INPUTS": json.dumps(inputs), "MODELDEPLOY_CACHE_DIR": str(work / "cache"),
         "MODELDEPLOY_LOG_LEVEL": "warning",
     }  # fmt: skip
-    inproc, one, two = [], [], []
+    inproc, script, one, two = [], [], [], []
     for r in range(a.rounds):
         started = time.perf_counter()
         expected = model.predict_proba(x)
         inproc.append(time.perf_counter() - started)
+        script.append(_script(artifact, work / "in.parquet", work / "script.parquet"))
         one.append(_shards(1, env, work / "in.parquet", work / "out1", f"r{r}"))
         two.append(_shards(2, env, work / "in.parquet", work / "out2", f"r{r}"))
     manifest = json.loads((work / "out2" / "_SUCCESS").read_text())
     got = pa.concat_tables([pq.read_table(work / "out2" / p) for p in manifest["parts"]])
     proba = np.column_stack([got.column(f"predict_proba_{c}").to_numpy() for c in range(3)])
     identical = bool(np.array_equal(proba, expected))
+    mine = pq.read_table(work / "script.parquet")
+    if not np.array_equal(np.column_stack([c.to_numpy() for c in mine.columns]), expected):
+        raise SystemExit("the plain script's predictions differ from in-process predict_proba")
     path = json.loads((work / "out2" / "runs" / f"r{a.rounds - 1}" / "report-00000.json").read_text())["path"]
-    t0, t1, t2 = median(inproc), median(one), median(two)
+    t0, ts, t1, t2 = median(inproc), median(script), median(one), median(two)
     load = os.getloadavg()
     print(f"rows {a.rows}, rounds {a.rounds}, cores {os.cpu_count()}, load average {load[0]:.1f}/{load[1]:.1f}")
-    print("| run | seconds | rows/s | vs in-process |")
-    print("|---|---:|---:|---:|")
-    print(f"| in-process `predict_proba` (1 call) | {t0:.2f} | {a.rows / t0:,.0f} | 1.00 |")
-    print(f"| `score`, 1 shard (`{path}`) | {t1:.2f} | {a.rows / t1:,.0f} | {t0 / t1:.2f} |")
-    print(f"| `score`, 2 shards at once | {t2:.2f} | {a.rows / t2:,.0f} | {t0 / t2:.2f} |")
+    print("| run | seconds | rows/s | vs in-process | vs a plain script |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| in-process `predict_proba` (1 call) | {t0:.2f} | {a.rows / t0:,.0f} | 1.00 | {ts / t0:.2f} |")
+    print(
+        f"| a plain script (start, load, read, predict_proba, write) | {ts:.2f} | {a.rows / ts:,.0f} "
+        f"| {t0 / ts:.2f} | 1.00 |"
+    )
+    print(f"| `score`, 1 shard (`{path}`) | {t1:.2f} | {a.rows / t1:,.0f} | {t0 / t1:.2f} | {ts / t1:.2f} |")
+    print(f"| `score`, 2 shards at once | {t2:.2f} | {a.rows / t2:,.0f} | {t0 / t2:.2f} | {ts / t2:.2f} |")
     print(f"2 shards / 1 shard: {t1 / t2:.2f}x; predictions bit-identical to in-process: {identical}")
     for n, out in ((1, "out1"), (2, "out2")):  # the shards' own reports: where the seconds went
         phases = [json.loads(p.read_text())["phases"] for p in sorted((work / out / "runs").glob("r*/report-*.json"))]
