@@ -111,10 +111,14 @@ def test_route_weights_are_patched_only_on_our_backend_refs_and_only_when_they_d
     assert len(api.patches) == 1
 
 
-def test_prometheus_tls_is_verified_by_default_and_a_token_can_be_sent(tmp_path: Path) -> None:
+def test_prometheus_tls_is_verified_by_default_and_a_token_can_be_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # issue 11 M12: an https Prometheus was queried without certificate verification
     from modeldeploy_operator.prom import Prometheus
 
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # a bundle there is taken (test_prom_environment)
+        monkeypatch.delenv(name, raising=False)
     prom = Prometheus("https://prometheus.example.invalid", 1.0)
     assert prom.client._session.verify is True
     token = tmp_path / "token"
