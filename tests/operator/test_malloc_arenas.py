@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 THREADS = """
 import ctypes, sys, threading
-from modeldeploy_operator.__main__ import limit_malloc_arenas, start_malloc_trim
+from modeldeploy_operator.__main__ import limit_malloc_arenas
 print(limit_malloc_arenas() if sys.argv[1] == "operator" else "untouched", flush=True)
 ready = threading.Barrier(17)
 def work():

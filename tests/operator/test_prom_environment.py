@@ -7,43 +7,21 @@ that answers as an HTTP proxy does (it receives the absolute URL)."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests.sessions
 
 from modeldeploy_operator.prom import Prometheus
-
-VECTOR = {"resultType": "vector", "result": [{"metric": {}, "value": [1, "0.25"]}]}
-ANSWER = json.dumps({"status": "success", "data": VECTOR}).encode()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    seen: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802
-        type(self).seen.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(ANSWER)))
-        self.end_headers()
-        self.wfile.write(ANSWER)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        return
+from tests.operator.loopback_prom import PromHandler, serving
 
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    _Handler.seen = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    PromHandler.mode = "quarter"
+    with serving() as url:
+        yield url
 
 
 def test_queries_do_not_look_up_netrc_or_proxies_each_time(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +44,9 @@ def test_a_proxy_from_the_environment_still_carries_the_queries(server: str, mon
     monkeypatch.delenv("no_proxy", raising=False)
     prom = Prometheus("http://prometheus.invalid:9090", timeout_seconds=2.0)
     assert prom.query("up", datetime.now(UTC)).value == 0.25
-    assert _Handler.seen and _Handler.seen[0].startswith("http://prometheus.invalid:9090/api/v1/query?"), _Handler.seen
+    assert PromHandler.seen and PromHandler.seen[0].startswith("http://prometheus.invalid:9090/api/v1/query?"), (
+        PromHandler.seen
+    )
 
 
 def test_no_proxy_and_the_ca_bundle_from_the_environment_still_apply(

@@ -5,56 +5,23 @@ NaN is "no data"); nothing raises out of `Prometheus.run`, and each takes at mos
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from modeldeploy_operator import analysis
 from modeldeploy_operator.api import AnalysisSpec
 from modeldeploy_operator.prom import Prometheus
-
-ANSWERS: dict[str, tuple[int, str, float]] = {
-    "http500": (500, "internal error", 0),
-    "html": (200, "<html>proxy login</html>", 0),
-    "prom_error": (400, json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"}), 0),
-    "nan": (200, json.dumps({"status": "success", "data": {"resultType": "vector",
-                                                           "result": [{"metric": {}, "value": [1, "NaN"]}]}}), 0),
-    "inf": (200, json.dumps({"status": "success", "data": {"resultType": "vector",
-                                                           "result": [{"metric": {}, "value": [1, "+Inf"]}]}}), 0),
-    "shape": (200, json.dumps({"status": "success", "data": {"resultType": "matrix", "result": {"x": 1}}}), 0),
-    "slow": (200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}), 3.0),
-}  # fmt: skip
-
-
-class _Handler(BaseHTTPRequestHandler):
-    mode = "nan"
-
-    def do_GET(self) -> None:  # noqa: N802
-        code, body, delay = ANSWERS[type(self).mode]
-        time.sleep(delay)
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        return
+from tests.operator.loopback_prom import PromHandler, serving
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with serving() as url:
+        yield url
 
 
 PLAN = analysis.plan(AnalysisSpec(), "ml", "iris", "abc", 1, 20, 10)
@@ -66,7 +33,7 @@ PLAN = analysis.plan(AnalysisSpec(), "ml", "iris", "abc", 1, 20, 10)
      ("shape", "error"), ("slow", "error")],
 )  # fmt: skip
 def test_a_misbehaving_prometheus_becomes_a_result_never_an_exception(server: str, mode: str, expect: str) -> None:
-    _Handler.mode = mode
+    PromHandler.mode = mode
     prom = Prometheus(server, timeout_seconds=1.0)
     started = time.monotonic()
     out = prom.run(PLAN, datetime.now(UTC))
