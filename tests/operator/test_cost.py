@@ -198,19 +198,18 @@ def test_cli_cost_prints_the_table_the_break_even_and_the_peak_replicas() -> Non
     assert "no cost yet" in empty
 
 
-def test_costwatch_window_is_the_stable_revisions_life_in_whole_minutes_within_a_day() -> None:
+def test_costwatch_window_is_the_stable_revisions_life_rounded_down_within_a_day() -> None:
     from datetime import UTC, datetime
 
     from modeldeploy_operator import costwatch
     from modeldeploy_operator.api import HistoryEntry
-    from modeldeploy_operator.model import Meta
 
     now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
     st = ModelDeploymentStatus(stable_revision="abc", history=[
         HistoryEntry(revision="old", version="1", outcome="Deployed", time="2026-11-01T00:00:00Z"),
         HistoryEntry(revision="abc", version="2", outcome="Promoted", time="2026-12-01T11:57:30Z"),
     ])  # fmt: skip
-    assert costwatch.window_for(st, now, 2.0) == 120  # 150 s of life, whole minutes
+    assert costwatch.window_for(st, now, 2.0) == 120  # 150 s of life, rounded down
     assert costwatch.window_for(st, now, 30.0) == 120
     st.history[-1].time = "2026-12-01T11:59:50Z"
     assert costwatch.window_for(st, now, 2.0) == 60 and costwatch.window_for(st, now, 30.0) == 120  # 4 scrapes
@@ -221,20 +220,25 @@ def test_costwatch_window_is_the_stable_revisions_life_in_whole_minutes_within_a
     full = [HistoryEntry(revision=f"r{i}", version="1", outcome="RolledBack", time="2026-11-30T00:00:00Z")
             for i in range(10)]  # fmt: skip
     assert costwatch.window_for(ModelDeploymentStatus(stable_revision="abc", history=full), now, 2.0) == 86_400
-    q = costwatch.queries(Meta("iris", "ml"), "abc", 86_400, 2.0)
-    sel = '{namespace="ml",model="iris",revision="abc"}'
-    assert q["requests"] == f"sum(increase(modeldeploy_requests_total{sel}[1d]))"
-    assert q["peak_rows_per_second"] == f"max_over_time(sum(rate(modeldeploy_predictions_total{sel}[1m]))[1d:1m])"
-    short = costwatch.queries(Meta("iris", "ml"), "abc", 120, 2.0)["peak_rows_per_second"]
+    st.history[-1].time = "2026-12-01T10:00:00Z"
+    assert costwatch.window_for(st, now, 2.0) == 7200  # 2 h of life: shared with other objects of that age
+    st.history[-1].time = "2026-12-01T09:59:00Z"
+    assert costwatch.window_for(st, now, 2.0) == 7200
+    q = costwatch.queries("ml", 86_400, 2.0)
+    sel, by = '{namespace="ml"}', "sum by (model, revision)"
+    assert q["requests"] == f"{by} (increase(modeldeploy_requests_total{sel}[1d]))"
+    assert q["peak_rows_per_second"] == f"max_over_time({by} (rate(modeldeploy_predictions_total{sel}[1m]))[1d:1m])"
+    short = costwatch.queries("ml", 120, 2.0)["peak_rows_per_second"]
     assert short.endswith("[1m]))[2m:2s])")  # every scrape while the window is short, at most 1,440 points
     assert q["seconds_per_row"] == (
-        f"sum(increase(modeldeploy_request_duration_seconds_sum{sel}[1d])) / "
-        f"sum(increase(modeldeploy_predictions_total{sel}[1d]))"
+        f"{by} (increase(modeldeploy_request_duration_seconds_sum{sel}[1d])) / "
+        f"({by} (increase(modeldeploy_predictions_total{sel}[1d])) > 0)"
     )
-    usage = costwatch.usage_queries("ml", "iris-5d8f7c.v2", 86_400)
-    pods = '{namespace="ml",pod=~"iris-5d8f7c\\\\.v2-[a-z0-9]+-[a-z0-9]+",container!="",container!="POD"}'
-    assert usage["used_cpu_cores"] == f"sum(rate(container_cpu_usage_seconds_total{pods}[1d]))"
-    assert usage["used_memory_bytes"] == f"sum(avg_over_time(container_memory_working_set_bytes{pods}[1d]))"
+    usage = costwatch.usage_queries("ml", 86_400)
+    pods = '{namespace="ml",container!="",container!="POD"}'
+    assert usage["used_cpu_cores"] == f"sum by (pod) (rate(container_cpu_usage_seconds_total{pods}[1d]))"
+    assert usage["used_memory_bytes"] == f"sum by (pod) (avg_over_time(container_memory_working_set_bytes{pods}[1d]))"
+    st.history[-1].time = "2026-11-20T00:00:00Z"
     assert costwatch.due(st, now) and not costwatch.due(ModelDeploymentStatus(), now)
     st.cost = assess(PRICES, BOX, 1.0)
     st.cost.time = "2026-12-01T11:59:30Z"
