@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from modeldeploy_operator import FINALIZER, GROUP, PLURAL, VERSION
 from modeldeploy_operator.batch import CONFIG_HASH as BATCH_CONFIG
 from modeldeploy_operator.batch import LABEL_OF as BATCH_OF
-from modeldeploy_operator.cache import Caches, Informer, Kind, slim_pod
+from modeldeploy_operator.cache import Caches, Informer, Kind, slim_deployment, slim_pod, slim_service
 from modeldeploy_operator.children import LABEL_NAME, LABEL_REVISION
 from modeldeploy_operator.model import Decision, Meta, PodState, RevisionState, RouteState, RouteWeights
 
@@ -77,7 +78,8 @@ class Observation:
     owned_deployments: dict[str, int] = field(default_factory=dict)  # name -> spec.replicas
     route: RouteState | None = None
     route_body: dict[str, Any] | None = None
-    templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # owned Deployment -> pod template
+    # owned Deployment -> pod template (cached: a `cache.FrozenJSON`, parsed where it is read)
+    templates: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,12 +177,17 @@ class Kube:
                 self.apps.list_namespaced_deployment,
                 self.apps.list_deployment_for_all_namespaces,
                 LABEL_NAME,
+                slim_deployment,
             ),  # fmt: skip
             pods=kind(
                 "pods", self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces, LABEL_NAME, slim_pod
             ),
             services=kind(
-                "services", self.core.list_namespaced_service, self.core.list_service_for_all_namespaces, LABEL_NAME
+                "services",
+                self.core.list_namespaced_service,
+                self.core.list_service_for_all_namespaces,
+                LABEL_NAME,
+                slim_service,
             ),
             routes=kind(
                 "httproutes",
@@ -274,7 +281,8 @@ class Kube:
             owners = dep["metadata"].get("ownerReferences") or []
             if any(o.get("uid") == meta.uid for o in owners):
                 out.owned_deployments[dep["metadata"]["name"]] = int(dep["spec"].get("replicas") or 0)
-                out.templates[dep["metadata"]["name"]] = dep["spec"].get("template") or {}
+                template = dep["spec"].get("template")  # not `or {}`: a FrozenJSON's truth value parses it
+                out.templates[dep["metadata"]["name"]] = {} if template is None else template
         by_rev: dict[str, list[PodState]] = {}
         for pod in self._children("pods", meta):
             rev = (pod["metadata"].get("labels") or {}).get(LABEL_REVISION)

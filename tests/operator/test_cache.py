@@ -9,7 +9,10 @@ from typing import Any
 
 from kubernetes import client
 
-from modeldeploy_operator.cache import Caches, Informer, Kind, newer, slim_pod
+from modeldeploy_operator import batch, cost
+from modeldeploy_operator.api import parse_spec
+from modeldeploy_operator.cache import Caches, Informer, Kind, newer, slim_deployment, slim_pod, slim_service
+from modeldeploy_operator.children import Owner, deployment, service
 from modeldeploy_operator.kube import APPLIED, Kube, pod_state
 
 
@@ -77,6 +80,50 @@ def test_a_slim_pod_says_what_the_full_pod_says() -> None:
     slim = slim_pod(json.loads(json.dumps(pod)))
     assert pod_state(slim) == pod_state(pod) and pod_state(slim).ip == "127.0.0.7"
     assert len(json.dumps(slim)) < len(json.dumps(pod)) / 3
+
+
+def _as_served(obj: dict[str, Any]) -> dict[str, Any]:
+    """As the API server answers: managedFields, defaults, a status."""
+    out = json.loads(json.dumps(obj))
+    out["metadata"].update(generation=1, resourceVersion="7", managedFields=[{"manager": "modeldeploy"}] * 5)
+    out["status"] = {"replicas": 2, "conditions": [{"type": "Available", "status": "True", "message": "m" * 200}]}
+    return out
+
+
+def test_a_slim_deployment_and_service_say_what_the_operator_reads_in_a_fraction_of_the_memory() -> None:
+    import tracemalloc
+
+    owner = Owner("iris", "ml", "uid-1")
+    spec = parse_spec({"model": {"uri": "s3://models/iris.skops", "version": "1", "sha256": "a" * 64},
+                       "serving": {"resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}},
+                       "batch": [{"name": "nightly", "schedule": "0 2 * * *", "input": {"uri": "s3://in/x.parquet"},
+                                  "output": {"uri": "s3://out/"}}]})  # fmt: skip
+    full = _as_served(deployment(owner, spec, "rev1", 2, "modeldeploy:1"))
+    slim = slim_deployment(json.loads(json.dumps(full)))
+    assert slim["metadata"] == {k: v for k, v in full["metadata"].items() if k != "managedFields"}
+    assert slim["spec"]["replicas"] == 2 and "status" not in slim
+    # the pod template reads the same wherever it is read: the cost probe, a batch CronJob
+    assert slim["spec"]["template"].thaw() == full["spec"]["template"] == dict(slim["spec"]["template"])
+    assert cost.fleet_of(slim) == cost.fleet_of(full) and cost.fleet_of(slim).cpu_cores == 0.25
+    entry = spec.batch[0]
+    from_slim = batch.cronjob(owner, entry, slim["spec"]["template"])
+    assert from_slim == batch.cronjob(owner, entry, full["spec"]["template"])
+    svc = _as_served(service(owner, "iris-canary", "rev1"))
+    slim_svc = slim_service(json.loads(json.dumps(svc)))
+    assert slim_svc["spec"]["selector"] == svc["spec"]["selector"] and "managedFields" not in slim_svc["metadata"]
+    # 1,000 of them, as the informer keeps them
+    text = json.dumps(full)
+    tracemalloc.start()
+    fulls = [json.loads(text) for _ in range(1000)]
+    full_bytes = tracemalloc.get_traced_memory()[0]
+    del fulls
+    tracemalloc.stop()
+    tracemalloc.start()
+    slims = [slim_deployment(json.loads(text)) for _ in range(1000)]
+    slim_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(slims) == 1000 and slim_bytes < full_bytes / 3, (slim_bytes, full_bytes)
+    print(f"1,000 Deployments: {full_bytes / 1e6:.1f} MB as dicts, {slim_bytes / 1e6:.1f} MB slim")
 
 
 class _Resp:
