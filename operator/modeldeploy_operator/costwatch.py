@@ -74,6 +74,7 @@ SHARED_SECONDS = 30.0
 # a failed query is not asked again for this long (the ticks waiting on it take its answer)
 FAILED_SECONDS = 5.0
 BY = ("model", "revision")
+_SEGMENT = re.compile("[a-z0-9]+")
 
 
 def due(status: ModelDeploymentStatus, now: datetime, writing: bool = True, alone: float = ALONE_SECONDS) -> bool:
@@ -129,7 +130,7 @@ def queries(namespace: str, window: int, scrape_interval: float) -> dict[str, st
 
 def usage_queries(namespace: str, window: int) -> dict[str, str]:
     """The PromQL of the measured CPU (cores) and memory (bytes) of every pod of a namespace over
-    `window` seconds, one series per pod (`pods_of` picks a Deployment's)."""
+    `window` seconds, one series per pod (`per_deployment` sums them by Deployment)."""
     sel = f'{{namespace="{namespace}",container!="",container!="POD"}}'
     w = cost.window_text(window)
     return {
@@ -138,11 +139,22 @@ def usage_queries(namespace: str, window: int) -> dict[str, str]:
     }
 
 
-def pods_of(series: dict[tuple[str, ...], float], deployment: str) -> float | None:
-    """The sum over the pods named like `deployment`'s ReplicaSets name them (None: no such pod)."""
-    named = re.compile(re.escape(deployment) + "-[a-z0-9]+-[a-z0-9]+")
-    values = [v for (pod,), v in series.items() if named.fullmatch(pod)]
-    return sum(values) if values else None
+def deployment_of(pod: str) -> str | None:
+    """The Deployment a pod belongs to by its name, `<deployment>-<hash>-<suffix>` as ReplicaSets
+    name them (one [a-z0-9] segment each, so `<deployment>-x` is not `<deployment>`'s)."""
+    name, *tail = pod.rsplit("-", 2)
+    return name if len(tail) == 2 and all(_SEGMENT.fullmatch(t) for t in tail) else None
+
+
+def per_deployment(pods: QueryResult) -> QueryResult:
+    """A `by (pod)` answer summed per Deployment (`series` keyed by `(deployment,)`), once per
+    answer rather than once per object that reads it."""
+    out: dict[tuple[str, ...], float] = {}
+    for (pod,), value in (pods.series or {}).items():
+        dep = deployment_of(pod)
+        if dep is not None:
+            out[(dep,)] = out.get((dep,), 0.0) + value
+    return QueryResult(series=out)
 
 
 @dataclass
@@ -169,7 +181,14 @@ class Shared:
         self.answers: dict[str, _Answer] = {}  # by PromQL
         self.asked = 0  # queries sent (tests, the benchmark)
 
-    def __call__(self, promql: str, by: tuple[str, ...], at: datetime) -> QueryResult:
+    def __call__(
+        self,
+        promql: str,
+        by: tuple[str, ...],
+        at: datetime,
+        transform: Callable[[QueryResult], QueryResult] | None = None,
+    ) -> QueryResult:
+        """The answer to `promql` (`transform`ed once, when it is a good one)."""
         with self.lock:
             answer = self.answers.get(promql)
             if answer is None:
@@ -182,6 +201,8 @@ class Shared:
                 if self.clock() - answer.at < keep:
                     return result
             result = self.prom.query(promql, at, by)
+            if transform is not None and result.error is None:
+                result = transform(result)
             answer.at, answer.result = self.clock(), result
             self.asked += 1
             return result
@@ -199,19 +220,23 @@ class Asker:
     def __init__(self, shared: Shared, at: datetime) -> None:
         self.shared, self.at, self.down = shared, at, False
 
-    def series(self, promql: str, by: tuple[str, ...]) -> dict[tuple[str, ...], float] | None:
+    def __call__(
+        self,
+        promql: str,
+        key: tuple[str, ...],
+        by: tuple[str, ...] = BY,
+        transform: Callable[[QueryResult], QueryResult] | None = None,
+    ) -> float | None:
+        """The value of `key` (label values in `by` order) in a shared answer; None: no such
+        series, not finite, or the query failed."""
         if self.down:
             return None
-        res = self.shared(promql, by, self.at)
+        res = self.shared(promql, by, self.at, transform)
         if res.error is not None:
             self.down = "talking to" in res.error
             log.info("cost query failed: %s: %s", promql, res.error)
             return None
-        return dict(res.series or {})
-
-    def __call__(self, promql: str, model: str, revision: str) -> float | None:
-        """The value of (model, revision) in a namespace-wide answer; None: no series, or not finite."""
-        value = (self.series(promql, BY) or {}).get((model, revision))
+        value = (res.series or {}).get(key)
         return value if value is not None and math.isfinite(value) else None
 
 
@@ -246,18 +271,18 @@ def measure(
     window = window_for(status, now, scrape_interval)
     q = queries(meta.namespace, window, scrape_interval)
     ask = Asker(shared, now)
-    n = ask(q["requests"], meta.name, stable_rev)
+    n = ask(q["requests"], (meta.name, stable_rev))
     out = cost.assess(prices, stable, None if n is None else n * cost.SECONDS_PER_DAY / window, window)
     out.time = fmt_time(now)
-    out.seconds_per_row = ask(q["seconds_per_row"], meta.name, stable_rev)
-    out.peak_rows_per_second = ask(q["peak_rows_per_second"], meta.name, stable_rev)
+    out.seconds_per_row = ask(q["seconds_per_row"], (meta.name, stable_rev))
+    out.peak_rows_per_second = ask(q["peak_rows_per_second"], (meta.name, stable_rev))
     if out.seconds_per_row is not None and out.peak_rows_per_second is not None:
         out.replicas_for_peak = cost.replicas_for_peak(out.peak_rows_per_second, out.seconds_per_row, stable.workers)
         out.seconds_per_row = float(f"{out.seconds_per_row:.4g}")
         out.peak_rows_per_second = round(out.peak_rows_per_second, 3)
     usage = usage_queries(meta.namespace, window)
-    pods = deployments[stable_rev]["metadata"]["name"]
-    cpu, memory = (pods_of(ask.series(usage[q], ("pod",)) or {}, pods) for q in ("used_cpu_cores", "used_memory_bytes"))
+    pods = (deployments[stable_rev]["metadata"]["name"],)
+    cpu, memory = (ask(usage[q], pods, ("pod",), per_deployment) for q in ("used_cpu_cores", "used_memory_bytes"))
     if cpu is not None and memory is not None:
         out.used_cpu_cores = float(f"{cpu:.4g}")
         out.used_memory_gib = float(f"{memory / GIB:.4g}")
@@ -270,8 +295,8 @@ def measure(
             return out
         age = min(window, rounded_window((now - parse_time(status.canary_started_at)).total_seconds()))
         per_request = queries(meta.namespace, max(age, math.ceil(4 * scrape_interval)), scrape_interval)
-        s = ask(per_request["seconds_per_request"], meta.name, stable_rev)
-        c = ask(per_request["seconds_per_request"], meta.name, canary_rev)
+        s = ask(per_request["seconds_per_request"], (meta.name, stable_rev))
+        c = ask(per_request["seconds_per_request"], (meta.name, canary_rev))
         out.canary_per1k_predictions_usd = cost.canary_per_1k(out.per1k_predictions_usd, prices, stable, canary, s, c)
     return out
 

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from modeldeploy_operator import costwatch
+from modeldeploy_operator.analysis import QueryResult
 from modeldeploy_operator.api import HistoryEntry, ModelDeploymentStatus
 from modeldeploy_operator.cost import Prices
 from modeldeploy_operator.model import Meta
@@ -113,6 +114,7 @@ def test_windows_round_down_to_a_few_lengths_so_that_objects_share_them() -> Non
     assert q["requests"] == 'sum by (model, revision) (increase(modeldeploy_requests_total{namespace="ml"}[1d]))'
     # no series where nothing was counted, not 0/0
     assert q["seconds_per_row"].endswith('(increase(modeldeploy_predictions_total{namespace="ml"}[1d])) > 0)')
-    series = {("m1-r1-abc12-x9z8y",): 1.0, ("m1-r1-abc12-x9z8z",): 2.0, ("m1-r1.v2-abc12-x9z8y",): 4.0}
-    assert costwatch.pods_of(series, "m1-r1") == 3.0 and costwatch.pods_of(series, "m1-r1.v2") == 4.0
-    assert costwatch.pods_of(series, "m1") is None
+    pods = {("m1-r1-abc12-x9z8y",): 1.0, ("m1-r1-abc12-x9z8z",): 2.0, ("m1-r1.v2-abc12-x9z8y",): 4.0,
+            ("m1-r1-x-abc12-x9z8y",): 8.0, ("m1-r1-abc12",): 16.0, ("m1-r1-ABC-x",): 32.0}  # fmt: skip
+    summed = costwatch.per_deployment(QueryResult(series=pods)).series
+    assert summed == {("m1-r1",): 3.0, ("m1-r1.v2",): 4.0, ("m1-r1-x",): 8.0, ("m1",): 16.0}
