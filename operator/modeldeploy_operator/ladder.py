@@ -33,6 +33,7 @@ from modeldeploy_operator.model import (
     Event,
     Meta,
     Observed,
+    RevisionState,
     ShadowTarget,
     fmt_time,
     later,
@@ -41,11 +42,15 @@ from modeldeploy_operator.model import (
 )
 from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
 from modeldeploy_operator.report import (
-    Report,
+    Hold,
     analysed_in_step,
     before_weight,
+    desired_children,
+    first_deploy_pending,
     passed_in_step,
     routed,
+    state_of,
+    status_view,
     step_weight,
 )
 from modeldeploy_operator.revision import revision_of
@@ -158,7 +163,7 @@ def canary_size(spec: ModelDeploymentSpec, weight: int) -> tuple[int, int]:
     return replica_ratio(spec.replicas, weight)
 
 
-class Tick(Report):
+class Tick:
     def __init__(
         self,
         spec: ModelDeploymentSpec,
@@ -178,12 +183,25 @@ class Tick(Report):
         self.version = spec.model.version
         self.d = Decision(status=self.st)
         self.canary_replicas = 0
-        self.progress: tuple[str, str] = (r.ROLLOUT_COMPLETE, "")
+        self.held = Hold()  # what holds the rollout this tick (`hold`): Progressing's reason and message
         self.limit = spec.rollout.progress_deadline_seconds
         self.requests: set[str] = set()  # control annotations not acted on before (new values)
         self.acted: set[str] = set()
 
     # ----------------------------------------------------------------- helpers
+    def revision_state(self, revision: str | None) -> RevisionState:
+        return state_of(self.obs, revision)
+
+    def finish(self) -> Decision:
+        """The derived status view and the desired children of the status the ladder built."""
+        self.st = self.d.status = status_view(self.spec, self.st, self.obs, self.meta, self.now, self.held, self.rev)
+        kids = desired_children(self.spec, self.st, self.obs, self.meta, self.rev, self.image, self.canary_replicas)
+        self.d.deployments.extend(kids.deployments)
+        self.d.scales.update(kids.scales)
+        self.d.keep.extend(kids.keep)
+        self.d.services, self.d.route = kids.services, kids.route
+        return self.d
+
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.d.events.append(Event("Warning" if warning else "Normal", reason, message))
 
@@ -195,7 +213,7 @@ class Tick(Report):
         self.d.outcomes.append(outcome)
 
     def hold(self, reason: str, message: str) -> None:
-        self.progress = (reason, message)
+        self.held = Hold(reason, message)
 
     def step_text(self, i: int) -> str:
         steps = self.spec.rollout.steps
@@ -242,7 +260,7 @@ class Tick(Report):
             st.failed_revision = st.failed_version = None
         if st.stable_revision is None and not st.history:
             self.adopt()
-        if st.stable_revision is None or self.first_deploy_pending():
+        if st.stable_revision is None or first_deploy_pending(self.st):
             self.first_deploy()
         else:
             self.canary()
@@ -291,7 +309,7 @@ class Tick(Report):
                 st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
             )
             self.event(r.STABLE_DEPLOYING, f"deploying revision {self.rev} (version {self.version}) as stable")
-        ready = self.state(self.rev).ready_replicas
+        ready = self.revision_state(self.rev).ready_replicas
         if ready >= self.spec.replicas:
             st.step_started_at = None
             self.history(self.rev, self.version, r.OUTCOME_DEPLOYED, "first deployment")
@@ -303,10 +321,10 @@ class Tick(Report):
             )
             return
         waited = seconds_since(st.step_started_at, self.now)
-        why = self.state(self.rev).problems()
+        why = self.revision_state(self.rev).problems()
         msg = f"waiting for {self.spec.replicas} ready pods of revision {self.rev}, {ready} ready: {why}"
         self.hold(r.STABLE_DEPLOYING, msg)
-        refused = self.state(self.rev).refusal()
+        refused = self.revision_state(self.rev).refusal()
         if refused is not None or waited > self.limit:
             if refused is not None:  # final for this revision: no point waiting for the deadline
                 reason, text = r.ARTIFACT_REFUSED, f"revision {self.rev} refused by its server: {refused}"
@@ -426,7 +444,7 @@ class Tick(Report):
         """Canary scaled to size[0]: True when that many pods are ready; rolls back at the deadline."""
         st = self.st
         self.canary_replicas = max(self.canary_replicas, size[0])
-        state = self.state(st.canary_revision)
+        state = self.revision_state(st.canary_revision)
         if state.ready_replicas >= size[0]:
             return True
         waited = seconds_since(since, self.now)
@@ -445,7 +463,7 @@ class Tick(Report):
     def refused(self) -> bool:
         """A canary pod terminated with the server's refusal (exit code 2): roll back now, with its line."""
         st = self.st
-        line = self.state(st.canary_revision).refusal()
+        line = self.revision_state(st.canary_revision).refusal()
         if line is None:
             return False
         text = f"canary {st.canary_revision} (version {st.canary_version}) refused by its server: {line}"
@@ -467,7 +485,7 @@ class Tick(Report):
             return True
         need = canary_size(self.spec, held)[0]
         self.canary_replicas = max(self.canary_replicas, need)
-        state = self.state(st.canary_revision)
+        state = self.revision_state(st.canary_revision)
         if state.ready_replicas >= need:
             if st.canary_unready_since is not None:
                 st.canary_unready_since = None
@@ -720,7 +738,7 @@ class Tick(Report):
             else:
                 cur, eff, pods, cap = raised
                 then = f"lowTraffic raiseWeight: weight {cur}% -> {eff}% (at most the next step's {cap}%)"
-                ready = self.state(st.canary_revision).ready_replicas
+                ready = self.revision_state(st.canary_revision).ready_replicas
                 if ready < pods:
                     then += f" once {pods} canary pods are ready ({ready} now)"
                     raised = None
