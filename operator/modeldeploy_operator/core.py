@@ -35,11 +35,7 @@ from modeldeploy_operator.ladder import GROWING, Tick, gate_waiting, shadow_step
 from modeldeploy_operator.model import Config, Decision, Event, Meta, Observed, seconds_since
 from modeldeploy_operator.report import analysed_in_step
 
-__all__ = ["decide", "image_for", "invalid_spec", "plan_analysis"]
-
-
-def image_for(spec: ModelDeploymentSpec, config: Config) -> str:
-    return spec.serving.image or config.image
+__all__ = ["decide", "invalid_spec", "plan_analysis"]
 
 
 def plan_analysis(

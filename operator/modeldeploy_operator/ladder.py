@@ -53,7 +53,7 @@ from modeldeploy_operator.report import (
     status_view,
     step_weight,
 )
-from modeldeploy_operator.revision import revision_of
+from modeldeploy_operator.revision import resolve_image, revision_of
 from modeldeploy_operator.shadow import diff_cap
 
 
@@ -178,7 +178,7 @@ class Tick:
             spec = spec.model_copy(update={"replicas": base_replicas(spec, current)})
         self.spec, self.obs, self.now, self.meta, self.config = spec, observed, now, meta, config
         self.st = status.model_copy(deep=True)
-        self.image = spec.serving.image or config.image
+        self.image = resolve_image(spec, config.image)
         self.rev = revision_of(spec, self.image)
         self.version = spec.model.version
         self.d = Decision(status=self.st)

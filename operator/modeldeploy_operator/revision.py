@@ -26,9 +26,14 @@ from modeldeploy_operator.api import ModelDeploymentSpec
 REVISION_LENGTH = 10
 
 
+def resolve_image(spec: ModelDeploymentSpec, default_image: str) -> str:
+    """The server image of a spec: spec.serving.image, else the operator's default (the one rule)."""
+    return spec.serving.image or default_image
+
+
 def revision_payload(spec: ModelDeploymentSpec, default_image: str) -> dict[str, Any]:
-    """The canonical document that is hashed; the image is spec.serving.image, else the operator's default."""
-    image = spec.serving.image or default_image
+    """The canonical document that is hashed, with the image `resolve_image` gives."""
+    image = resolve_image(spec, default_image)
     model = spec.model
     resources = spec.serving.resources
     return {

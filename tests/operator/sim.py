@@ -19,9 +19,9 @@ from modeldeploy_operator import analysis, reasons
 from modeldeploy_operator.analysis import AnalysisPlan, QueryResult
 from modeldeploy_operator.api import ModelDeploymentStatus, parse_spec
 from modeldeploy_operator.children import deployment_name
-from modeldeploy_operator.core import decide, image_for, plan_analysis
+from modeldeploy_operator.core import decide, plan_analysis
 from modeldeploy_operator.model import Config, Decision, Meta, Observed, PodState, RevisionState, RouteState
-from modeldeploy_operator.revision import revision_of
+from modeldeploy_operator.revision import resolve_image, revision_of
 
 START = datetime(2026, 11, 21, 13, 0, 0, tzinfo=UTC)
 DIGEST = "ab" * 32
@@ -100,7 +100,7 @@ class Sim:
                 },
             }
         )
-        return revision_of(spec, image_for(spec, self.config))
+        return revision_of(spec, resolve_image(spec, self.config.image))
 
     def set_version(self, version: str) -> str:
         old = self.spec["model"]["version"]
