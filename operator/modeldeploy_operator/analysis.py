@@ -1,7 +1,7 @@
 """Canary analysis without I/O: which PromQL to ask, and what the answers mean.
 
 `plan()` builds the queries for one check of one canary revision over a window aligned to the
-step's start; the kopf shell runs them (`prom.run_plan`) and `evaluate()` turns the answers into
+step's start; the kopf shell runs them (`prom.Prometheus.run`) and `evaluate()` turns the answers into
 an `AnalysisRecord` (query, window, sample size, value, threshold, verdict per check), which
 `core.decide` stores in status and acts on.
 
@@ -30,8 +30,6 @@ from modeldeploy_operator.api import AnalysisRecord, AnalysisSpec, CheckRecord
 
 REQUESTS_METRIC = "modeldeploy_requests_total"
 DURATION_BUCKET_METRIC = "modeldeploy_request_duration_seconds_bucket"
-# Label names the queries filter on (`namespace` and `pod` are added by Prometheus' scrape config).
-FILTER_LABELS = ("namespace", "model", "revision")
 OUTCOME_LABEL = "outcome"
 # Only requests the model answered count (the server's `success`/`error` outcomes, i.e. 2xx and 5xx
 # other than 503): rejections (4xx), not-ready answers (503) and clients that went away (499) can
@@ -81,6 +79,7 @@ def window_seconds(since_step_start: float, interval: int, scrape_interval: floa
 
 
 def _selector(namespace: str, model: str, revision: str, extra: str = "") -> str:
+    """The labels the queries filter on (`namespace` is added by Prometheus' scrape config)."""
     return f'{{namespace="{namespace}",model="{model}",revision="{revision}"{extra}}}'
 
 

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 SUPPORTED_SCHEMES = ("file", "http", "https", "s3")
-MODEL_FORMATS = ("joblib", "pickle", "skops", "onnx")
 # Formats that execute code when loaded: a digest is mandatory for them.
 UNSAFE_FORMATS = ("joblib", "pickle")
 EXTENSION_FORMATS = {

@@ -1,10 +1,11 @@
 """Pure builders of the objects a ModelDeployment owns: per-revision Deployments and three Services.
 
-Called by `core.decide`, which says which revisions exist with how many replicas and where the
-Services point; applied by `kube.apply_children` (server-side apply). Plain dicts, owned by the
+Called by `report.desired_children` (the last rung of a tick), which says which revisions exist
+with how many replicas and where the Services point; applied by `Kube.apply` (server-side apply,
+only when the object differs from what the operator last applied). Plain dicts, owned by the
 ModelDeployment through ownerReferences (so deleting it garbage-collects them).
 
-The pod template renders the server settings contract of the team brief exactly: container
+The pod template renders the server's settings contract (ARCHITECTURE.md) exactly: container
 `server`, command `modeldeploy-server`, port 8080 named `http`, the MODELDEPLOY_* environment,
 readiness on /v2/health/ready, liveness on /v2/health/live, Prometheus scrape annotations; and a
 security context that Pod Security Admission `restricted` admits (uid 10001, read-only root
@@ -18,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modeldeploy_operator import API_VERSION, KIND
 from modeldeploy_operator.api import ModelDeploymentSpec
 
 SERVER_PORT = 8080
@@ -36,8 +38,8 @@ class Owner:
 
     def reference(self) -> dict[str, Any]:
         return {
-            "apiVersion": "modeldeploy.io/v1alpha1",
-            "kind": "ModelDeployment",
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "name": self.name,
             "uid": self.uid,
             "controller": True,

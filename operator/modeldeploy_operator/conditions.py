@@ -1,6 +1,6 @@
 """metav1.Condition bookkeeping: set one condition, moving lastTransitionTime only on a status change.
 
-Called by `core` and `ladder` when they write status. Pure.
+Called by `ladder` and `report` (the derived status view) when they set status. Pure.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ control annotations are merge patches carrying the resourceVersion the tick deci
 (optimistic concurrency: a concurrent writer makes them fail with 409, and the next tick decides
 again from a fresh read); server-side apply for the objects the operator owns (idempotent); a
 merge patch of the Deployment's scale for revisions whose template is no longer in the spec; a
-merge patch with resourceVersion for the weights of the user's HTTPRoute. Every call has a
+merge patch with resourceVersion for the weights of the user's HTTPRoute; deletion of the
+Deployments of revisions no tick wants any more, and of CronJobs, an autoscaler or a budget the
+spec dropped. Every call has a
 timeout and every response is read to the end (the connection goes back to the pool).
 ApiException propagates to the caller.
 """

@@ -62,8 +62,6 @@ INPUT_DRIFTED = Gauge(
     ["namespace", "name", "feature"],
 )
 
-STARTED = time.time()
-
 
 class Health:
     """Liveness: kopf's startup ran, and every object's ticks keep completing.

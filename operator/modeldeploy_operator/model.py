@@ -1,7 +1,8 @@
 """Plain data passed into and out of the pure core: observations, configuration, the decision.
 
 Built by the kopf shell (`observe`) from the API server and Prometheus, and by the tests from
-fakes; consumed by `core.decide`. Frozen dataclasses, no I/O.
+fakes; consumed by `core.decide`. Dataclasses, frozen but for `Decision` (which the tick fills
+rung by rung); no I/O.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ Worked examples (r stable replicas, w requested weight -> c canary pods, effecti
     r=4,  w=25  -> c=1   (1/5   = 20%; 1.33 rounds to 1)
     r=3,  w=50  -> c=3   (3/6   = 50%)
     r=2,  w=75  -> c=2   (2/4   = 50%; capped at r)
-    r=5,  w=0   -> c=0   (0%)
+    r=5,  w=0   -> c=0   (0%; but a canary that carries no weight yet still gets one pod, to see
+                          it ready: `ladder.canary_size` gives it 1 pod, 1/(r+1) of the traffic)
     r=5,  w=100 -> c=5   (5/10 = 50%: the promotion size; 100% only once the stable Service
                           switches to the canary, so the share reported before that is 50%)
 

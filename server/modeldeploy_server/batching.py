@@ -63,7 +63,6 @@ class MicroBatcher:
         self._scheduled = False
         self._busy = False  # a call runs in the model thread
         self._seconds_per_row = float("inf")  # of the last flush's slowest call (none timed yet: unknown)
-        self.batches = 0
         self.batched_requests = 0
 
     async def submit(self, x: Matrix) -> npt.NDArray[Any]:
@@ -89,7 +88,6 @@ class MicroBatcher:
                 end += 1
             batches.append(queue[start:end])
             start = end
-        self.batches += len(batches)
         self.batched_requests += len(queue)
         if sum(len(x) for x, _ in queue) * self._seconds_per_row <= INLINE_SECONDS:
             self._deliver(*self._compute(batches))

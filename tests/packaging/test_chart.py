@@ -167,12 +167,12 @@ def test_rbac_least_privilege_cluster_mode() -> None:
         ("", "pods", "list"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
         ("", "events", "create"),
-        ("events.k8s.io", "events", "create"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ]
     for need in needed:
         assert _allowed(rules, *need), f"operator lacks {need}"
     assert not _allowed(rules, "", "pods", "delete")
+    assert not _allowed(rules, "events.k8s.io", "events", "create")  # kopf posts core/v1 Events only
     assert not _allowed(rules, "", "namespaces", "list")  # cluster-wide kopf never lists namespaces
     assert not _allowed(rules, "gateway.networking.k8s.io", "httproutes", "create")
 

@@ -63,12 +63,9 @@ one Secret it reads, its shadow-step key, is granted by name in templates/shadow
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "patch", "update"]
-# Events explaining every decision (kopf posts core/v1 Events).
+# Events explaining every decision (kopf posts core/v1 Events only; nothing here needs the
+# events.k8s.io/v1 API).
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-# The same Events through the events.k8s.io/v1 API.
-- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
