@@ -19,6 +19,7 @@ from modeldeploy_operator.api import (
     HISTORY_LIMIT,
     AnalysisRecord,
     AnalysisSpec,
+    ConditionStatus,
     ControlRequest,
     HistoryEntry,
     ModelDeploymentSpec,
@@ -40,7 +41,7 @@ from modeldeploy_operator.model import (
     parse_time,
     seconds_since,
 )
-from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
+from modeldeploy_operator.ratio import routed_canary_replicas, unrouted_canary
 from modeldeploy_operator.report import (
     Hold,
     analysed_in_step,
@@ -158,9 +159,7 @@ def canary_size(spec: ModelDeploymentSpec, weight: int) -> tuple[int, int]:
     """(canary pods, effective canary weight) for a requested weight: router or replica ratio."""
     if routed(spec):
         return routed_canary_replicas(spec.replicas, weight), weight
-    if weight == 0:  # one pod, needed to see it ready; beside r stable pods it gets 1/(r+1)
-        return 1, round(100 / (spec.replicas + 1))
-    return replica_ratio(spec.replicas, weight)
+    return unrouted_canary(spec.replicas, weight)
 
 
 class Tick:
@@ -212,8 +211,15 @@ class Tick:
         self.st.history = [*self.st.history, entry][-HISTORY_LIMIT:]
         self.d.outcomes.append(outcome)
 
-    def hold(self, reason: str, message: str) -> None:
-        self.held = Hold(reason, message)
+    def hold(self, reason: str, message: str, *, paused: bool = False) -> None:
+        """Progressing's reason and message this tick; `paused`: it waits for a person."""
+        self.held = Hold(reason, message, paused)
+
+    def _set(self, type_: str, status: ConditionStatus, reason: str, message: str = "") -> None:
+        """Set one condition of the status being built (at this tick's generation and time)."""
+        self.st.conditions = set_condition(
+            self.st.conditions, type_, status, reason, message, self.meta.generation, self.now
+        )
 
     def step_text(self, i: int) -> str:
         steps = self.spec.rollout.steps
@@ -305,9 +311,7 @@ class Tick:
                 )
             st.stable_revision, st.stable_version = self.rev, self.version
             st.step_started_at = fmt_time(self.now)
-            st.conditions = set_condition(
-                st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
-            )
+            self._set(r.DEGRADED, "False", r.AS_EXPECTED)
             self.event(r.STABLE_DEPLOYING, f"deploying revision {self.rev} (version {self.version}) as stable")
         ready = self.revision_state(self.rev).ready_replicas
         if ready >= self.spec.replicas:
@@ -316,9 +320,7 @@ class Tick:
             self.event(
                 r.STABLE_DEPLOYED, f"revision {self.rev} (version {self.version}) is serving, {ready} pods ready"
             )
-            st.conditions = set_condition(
-                st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
-            )
+            self._set(r.DEGRADED, "False", r.AS_EXPECTED)
             return
         waited = seconds_since(st.step_started_at, self.now)
         why = self.revision_state(self.rev).problems()
@@ -336,9 +338,7 @@ class Tick:
             degraded = get_condition(st.conditions, r.DEGRADED)
             if degraded is None or degraded.status != "True" or degraded.reason != reason:
                 self.event(reason, text, warning=True)
-            st.conditions = set_condition(
-                st.conditions, r.DEGRADED, "True", reason, text, self.meta.generation, self.now
-            )
+            self._set(r.DEGRADED, "True", reason, text)
 
     def canary(self) -> None:
         st = self.st
@@ -362,7 +362,9 @@ class Tick:
             self.clear_canary()
         if st.canary_revision is None and self.rev not in (st.stable_revision, st.failed_revision):
             if self.spec.paused:
-                self.hold(r.ROLLOUT_PAUSED, f"spec.paused: revision {self.rev} (version {self.version}) waits")
+                self.hold(
+                    r.ROLLOUT_PAUSED, f"spec.paused: revision {self.rev} (version {self.version}) waits", paused=True
+                )
                 return
             if not self.obs.may_start_canary:
                 self.hold(
@@ -404,9 +406,7 @@ class Tick:
         st.canary_weight, st.failed_checks = 0, 0
         st.promote_requested = st.prometheus_unavailable_since = st.failed_check_at = None
         st.canary_unready_since = None
-        st.conditions = set_condition(
-            st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", self.meta.generation, self.now
-        )
+        self._set(r.DEGRADED, "False", r.AS_EXPECTED)
         self.event(
             r.CANARY_STARTED,
             f"canary revision {self.rev} (version {self.version}) started beside stable "
@@ -595,9 +595,7 @@ class Tick:
             warning=True,
         )
         st.failed_revision, st.failed_version = rev, ver
-        st.conditions = set_condition(
-            st.conditions, r.DEGRADED, "True", reason, message, self.meta.generation, self.now
-        )
+        self._set(r.DEGRADED, "True", reason, message)
         self.drain()
         self.clear_canary()
         self.canary_replicas = 0
@@ -612,7 +610,11 @@ class Tick:
                 return
             self.canary_replicas = max(self.canary_replicas, canary_size(self.spec, st.canary_weight or 0)[0])
             if self.spec.paused:  # holds promotion too, even one asked for by annotation (as in Argo Rollouts)
-                self.hold(r.ROLLOUT_PAUSED, f"spec.paused: holding at {self.step_text(i)}, weight {st.canary_weight}%")
+                self.hold(
+                    r.ROLLOUT_PAUSED,
+                    f"spec.paused: holding at {self.step_text(i)}, weight {st.canary_weight}%",
+                    paused=True,
+                )
                 return
             if i >= len(steps):
                 self.promote()
@@ -639,6 +641,7 @@ class Tick:
                 self.hold(
                     r.STEP_PAUSED,
                     f"{self.step_text(i)}: paused at weight {st.canary_weight}% until {r.ANNOTATION_PROMOTE} is set",
+                    paused=True,
                 )
                 return
             if since < step.pause.seconds:
@@ -754,9 +757,7 @@ class Tick:
         old = get_condition(st.conditions, r.LOW_TRAFFIC)
         if old is None or old.status != "True":
             self.event(r.LOW_TRAFFIC, message, warning=True)
-        st.conditions = set_condition(
-            st.conditions, r.LOW_TRAFFIC, "True", reason, message, self.meta.generation, self.now
-        )
+        self._set(r.LOW_TRAFFIC, "True", reason, message)
         if raised is not None:
             cur, eff, _, cap = raised
             st.canary_weight = eff

@@ -20,7 +20,7 @@ Worked examples (r stable replicas, w requested weight -> c canary pods, effecti
     r=3,  w=50  -> c=3   (3/6   = 50%)
     r=2,  w=75  -> c=2   (2/4   = 50%; capped at r)
     r=5,  w=0   -> c=0   (0%; but a canary that carries no weight yet still gets one pod, to see
-                          it ready: `ladder.canary_size` gives it 1 pod, 1/(r+1) of the traffic)
+                          it ready: `unrouted_canary` gives it 1 pod, 1/(r+1) of the traffic)
     r=5,  w=100 -> c=5   (5/10 = 50%: the promotion size; 100% only once the stable Service
                           switches to the canary, so the share reported before that is 50%)
 
@@ -51,6 +51,18 @@ def replica_ratio(stable_replicas: int, weight: int) -> tuple[int, int]:
     canary = min(max(canary, 1), stable_replicas)
     share = Decimal(100 * canary) / Decimal(canary + stable_replicas)
     return canary, int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def unrouted_canary(stable_replicas: int, weight: int) -> tuple[int, int]:
+    """(canary pods, effective share) without a traffic router: `replica_ratio`, except that a
+    canary asked to carry no weight yet still runs one pod, so that it can be seen ready before
+    its first step; beside r stable pods that one pod gets 1/(r+1) of the traffic (rounded), since
+    the Service `<name>` selects every ready pod."""
+    if weight == 0:
+        replica_ratio(stable_replicas, weight)  # the same argument checks
+        share = Decimal(100) / Decimal(stable_replicas + 1)
+        return 1, int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return replica_ratio(stable_replicas, weight)
 
 
 def routed_canary_replicas(replicas: int, weight: int) -> int:

@@ -56,11 +56,13 @@ def routed(spec: ModelDeploymentSpec) -> bool:
 
 @dataclass(frozen=True)
 class Hold:
-    """What holds the rollout this tick (Progressing's reason and message, and the phase they
-    imply); the default, ROLLOUT_COMPLETE, holds nothing."""
+    """What holds the rollout this tick: Progressing's reason and message, and whether it waits for
+    a person (`paused`: spec.paused, or a pause step without seconds), which makes the phase
+    Paused. The default, ROLLOUT_COMPLETE, holds nothing."""
 
     reason: str = r.ROLLOUT_COMPLETE
     message: str = ""
+    paused: bool = False
 
 
 @dataclass
@@ -81,15 +83,6 @@ def state_of(obs: Observed, revision: str | None) -> RevisionState:
 
 def first_deploy_pending(st: ModelDeploymentStatus) -> bool:
     return st.canary_revision is None and st.step_started_at is not None
-
-
-def is_indefinite(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> bool:
-    i = st.current_step
-    steps = spec.rollout.steps
-    if i is None or i >= len(steps):
-        return False
-    pause = steps[i].pause
-    return pause is not None and pause.seconds is None
 
 
 def rolled_back_pods_remain(st: ModelDeploymentStatus, obs: Observed) -> bool:
@@ -149,9 +142,7 @@ def status_view(
         st.conditions = set_condition(st.conditions, r.PROGRESSING, "True", reason, msg, gen, now)
         if pending:
             st.phase = r.PHASE_DEGRADED if degraded is not None and degraded.status == "True" else r.PHASE_DEPLOYING
-        elif reason in (r.ROLLOUT_PAUSED, r.STEP_PAUSED) and (
-            spec.paused or st.current_step is not None and is_indefinite(spec, st)
-        ):
+        elif hold.paused and reason == hold.reason:  # not when Prometheus' outage is the news
             st.phase = r.PHASE_PAUSED
         elif st.current_step is not None and st.current_step >= len(spec.rollout.steps):
             st.phase = r.PHASE_PROMOTING
@@ -178,7 +169,7 @@ def status_view(
             st.conditions = set_condition(st.conditions, r.DEGRADED, "False", r.AS_EXPECTED, "", gen, now)
         if hold.reason in (r.ROLLOUT_PAUSED, r.CANARY_QUEUED):
             st.conditions = set_condition(st.conditions, r.PROGRESSING, "True", hold.reason, hold.message, gen, now)
-            st.phase = r.PHASE_PAUSED if hold.reason == r.ROLLOUT_PAUSED else r.PHASE_PROGRESSING
+            st.phase = r.PHASE_PAUSED if hold.paused else r.PHASE_PROGRESSING
             st.message = hold.message
         else:
             st.conditions = set_condition(

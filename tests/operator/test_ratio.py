@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas
+from modeldeploy_operator.ratio import replica_ratio, routed_canary_replicas, unrouted_canary
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,16 @@ def test_replica_ratio_table(stable: int, weight: int, canary: int, share: int) 
 )
 def test_routed_canary_replicas_table(replicas: int, weight: int, canary: int) -> None:
     assert routed_canary_replicas(replicas, weight) == canary
+
+
+@pytest.mark.parametrize(
+    ("stable", "weight", "canary", "share"),
+    [(5, 0, 1, 17), (2, 0, 1, 33), (1, 0, 1, 50), (3, 50, 3, 50), (9, 10, 1, 10)],
+)
+def test_an_unrouted_canary_without_weight_still_runs_one_pod(
+    stable: int, weight: int, canary: int, share: int
+) -> None:
+    assert unrouted_canary(stable, weight) == (canary, share)
 
 
 @pytest.mark.parametrize(

@@ -27,13 +27,16 @@ def _canary() -> ModelDeploymentStatus:
 def test_the_status_view_is_a_new_status_derived_from_the_old_one_and_the_hold() -> None:
     st = _canary()
     before = st.model_dump()
-    paused = status_view(SPEC, st, READY, META, NOW, Hold(r.STEP_PAUSED, "step 2/2 (pause until promoted)"), "c2")
+    waiting = Hold(r.STEP_PAUSED, "step 2/2 (pause until promoted)", paused=True)  # for a person
+    paused = status_view(SPEC, st, READY, META, NOW, waiting, "c2")
     assert st.model_dump() == before  # the input is not changed
     assert paused.phase == r.PHASE_PAUSED and paused.message == "step 2/2 (pause until promoted)"
     assert paused.observed_generation == 3 and paused.canary_weight == 20
     assert [(c.type, c.status) for c in paused.conditions] == [("Ready", "True"), ("Progressing", "True"),
                                                                 ("Degraded", "False")]  # fmt: skip
-    # the same status with nothing holding it: still progressing (a canary runs)
+    # a timed pause, or nothing holding it: still progressing (a canary runs)
+    timed = Hold(r.STEP_PAUSED, "step 2/2 (pause 60s)")
+    assert status_view(SPEC, st, READY, META, NOW, timed, "c2").phase == r.PHASE_PROGRESSING
     assert status_view(SPEC, st, READY, META, NOW, Hold(), "c2").phase == r.PHASE_PROGRESSING
     # no canary, stable ready: Healthy, and the weight is 0 whatever the status said
     done = ModelDeploymentStatus(stable_revision="s1", stable_version="1", canary_weight=20)
