@@ -36,12 +36,26 @@ import math
 from decimal import ROUND_HALF_UP, Decimal
 
 
-def replica_ratio(stable_replicas: int, weight: int) -> tuple[int, int]:
-    """(canary pods, effective canary share in whole percent) beside `stable_replicas` untouched pods."""
+def _check(stable_replicas: int, weight: int) -> None:
     if stable_replicas < 1:
         raise ValueError(f"stable_replicas must be at least 1 (got {stable_replicas})")
+    _check_weight(weight)
+
+
+def _check_weight(weight: int) -> None:
     if not 0 <= weight <= 100:
         raise ValueError(f"weight must be within 0..100 (got {weight})")
+
+
+def _share(canary: int, stable_replicas: int) -> int:
+    """The canary's share of a Service over both revisions' ready pods, in whole percent (half up)."""
+    share = Decimal(100 * canary) / Decimal(canary + stable_replicas)
+    return int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def replica_ratio(stable_replicas: int, weight: int) -> tuple[int, int]:
+    """(canary pods, effective canary share in whole percent) beside `stable_replicas` untouched pods."""
+    _check(stable_replicas, weight)
     if weight == 0:
         return 0, 0
     if weight == 100:
@@ -49,8 +63,7 @@ def replica_ratio(stable_replicas: int, weight: int) -> tuple[int, int]:
     exact = Decimal(stable_replicas * weight) / Decimal(100 - weight)
     canary = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     canary = min(max(canary, 1), stable_replicas)
-    share = Decimal(100 * canary) / Decimal(canary + stable_replicas)
-    return canary, int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return canary, _share(canary, stable_replicas)
 
 
 def unrouted_canary(stable_replicas: int, weight: int) -> tuple[int, int]:
@@ -59,16 +72,14 @@ def unrouted_canary(stable_replicas: int, weight: int) -> tuple[int, int]:
     its first step; beside r stable pods that one pod gets 1/(r+1) of the traffic (rounded), since
     the Service `<name>` selects every ready pod."""
     if weight == 0:
-        replica_ratio(stable_replicas, weight)  # the same argument checks
-        share = Decimal(100) / Decimal(stable_replicas + 1)
-        return 1, int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        _check(stable_replicas, weight)
+        return 1, _share(1, stable_replicas)
     return replica_ratio(stable_replicas, weight)
 
 
 def routed_canary_replicas(replicas: int, weight: int) -> int:
     """Canary pods needed to carry `weight` percent of the load of `replicas` pods behind a router."""
-    if not 0 <= weight <= 100:
-        raise ValueError(f"weight must be within 0..100 (got {weight})")
+    _check_weight(weight)
     if weight == 0:
         return 1  # kept warm and observable while the route gives it nothing
     return min(max(math.ceil(replicas * weight / 100), 1), replicas)
