@@ -3,6 +3,7 @@
 Owned here: the `Loader`. The model loads in a background thread after startup so that liveness
 answers during a long download; readiness turns true only after load + self-check (on the
 artifact's own method); the verified fast path is chosen afterwards, in a thread, and swapped in.
+No call of the model runs on the event loop, which answers the probes.
 A load refusal is kept in `refused` and reported to `on_refused` (the CLI stops the server and
 exits non-zero). Worker processes (`load_before_serving`) load before accepting connections.
 Called by `app.App` for `lifespan` messages.
@@ -17,7 +18,7 @@ from typing import Any
 
 from modeldeploy_server.errors import LoadRefused
 from modeldeploy_server.runtime import Runtime, load_runtime
-from modeldeploy_server.service import DataPlane
+from modeldeploy_server.service import DataPlane, Output
 from modeldeploy_server.settings import Settings
 
 Message = MutableMapping[str, Any]
@@ -43,10 +44,10 @@ class Loader:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 if self.preloaded is not None:
-                    self.plane.set_runtime(self.preloaded)
+                    await self._serve(self.preloaded)
                 elif self.load_before_serving:
                     try:
-                        self.plane.set_runtime(await asyncio.to_thread(load_runtime, self.settings, False))
+                        await self._serve(await asyncio.to_thread(load_runtime, self.settings, False))
                     except LoadRefused as exc:
                         await send({"type": "lifespan.startup.failed", "message": str(exc)})
                         return
@@ -66,6 +67,10 @@ class Loader:
             return "shutting down"
         return self.refused or "model is not loaded yet"
 
+    async def _serve(self, runtime: Runtime) -> None:
+        """Hand `runtime` to the data plane, its one call of the model (`Output.of`) made in a thread."""
+        self.plane.set_runtime(runtime, await asyncio.to_thread(Output.of, runtime))
+
     async def _load(self) -> None:
         try:
             runtime = await asyncio.to_thread(load_runtime, self.settings, False)
@@ -75,7 +80,7 @@ class Loader:
             if self.on_refused is not None:
                 self.on_refused(self.refused)
             return
-        self.plane.set_runtime(runtime)
+        await self._serve(runtime)
         log.info("ready", extra={"fields": {"event": "ready", "serving_path": runtime.path}})
         await self._compile()
 
@@ -89,6 +94,6 @@ class Loader:
         except Exception:  # the reference path keeps serving; a failed compilation is only logged
             runtime.predict, runtime.path, runtime.compiled = runtime.reference, "sklearn", True
             log.exception("compiling a fast path failed; serving the artifact's own method")
-        self.plane.set_runtime(runtime)
+        self.plane.set_runtime(runtime, self.plane.output)  # the same artifact's method: the same output
         fields = {"event": "compiled", "serving_path": runtime.path, "notes": runtime.notes}
         log.info("serving path chosen", extra={"fields": fields})

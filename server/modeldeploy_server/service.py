@@ -72,9 +72,11 @@ class DataPlane:
     def ready(self) -> bool:
         return self.runtime is not None and not self.draining
 
-    def set_runtime(self, runtime: Runtime) -> None:
+    def set_runtime(self, runtime: Runtime, output: Output | None = None) -> None:
+        """Serve `runtime`. Working out `output` (`Output.of`) calls the artifact's own method once: the
+        loader does that in a thread and passes it, so that the event loop never waits for the model."""
         self.batcher = MicroBatcher(runtime.predict, self.settings.max_batch_rows)
-        self.output = Output.of(runtime)
+        self.output = output or Output.of(runtime)
         self._metadata = orjson.dumps(self._metadata_body(runtime, self.output))
         self.runtime = runtime
         if self.on_loaded is not None:

@@ -18,12 +18,12 @@ from tests.server.conftest import REPO_ROOT, Artifact, free_port, raw_request, s
 from tests.server.slow_model import SlowModel
 
 
-def start_slow(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
-    """A server of SlowModel(seconds) (rows whose first feature is 1.0 are slow), with access logs: its
-    process, URL, log file and the marker file a slow request creates once it is inside the model."""
+def start_slow(tmp_path: Path, seconds: float, trigger: float = 1.0) -> tuple[subprocess.Popen[bytes], str, Path, Path]:
+    """A server of SlowModel(seconds) (rows whose first feature is `trigger` are slow), with access logs:
+    its process, URL, log file and the marker file a slow request creates once it is inside the model."""
     path = tmp_path / "slow.joblib"
     inside = tmp_path / "inside"
-    joblib.dump(SlowModel(seconds, marker=str(inside)), path)
+    joblib.dump(SlowModel(seconds, marker=str(inside), trigger=trigger), path)
     port = free_port()
     env = {"MODELDEPLOY_MODEL_URI": path.as_uri(), "MODELDEPLOY_MODEL_SHA256": sha256_of(path),
            "MODELDEPLOY_MODEL_NAME": "slow", "MODELDEPLOY_PORT": str(port), "MODELDEPLOY_COMPILE": "off",
@@ -88,6 +88,37 @@ def test_probes_and_metrics_answer_while_a_long_prediction_runs(tmp_path: Path) 
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_the_event_loop_never_waits_for_the_model_while_it_loads_and_switches_path(tmp_path: Path) -> None:
+    """Handing a loaded model to the data plane works out its answers' type from one call of the
+    artifact's own method on the reference row. On the event loop, that call held every probe and
+    request for as long as the model takes: once when the model turned ready, and again when the
+    serving path was switched in, while traffic flows. Here every call on the reference row takes
+    2 s; the liveness probe must answer in well under that throughout (the kubelet's timeout is 5 s,
+    and a model can be slower than that)."""
+    seconds = 2.0
+    proc, url, log, _ = start_slow(tmp_path, seconds, trigger=0.0)  # the reference row is zeros: all slow
+    waits: list[float] = []
+    try:
+        deadline = time.monotonic() + 60
+        while "serving path chosen" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            t0 = time.monotonic()
+            try:
+                httpx.get(f"{url}/v2/health/live", timeout=30)
+            except httpx.TransportError:  # not listening yet
+                time.sleep(0.05)
+                continue
+            waits.append(time.monotonic() - t0)
+            time.sleep(0.05)
+        assert "serving path chosen" in log.read_text(), log.read_text()[-2000:]
+        assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert len(waits) > 20, waits
+    assert max(waits) < seconds / 2, f"a liveness probe waited {max(waits):.2f} s for the model ({len(waits)} probes)"
 
 
 def _post_on(sock: socket.socket, body: bytes) -> bytes:
