@@ -13,7 +13,7 @@ RSS and CPU, the API requests it sent (its own `modeldeploy_operator_api_request
 API server's `apiserver_request_total` for the resources it touches, minus the exporter's LISTs),
 ticks and tick lag (`modeldeploy_operator_tick_lag_seconds`). At the largest size one canary is
 then made to fail (30% errors from a known instant) and the time until its HTTPRoute weight is 0
-is measured. Writes bench/operator_scale.json and the table in bench/README.md.
+is measured. Writes bench/operator_scale.json and the table in bench/README.md (neither with --no-readme).
 """
 
 from __future__ import annotations
@@ -436,7 +436,8 @@ def main() -> int:
     p.add_argument("--interval", type=int, default=30, help="analysis intervalSeconds")
     p.add_argument("--warmup", type=float, default=20.0, help="seconds between all canaries at 20% and the window")
     p.add_argument("--window", type=float, default=60.0, help="seconds of the steady-state window")
-    p.add_argument("--no-readme", action="store_true", help="print, do not write bench/README.md")
+    p.add_argument("--no-readme", action="store_true",
+                   help="print only: write neither bench/README.md nor bench/operator_scale.json")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     bench = Bench(args)
@@ -447,9 +448,9 @@ def main() -> int:
             results.append(bench.run_size(n, breach=n == max(sizes)))
     finally:
         bench.stop()
-    out = REPO / "bench" / "operator_scale.json"
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
     if not args.no_readme:
+        out = REPO / "bench" / "operator_scale.json"
+        out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
         write_readme(results, args)
     print(json.dumps(results, indent=2))
     return 0

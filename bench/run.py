@@ -40,6 +40,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
+from devcluster.procs import free_port  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeldeploy"
 VENVS = CACHE / "bench-venvs"
@@ -65,13 +68,6 @@ def venv(name: str) -> Path:
                         *COMPETITORS[name]], check=True)  # fmt: skip
         marker.write_text(wanted)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -41,6 +41,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modeldeploy_operator import shadow as check
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
+from devcluster.procs import free_port  # noqa: E402
 from modeldeploy_operator.analysis import QueryResult
 from modeldeploy_operator.api import AnalysisSpec
 
@@ -49,14 +52,6 @@ BIN = Path(sys.executable).parent
 TOKEN = "bench-shadow-token"
 INPUTS = [{"name": n, "min": 0, "max": 10} for n in ("sepal_length", "sepal_width", "petal_length", "petal_width")]
 BEGIN, END = "<!-- shadow-bench:begin -->", "<!-- shadow-bench:end -->"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
