@@ -177,6 +177,47 @@ def test_rbac_least_privilege_cluster_mode() -> None:
     assert not _allowed(rules, "gateway.networking.k8s.io", "httproutes", "create")
 
 
+# The verbs the operator and kopf issue in a watched namespace (operator/modeldeploy_operator/kube.py,
+# cache.py and kopf's clients): children by server-side apply or merge patch (PATCH, and create when
+# new), reads from list-and-watch caches or lists, a fresh GET of a ModelDeployment or an HTTPRoute,
+# no PUT anywhere but the finalizers subresource (the OwnerReferencesPermissionEnforcement plugin).
+ISSUED = {
+    ("modeldeploy.io", "modeldeployments"): {"get", "list", "watch", "patch"},
+    ("modeldeploy.io", "modeldeployments/status"): {"patch"},
+    ("modeldeploy.io", "modeldeployments/finalizers"): {"update"},
+    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
+    ("apps", "deployments/scale"): {"patch"},
+    ("", "services"): {"list", "watch", "create", "patch"},
+    ("batch", "cronjobs"): {"list", "create", "patch", "delete"},
+    ("batch", "jobs"): {"list"},
+    ("", "secrets"): {"create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"create", "patch", "delete"},
+    ("", "pods"): {"list", "watch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "patch"},
+    ("", "events"): {"create"},
+}
+
+
+@pytest.mark.parametrize("flags", [[], ["--set", "rbac.namespaced=true"]], ids=["cluster", "namespaced"])
+def test_the_namespaced_rules_grant_only_the_verbs_the_operator_issues(flags: list[str]) -> None:
+    """Least privilege, not only enough: each resource gets exactly the verbs the code issues (the
+    e2e suite runs the operator as the chart's pod under these rules, which proves they suffice)."""
+    rendered = template(*flags)
+    kind = "Role" if flags else "ClusterRole"
+    roles = [r for r in by_kind(rendered, kind) if not r["metadata"]["name"].endswith(("-leader-election",
+                                                                                     "-shadow-key"))]  # fmt: skip
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in (rule for role in roles for rule in role["rules"]):
+        if "resourceNames" in rule or rule["apiGroups"] == ["apiextensions.k8s.io"]:
+            continue  # granted by name (the shadow key), or kopf's cluster-wide CRD watch
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    granted.pop(("", "namespaces"), None)  # cluster mode: kopf's namespace watch (checked elsewhere)
+    assert granted == ISSUED
+
+
 def test_every_rbac_rule_has_a_comment_saying_why() -> None:
     for name in ("_rbac.tpl", "clusterrole.yaml", "shadow-key.yaml"):
         lines = (CHART / "templates" / name).read_text().splitlines()
