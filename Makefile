@@ -63,7 +63,8 @@ bench-operator: $(INSTALLED) binaries ## The operator at 10, 100 and 1,000 Model
 ##@ Packaging
 
 .PHONY: manifests
-manifests: ## Render deploy/modeldeploy.yaml (Namespace, CRD, operator) from the Helm chart.
+manifests: ## Render deploy/modeldeploy.yaml (Namespace, CRD, operator) from the Helm chart, and the chart README's values table from values.yaml.
+	$(BIN)/python hack/chart_docs.py
 	bash hack/render-manifests.sh > deploy/modeldeploy.yaml.tmp && mv deploy/modeldeploy.yaml.tmp deploy/modeldeploy.yaml
 
 .PHONY: helm-lint
