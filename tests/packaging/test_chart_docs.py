@@ -28,19 +28,16 @@ def test_every_value_has_a_row() -> None:
     assert table.count("`MODELDEPLOY_OPERATOR_") == len(chart_docs.settings(CHART / "templates" / "deployment.yaml"))
 
 
-def test_a_key_without_its_comment_is_refused_by_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("after", "added", "named"),
+    [("tickSeconds: 5\n", "undocumentedKey: 3\n", r"\bundocumentedKey\b"),  # top level: by its name
+     ("  port: 8000\n", "  nodePort: 30080\n", r"\bservice\.nodePort\b")],  # nested: by its path
+)  # fmt: skip
+def test_a_key_without_its_comment_is_refused_by_its_path(tmp_path: Path, after: str, added: str, named: str) -> None:
     values = tmp_path / "values.yaml"
     shutil.copy(CHART / "values.yaml", values)
-    values.write_text(values.read_text().replace("tickSeconds: 5\n", "tickSeconds: 5\nundocumentedKey: 3\n"))
-    with pytest.raises(chart_docs.ChartDocsError, match=r"\bundocumentedKey\b"):
-        chart_docs.table(values)
-
-
-def test_a_nested_key_without_its_comment_is_refused_by_its_path(tmp_path: Path) -> None:
-    values = tmp_path / "values.yaml"
-    shutil.copy(CHART / "values.yaml", values)
-    values.write_text(values.read_text().replace("  port: 8000\n", "  port: 8000\n  nodePort: 30080\n"))
-    with pytest.raises(chart_docs.ChartDocsError, match=r"service\.nodePort\b"):
+    values.write_text(values.read_text().replace(after, after + added))
+    with pytest.raises(chart_docs.ChartDocsError, match=named):
         chart_docs.table(values)
 
 
