@@ -11,9 +11,13 @@ median of `--rounds`:
   choice, Parquet read, contract check, prediction, Parquet write, report), wall time;
 - 2 shards: two such processes at once (an Indexed Job with parallelism 2 on one node), wall time.
 
+With `--image-venv` the shards (and the plain script) run from a virtual environment installed the
+way the image installs it (hack/image-install.sh, the Dockerfile's runtime ENV): what a pod runs,
+without the development environment's extras (pandas, which scikit-learn imports when it is there).
+
 Prints a Markdown table (rows/s, ratios), whether the shards' predictions are bit-identical to
 in-process `predict_proba`, and the median of each phase of the shards' reports (process start and
-imports, load, read, score, write). Usage: `.venv/bin/python bench/batch.py [--rows N] [--rounds R]`.
+imports, load, read, score, write). Usage: `.venv/bin/python bench/batch.py [--rows N] [--rounds R] [--image-venv]`.
 """
 
 from __future__ import annotations
@@ -37,11 +41,24 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
 NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-SERVER = Path(sys.executable).with_name("modeldeploy-server")
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
-def _shards(n: int, env: dict[str, str], inp: Path, out: Path, run: str) -> float:
-    args = [str(SERVER), "score", "--input", str(inp), "--output", out.as_uri(), "--shards", str(n), "--run-id", run]
+def _image_venv(venv: Path) -> dict[str, str]:
+    """Install the package into `venv` as the image does; the image's runtime ENV pointed at it."""
+    sys.path[:0] = [str(REPO), str(REPO / "hack")]
+    from tests.packaging.image import image_env, install_image_venv
+
+    started = time.perf_counter()
+    install_image_venv(venv)
+    print(f"image venv installed in {time.perf_counter() - started:.0f} s: {venv}", file=sys.stderr)
+    return image_env(venv)
+
+
+def _shards(venv: Path, n: int, env: dict[str, str], inp: Path, out: Path, run: str) -> float:
+    args = [str(venv / "bin" / "modeldeploy-server"), "score", "--input", str(inp), "--output", out.as_uri(),
+            "--shards", str(n), "--run-id", run]  # fmt: skip
     started = time.perf_counter()
     procs = [subprocess.Popen(args, env=env | {"JOB_COMPLETION_INDEX": str(i)}, stderr=subprocess.PIPE)
              for i in range(n)]  # fmt: skip
@@ -62,9 +79,9 @@ pq.write_table(pa.table({f"predict_proba_{c}": proba[:, c] for c in range(proba.
 """
 
 
-def _script(artifact: Path, inp: Path, out: Path) -> float:
+def _script(python: Path, env: dict[str, str], artifact: Path, inp: Path, out: Path) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", SCRIPT, str(artifact), str(inp), str(out)], check=True)
+    subprocess.run([str(python), "-c", SCRIPT, str(artifact), str(inp), str(out)], check=True, env=env)
     return time.perf_counter() - started
 
 
@@ -72,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--image-venv", action="store_true", help="shards and script from the image's venv")
     a = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="modeldeploy-batch-bench-"))
     x_iris, y_iris = load_iris(return_X_y=True)
@@ -83,7 +101,10 @@ def main() -> None:
     pq.write_table(pa.table({n: x[:, j] for j, n in enumerate(NAMES)}), work / "in.parquet",
                    row_group_size=a.rows // 10)  # fmt: skip
     inputs = [{"name": n, "min": 0, "max": 10} for n in NAMES]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELDEPLOY_")} | {
+    venv = work / "image-venv" if a.image_venv else BIN.parent
+    base = _image_venv(venv) if a.image_venv else dict(os.environ)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in base.items() if not k.startswith("MODELDEPLOY_")} | {
         "MODELDEPLOY_MODEL_URI": artifact.as_uri(), "MODELDEPLOY_MODEL_SHA256": hashlib.sha256(
             artifact.read_bytes()).hexdigest(), "MODELDEPLOY_MODEL_METHOD": "predict_proba",
         "MODELDEPLOY_INPUTS": json.dumps(inputs), "MODELDEPLOY_CACHE_DIR": str(work / "cache"),
@@ -94,9 +115,9 @@ def main() -> None:
         started = time.perf_counter()
         expected = model.predict_proba(x)
         inproc.append(time.perf_counter() - started)
-        script.append(_script(artifact, work / "in.parquet", work / "script.parquet"))
-        one.append(_shards(1, env, work / "in.parquet", work / "out1", f"r{r}"))
-        two.append(_shards(2, env, work / "in.parquet", work / "out2", f"r{r}"))
+        script.append(_script(python, env, artifact, work / "in.parquet", work / "script.parquet"))
+        one.append(_shards(venv, 1, env, work / "in.parquet", work / "out1", f"r{r}"))
+        two.append(_shards(venv, 2, env, work / "in.parquet", work / "out2", f"r{r}"))
     manifest = json.loads((work / "out2" / "_SUCCESS").read_text())
     got = pa.concat_tables([pq.read_table(work / "out2" / p) for p in manifest["parts"]])
     proba = np.column_stack([got.column(f"predict_proba_{c}").to_numpy() for c in range(3)])
@@ -107,7 +128,9 @@ def main() -> None:
     path = json.loads((work / "out2" / "runs" / f"r{a.rounds - 1}" / "report-00000.json").read_text())["path"]
     t0, ts, t1, t2 = median(inproc), median(script), median(one), median(two)
     load = os.getloadavg()
-    print(f"rows {a.rows}, rounds {a.rounds}, cores {os.cpu_count()}, load average {load[0]:.1f}/{load[1]:.1f}")
+    where = "the image's venv" if a.image_venv else "the development venv"
+    print(f"rows {a.rows}, rounds {a.rounds}, cores {os.cpu_count()}, load average {load[0]:.1f}/{load[1]:.1f}, "
+          f"shards and script from {where} ({python})")  # fmt: skip
     print("| run | seconds | rows/s | vs in-process | vs a plain script |")
     print("|---|---:|---:|---:|---:|")
     print(f"| in-process `predict_proba` (1 call) | {t0:.2f} | {a.rows / t0:,.0f} | 1.00 | {ts / t0:.2f} |")
