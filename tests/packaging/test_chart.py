@@ -298,6 +298,38 @@ def test_values_schema_closes_every_object() -> None:
     walk(schema, "")
 
 
+def test_values_schema_and_values_yaml_name_the_same_keys() -> None:
+    """Every key the schema accepts is in values.yaml (so it has a default and a documented row in
+    the README table), and every key of values.yaml is in the schema: at the top level and inside
+    the chart's own mappings (those whose keys have rows of their own: image, pricing, rbac, ...);
+    Kubernetes objects passed through (affinity, resources, securityContext) keep the API's keys."""
+    import json
+
+    import yaml
+
+    from chart_docs import comments
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented = comments(CHART / "values.yaml")
+
+    def compare(node: dict[str, object], given: dict[str, object], path: str) -> None:
+        props = node.get("properties")
+        assert isinstance(props, dict), f"{path or 'values'}: the schema lists no properties"
+        accepted = set(props) - {"global"}  # Helm passes `global` to every chart
+        assert accepted == set(given), (
+            f"{path or 'values'}: only in the schema {sorted(accepted - set(given))}, "
+            f"only in values.yaml {sorted(set(given) - accepted)}"
+        )
+        for key in sorted(accepted):
+            child, where = props[key], f"{path}.{key}" if path else key
+            if isinstance(given[key], dict) and any(f"{where}.{k}" in documented for k in given[key]):
+                assert isinstance(child, dict), where
+                compare(child, given[key], where)
+
+    compare(schema, values, "")
+
+
 def test_every_value_is_commented() -> None:
     """Each top-level value, and each key of a section (image, rbac, ...), has a comment above it."""
     lines = (CHART / "values.yaml").read_text().splitlines()
