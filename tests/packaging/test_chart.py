@@ -177,6 +177,8 @@ def test_rbac_least_privilege_cluster_mode() -> None:
     assert not _allowed(rules, "gateway.networking.k8s.io", "httproutes", "create")
 
 
+OWN_ROLES = ("-leader-election", "-shadow-key")  # the release namespace's own Roles (and their bindings)
+
 # The verbs the operator and kopf issue in a watched namespace (operator/modeldeploy_operator/kube.py,
 # cache.py and kopf's clients): children by server-side apply or merge patch (PATCH, and create when
 # new), reads from list-and-watch caches or lists, a fresh GET of a ModelDeployment or an HTTPRoute,
@@ -205,8 +207,7 @@ def test_the_namespaced_rules_grant_only_the_verbs_the_operator_issues(flags: li
     e2e suite runs the operator as the chart's pod under these rules, which proves they suffice)."""
     rendered = template(*flags)
     kind = "Role" if flags else "ClusterRole"
-    roles = [r for r in by_kind(rendered, kind) if not r["metadata"]["name"].endswith(("-leader-election",
-                                                                                     "-shadow-key"))]  # fmt: skip
+    roles = [r for r in by_kind(rendered, kind) if not r["metadata"]["name"].endswith(OWN_ROLES)]
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in (rule for role in roles for rule in role["rules"]):
         if "resourceNames" in rule or rule["apiGroups"] == ["apiextensions.k8s.io"]:
@@ -237,9 +238,8 @@ def test_namespaced_mode_uses_roles_only(flags: list[str], namespaces: list[str]
     rendered = template(*flags)
     kinds = {d["kind"] for d in docs(rendered)}
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
-    own = ("-leader-election", "-shadow-key")  # the release namespace's own Roles
-    roles = [r for r in by_kind(rendered, "Role") if not r["metadata"]["name"].endswith(own)]
-    bindings = [b for b in by_kind(rendered, "RoleBinding") if not b["metadata"]["name"].endswith(own)]
+    roles = [r for r in by_kind(rendered, "Role") if not r["metadata"]["name"].endswith(OWN_ROLES)]
+    bindings = [b for b in by_kind(rendered, "RoleBinding") if not b["metadata"]["name"].endswith(OWN_ROLES)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for b in bindings:
@@ -349,10 +349,12 @@ def test_every_value_is_commented() -> None:
 def test_chart_readme_lists_every_value() -> None:
     import yaml
 
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    from chart_docs import comments, rows
+
+    values = CHART / "values.yaml"
     readme = (CHART / "README.md").read_text()
-    sections = {"image", "rbac", "serviceAccount", "service", "serviceMonitor", "pricing"}
-    keys = [k for k in values if k not in sections] + [f"{s}.{k}" for s in sections for k in values[s]]
+    keys = [path for path, _, _ in rows(yaml.safe_load(values.read_text()), comments(values))]
+    assert len(keys) > 30
     assert [k for k in keys if f"`{k}`" not in readme] == []
 
 
